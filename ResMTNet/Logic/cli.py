@@ -1,0 +1,62 @@
+"""The ``resmtnet`` command: one sub-command per job, each in the module that does the job.
+
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps its
+top-level imports light (torch, vtk and friends are imported inside ``run``), so ``resmtnet --help``
+is instant. Errors the user can act on (:class:`ResMTNetError`) become one clear line on stderr and
+exit status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import ResMTNetError
+
+# name → (module inside this package, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "detect": ("detect_cli", "find nodules in a CT volume or DICOM series folder"),
+    "phantom": ("phantom_cli", "generate synthetic chest CT phantoms with LUNA16-style annotations"),
+    "train": ("train_cli", "train Res-MTNet on phantoms, LUNA16 or LIDC-IDRI data"),
+    "evaluate": ("evaluate_cli", "score predictions by the LUNA16 FROC protocol (CPM), AUC and size error"),
+    "bench": ("bench_cli", "time each detection stage and measure peak memory"),
+    "realism": ("realism_cli", "compare phantoms with a real chest CT (lung HU, lung fraction, vessels)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="resmtnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"resmtnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"{__package__}.{module_name}")
+        except ModuleNotFoundError as e:  # TEMPORARY while the project is assembled: remove before release
+            if e.name == f"{__package__}.{module_name}":
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except ResMTNetError as e:
+        print(f"resmtnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resmtnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""One fixed colour scale for malignancy (green → yellow → red) and one for Lung-RADS size category.
+
+Used alike by markups, segments, the table, the overview PNG and the legend.
+"""
+
+from __future__ import annotations
+
+# Anchor colours (RGB in [0, 1]): low malignancy green, 0.5 yellow, high red.
+_MALIGNANCY_ANCHORS = [(0.0, (0.10, 0.75, 0.20)), (0.5, (1.00, 0.85, 0.10)), (1.0, (0.90, 0.10, 0.10))]
+
+LUNG_RADS_COLORS: dict[str, tuple[float, float, float]] = {
+    "2": (0.10, 0.75, 0.20),
+    "3": (1.00, 0.85, 0.10),
+    "4A": (1.00, 0.50, 0.05),
+    "4B": (0.90, 0.10, 0.10),
+}
+
+
+def malignancy_color(p: float) -> tuple[float, float, float]:
+    """RGB in [0, 1] for a malignancy probability on the fixed green–yellow–red scale."""
+    p = min(1.0, max(0.0, float(p)))
+    for (p0, c0), (p1, c1) in zip(_MALIGNANCY_ANCHORS, _MALIGNANCY_ANCHORS[1:]):
+        if p <= p1:
+            t = (p - p0) / (p1 - p0)
+            return tuple(a + t * (b - a) for a, b in zip(c0, c1))  # type: ignore[return-value]
+    return _MALIGNANCY_ANCHORS[-1][1]
+
+
+def lung_rads_color(category: str) -> tuple[float, float, float]:
+    return LUNG_RADS_COLORS[category]
