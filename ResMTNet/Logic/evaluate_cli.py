@@ -1,0 +1,106 @@
+"""Score nodule predictions by the LUNA16 FROC protocol: CPM with a bootstrap 95% interval, the
+sensitivity at 1/8 ... 8 false positives per scan, malignancy AUC and diameter error.
+
+PREDICTIONS.csv has LUNA16 submission columns (seriesuid, coordX, coordY, coordZ, probability; LPS mm),
+optionally diameter_mm and malignancy (as `resmtnet detect` writes them). ANNOTATIONS.csv has LUNA16
+columns (seriesuid, coordX, coordY, coordZ, diameter_mm), optionally malignancy ratings 1-5.
+Scans counted: those in --series-list (LUNA16's seriesuids.csv), or with --all-series-from-annotations
+those named in the annotations (and excluded marks); by default those and the scans named in the
+predictions. Scans without any finding still count. Writes froc.json and froc.png to OUTDIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("predictions", metavar="PREDICTIONS.csv",
+                        help="detector findings (LUNA16 submission CSV)")
+    parser.add_argument("annotations", metavar="ANNOTATIONS.csv",
+                        help="reference nodules (LUNA16 annotations.csv)")
+    parser.add_argument("--excluded", metavar="CSV",
+                        help="irrelevant marks (LUNA16 annotations_excluded.csv): findings on them ignored")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--series-list", metavar="CSV",
+                       help="the scans to score, one seriesuid a line (LUNA16 seriesuids.csv)")
+    which.add_argument("--all-series-from-annotations", action="store_true",
+                       help="score exactly the scans named in the annotations (and excluded marks)")
+    parser.add_argument("-o", "--outdir", metavar="OUTDIR",
+                        help="where froc.json and froc.png go (default: 'evaluation' beside PREDICTIONS.csv)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap draws over scans for the 95%% intervals (0: none; default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import froc
+    from .errors import InputError
+
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
+    findings = froc.read_predictions_csv(args.predictions)
+    marks = froc.read_annotations_csv(args.annotations)
+    if args.excluded:
+        marks += froc.read_annotations_csv(args.excluded, excluded=True)
+    if args.series_list:
+        series = froc.read_series_list(args.series_list)
+        series_from = f"series list {args.series_list}"
+    elif args.all_series_from_annotations:
+        series = froc.default_series(marks, findings, include_findings=False)
+        series_from = "annotations"
+    else:
+        series = froc.default_series(marks, findings, include_findings=True)
+        series_from = "annotations and predictions"
+    result = froc.evaluate(findings, marks, series, n_bootstrap=args.bootstrap, seed=args.seed)
+
+    outdir = Path(args.outdir) if args.outdir else Path(args.predictions).resolve().parent / "evaluation"
+    extra = {"inputs": {"predictions": str(args.predictions), "annotations": str(args.annotations),
+                        "excluded": args.excluded, "series_from": series_from}}
+    json_path, png_path = froc.write_results(result, outdir, extra=extra)
+
+    print(format_summary(result, series_from))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def format_summary(result, series_from: str = "") -> str:
+    """The lines `resmtnet evaluate` prints."""
+    d = result.to_dict()
+    c = d["counts"]
+    lines = [f"scans: {c['scans']}" + (f" (from {series_from})" if series_from else "")
+             + f"   nodules: {c['nodules']}   detected: {c['detected_nodules']}   "
+             f"false positives: {c['false_positives']}   ignored (excluded marks): "
+             f"{c['ignored_on_excluded_marks']}   duplicate hits ignored: {c['duplicate_hits_ignored']}"]
+    if c["findings_outside_series_list"]:
+        lines.append(f"note: {c['findings_outside_series_list']} finding(s) on scans outside the series list "
+                     "were not scored")
+    cpm = f"CPM: {result.cpm:.4f}"
+    if result.cpm_ci95 is not None:
+        lo, hi = result.cpm_ci95
+        cpm += (f"  (95% CI {lo:.4f}-{hi:.4f}, {result.bootstrap_used} bootstrap draws, "
+                f"seed {result.bootstrap_seed})")
+    lines.append(cpm)
+    labels = ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
+    for i, (rate, s) in enumerate(zip(result.fp_rates, result.sensitivities, strict=True)):
+        label = labels[i] if len(result.fp_rates) == 7 else f"{rate:g}"
+        line = f"  sensitivity at {label:>3} FP/scan: {s:.4f}"
+        if result.sensitivity_ci95 is not None:
+            lo, hi = result.sensitivity_ci95[i]
+            line += f"  ({lo:.4f}-{hi:.4f})"
+        lines.append(line)
+    auc = d["malignancy_auc"]
+    if auc.get("auc") is None:
+        lines.append(f"malignancy AUC: n/a ({auc['malignant']} malignant and {auc['benign']} benign detected "
+                     "nodules with a predicted malignancy)")
+    else:
+        lines.append(f"malignancy AUC: {auc['auc']:.4f} ({auc['malignant']} malignant vs {auc['benign']} "
+                     f"benign, {auc['uncertain_left_out']} rated 3 left out)")
+    mae = d["diameter_error"]
+    if mae.get("mae_mm") is None:
+        lines.append("diameter MAE: n/a (no detected nodule with a predicted diameter)")
+    else:
+        lines.append(f"diameter MAE: {mae['mae_mm']:.2f} mm over {mae['n']} detected nodules "
+                     f"(mean signed error {mae['mean_signed_error_mm']:+.2f} mm)")
+    return "\n".join(lines)
