@@ -1,0 +1,527 @@
+"""Nodules into an MRML scene: markups fiducials, a segmentation, a table and a colour legend.
+
+Works on any ``vtkMRMLScene``: ``slicer.mrmlScene`` inside Slicer, or a scene from the ``slicer-core``
+wheel outside it (set up by :mod:`.slicer_app`). No Qt; MRML classes come through ``import slicer``,
+inside the functions, so that importing this module costs nothing.
+
+Coordinates: the core's nodules are LPS millimetres; Slicer's scene is RAS. The conversion happens
+here, once: RAS = (-L, -P, S) for points, and for image geometry IJKToRAS = diag(-1, -1, 1) @ IJKToLPS.
+
+Why one fiducial node per nodule: Slicer colours markups per node (its display node's colour); a
+fiducial node has no per-point colour, and the glyph size is per display node too. So that every nodule
+shows in its own malignancy colour and with a glyph as large as the nodule, each nodule gets its own
+fiducial node with one control point, and the nodes of one run are grouped in one subject-hierarchy
+folder under the volume's study (one click hides or shows them all). A single node with all points
+would force one colour and one size on every nodule.
+
+Outputs are recognised by the attribute ``ResMTNet.Role`` and a node reference (``ResMTNet.InputVolume``)
+to the volume they were computed from, so a second run on the same volume replaces its own outputs and
+leaves everything else (other volumes' results, the user's nodes) alone. Node references, unlike IDs
+stored in attributes, stay right when a scene is imported and node IDs are renamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .colors import LUNG_RADS_COLORS, lung_rads_color, malignancy_color
+from .ctio import CTVolume
+from .errors import InputError
+from .nodules import Detection, Nodule
+
+ROLE_ATTRIBUTE = "ResMTNet.Role"
+NUMBER_ATTRIBUTE = "ResMTNet.NoduleNumber"
+COLOR_BY_ATTRIBUTE = "ResMTNet.ColorBy"
+INPUT_VOLUME_REFERENCE = "ResMTNet.InputVolume"
+
+ROLE_MARKUP = "nodule-markup"
+ROLE_SEGMENTATION = "segmentation"
+ROLE_TABLE = "table"
+ROLE_LEGEND = "legend"
+ROLE_FOLDER = "nodules-folder"
+
+COLOR_BY_CHOICES = ("malignancy", "lung-rads")
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+LUNG_RADS_SIZE_TEXT = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", "4B": ">= 15 mm"}
+
+# Table columns: (name, kind, unit, description). Kind picks the VTK array type.
+TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
+    ("Number", "int", "", "Nodule number (N1, N2, ...); label n in the segmentation"),
+    ("R", "double", "mm", "Centre, Right coordinate (RAS)"),
+    ("A", "double", "mm", "Centre, Anterior coordinate (RAS)"),
+    ("S", "double", "mm", "Centre, Superior coordinate (RAS)"),
+    ("Diameter", "double", "mm", "Estimated nodule diameter"),
+    ("Volume", "double", "mm3", "Volume of the nodule's segmented mask"),
+    ("Probability", "double", "%", "Detection confidence: probability that this is a nodule"),
+    ("Malignancy", "double", "%", "Predicted probability that the nodule is malignant"),
+    ("Lung-RADS", "string", "", "Lung-RADS v2022 category from size, for a solid nodule on a baseline scan"),
+    ("Type", "string", "", "Nodule type (solid, part-solid, ground-glass, calcified)"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Colours and legend
+
+
+def check_color_by(color_by: str) -> str:
+    if color_by not in COLOR_BY_CHOICES:
+        raise ValueError(f"color_by must be one of {COLOR_BY_CHOICES}, not {color_by!r}")
+    return color_by
+
+
+def nodule_color(nodule: Nodule, color_by: str = "malignancy") -> tuple[float, float, float]:
+    """The one colour a nodule gets everywhere (fiducial, segment, table legend)."""
+    if check_color_by(color_by) == "malignancy":
+        return malignancy_color(nodule.malignancy)
+    return lung_rads_color(nodule.lung_rads)
+
+
+def legend_entries(color_by: str = "malignancy") -> list[tuple[str, tuple[float, float, float]]]:
+    """What each colour means: (text, rgb) pairs, low to high."""
+    if check_color_by(color_by) == "malignancy":
+        steps = (0.0, 0.25, 0.5, 0.75, 1.0)
+        names = {0.0: " (benign)", 0.5: " (uncertain)", 1.0: " (malignant)"}
+        return [(f"Malignancy {100 * p:.0f}%{names.get(p, '')}", malignancy_color(p)) for p in steps]
+    return [(f"Lung-RADS {cat}: {LUNG_RADS_SIZE_TEXT[cat]}", rgb) for cat, rgb in LUNG_RADS_COLORS.items()]
+
+
+def legend_html(color_by: str = "malignancy") -> str:
+    """The legend as rich text (coloured squares and their meaning), for a label in the panel."""
+    parts = []
+    for text, rgb in legend_entries(color_by):
+        hexrgb = "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+        parts.append(f'<span style="color:{hexrgb}">&#9632;</span>&nbsp;{text}')
+    return "&nbsp;&nbsp; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: CT volume <-> volume node
+
+
+def ijk_to_ras_matrix(spacing: Sequence[float], origin_lps: Sequence[float],
+                      direction_lps: Sequence[float]) -> np.ndarray:
+    """4x4 IJKToRAS from ITK geometry (x, y, z order, LPS)."""
+    direction = np.asarray(direction_lps, dtype=np.float64).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ direction @ np.diag(np.asarray(spacing, dtype=np.float64))
+    m[:3, 3] = LPS_TO_RAS @ np.asarray(origin_lps, dtype=np.float64)
+    return m
+
+
+def _vtk_matrix(m: np.ndarray) -> Any:
+    import vtk
+
+    vm = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vm.SetElement(r, c, float(m[r, c]))
+    return vm
+
+
+def _numpy_matrix(vm: Any) -> np.ndarray:
+    return np.array([[vm.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _image_data_from_array(array_zyx: np.ndarray) -> Any:
+    """vtkImageData holding a copy of a (z, y, x) array; origin 0, spacing 1 (geometry is in IJKToRAS)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    a = np.ascontiguousarray(array_zyx)
+    image = vtk.vtkImageData()
+    image.SetDimensions(a.shape[2], a.shape[1], a.shape[0])
+    scalars = numpy_support.numpy_to_vtk(a.ravel(), deep=True)
+    scalars.SetName("ImageScalars")
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None) -> Any:
+    """Add a scalar volume node holding ``ct`` (voxels copied, geometry converted LPS → RAS).
+
+    Integer-valued HU are stored as int16, as CT scanners and Slicer's DICOM import give them.
+    The display shows a lung window (W 1500, L -600).
+    """
+    a = ct.array
+    if np.issubdtype(a.dtype, np.floating) and a.size and np.array_equal(a, np.round(a)) \
+            and a.min() >= -32768 and a.max() <= 32767:
+        a = a.astype(np.int16)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or ct.seriesuid or "CT")
+    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix(ct.spacing, ct.origin, ct.direction)))
+    node.SetAndObserveImageData(_image_data_from_array(a))
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        if display.GetColorNodeID() is None:
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(1500.0, -600.0)
+    if ct.seriesuid:
+        node.SetAttribute("ResMTNet.SeriesUID", ct.seriesuid)
+    _item(scene, node)
+    return node
+
+
+def ct_from_volume_node(volume_node: Any) -> CTVolume:
+    """The core's :class:`CTVolume` (LPS, ITK order) from a scalar volume node (RAS)."""
+    if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("the input must be a scalar volume node (a CT)")
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"{volume_node.GetName()}: is a label map, not a CT")
+    image = volume_node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"{volume_node.GetName()}: volume node holds no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{volume_node.GetName()}: has {image.GetNumberOfScalarComponents()} components per "
+                         "voxel; a CT has one")
+    if volume_node.GetParentTransformNode() is not None:
+        raise InputError(f"{volume_node.GetName()}: is under a transform; harden the transform first "
+                         "(Data module, right-click → Harden transform)")
+    from vtk.util import numpy_support
+
+    nx, ny, nz = image.GetDimensions()
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
+    ijk_to_ras = vtk_ijk_to_ras(volume_node)
+    direction_ras = ijk_to_ras[:3, :3] / np.asarray(volume_node.GetSpacing())
+    direction_lps = LPS_TO_RAS @ direction_ras
+    origin_lps = LPS_TO_RAS @ ijk_to_ras[:3, 3]
+    extent = image.GetExtent()
+    if extent[0] or extent[2] or extent[4]:  # image starts at a non-zero index: move the origin there
+        offset_mm = np.asarray(extent[0::2]) * np.asarray(volume_node.GetSpacing())
+        origin_lps = origin_lps + direction_lps @ offset_mm
+    return CTVolume(
+        array=array.astype(np.float32),  # a copy: the core may keep it while the node changes
+        spacing=tuple(float(s) for s in volume_node.GetSpacing()),
+        origin=tuple(float(o) for o in origin_lps),
+        direction=tuple(float(d) for d in direction_lps.ravel()),
+        seriesuid=_series_uid(volume_node),
+        source=f"Slicer volume node {volume_node.GetName()}",
+    )
+
+
+def vtk_ijk_to_ras(volume_node: Any) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return _numpy_matrix(m)
+
+
+def _series_uid(volume_node: Any) -> str:
+    scene = volume_node.GetScene()
+    if scene is not None:
+        sh = _subject_hierarchy(scene)
+        item = sh.GetItemByDataNode(volume_node)
+        uid = sh.GetItemUID(item, "DICOM") if item else ""
+        if uid:
+            return uid
+    return volume_node.GetAttribute("ResMTNet.SeriesUID") or volume_node.GetName() or ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Subject hierarchy
+
+
+def _subject_hierarchy(scene: Any) -> Any:
+    import slicer
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        raise RuntimeError("the scene has no subject hierarchy node")
+    return sh
+
+
+def put_volume_in_study(scene: Any, volume_node: Any, patient_name: str, study_name: str) -> int:
+    """Place a volume under a new patient / study in the subject hierarchy (as DICOM import would);
+    returns the study item. Used for scenes built outside Slicer (the .mrb of ``resmtnet detect``)."""
+    sh = _subject_hierarchy(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), patient_name)
+    study = sh.CreateStudyItem(patient, study_name)
+    _place(scene, volume_node, study)
+    return study
+
+
+def output_parent_item(scene: Any, volume_node: Any) -> int:
+    """The subject-hierarchy item the outputs go under: the volume's study, or, for a volume that is
+    in no study (loaded from a file), the volume's own parent (often the scene)."""
+    sh = _subject_hierarchy(scene)
+    item = _item(scene, volume_node)
+    study = sh.GetItemAncestorAtLevel(item, "Study")
+    if study:
+        return study
+    return sh.GetItemParent(item) or sh.GetSceneItemID()
+
+
+def _item(scene: Any, node: Any) -> int:
+    """The node's subject-hierarchy item, made under the scene if it has none yet (Slicer's
+    application adds items for new nodes by itself; a slicer-core scene does not)."""
+    sh = _subject_hierarchy(scene)
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    return item
+
+
+def _place(scene: Any, node: Any, parent_item: int) -> None:
+    _subject_hierarchy(scene).SetItemParent(_item(scene, node), parent_item)
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and replacing a run's outputs
+
+
+def _tag(node: Any, role: str, volume_node: Any) -> None:
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    node.SetNodeReferenceID(INPUT_VOLUME_REFERENCE, volume_node.GetID())
+
+
+def find_outputs(scene: Any, volume_node: Any, role: str | None = None) -> list[Any]:
+    """Nodes this module made from ``volume_node`` (optionally only those of one role), in scene order."""
+    found = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        node_role = node.GetAttribute(ROLE_ATTRIBUTE)
+        if not node_role or (role is not None and node_role != role):
+            continue
+        if node.GetNodeReferenceID(INPUT_VOLUME_REFERENCE) == volume_node.GetID():
+            found.append(node)
+    return found
+
+
+def _remove_previous_outputs(scene: Any, volume_node: Any, keep: Sequence[Any]) -> None:
+    sh = _subject_hierarchy(scene)
+    keep_ids = {n.GetID() for n in keep if n is not None}
+    folders = set()
+    for node in find_outputs(scene, volume_node):
+        if node.GetID() in keep_ids:
+            continue
+        item = sh.GetItemByDataNode(node)
+        parent = sh.GetItemParent(item) if item else 0
+        if parent and sh.GetItemAttribute(parent, ROLE_ATTRIBUTE) == ROLE_FOLDER:
+            folders.add(parent)
+        remove_node(scene, node)
+    for folder in folders:
+        if sh.GetNumberOfItemChildren(folder) == 0:
+            sh.RemoveItem(folder, False, False)
+
+
+def remove_node(scene: Any, node: Any) -> None:
+    """Remove a node with its display and storage nodes and its subject-hierarchy item (Slicer's
+    application would clean those up by itself; a slicer-core scene would keep them)."""
+    helpers = []
+    for getter, count in (("GetNthDisplayNode", "GetNumberOfDisplayNodes"),
+                          ("GetNthStorageNode", "GetNumberOfStorageNodes")):
+        if hasattr(node, count):
+            helpers += [getattr(node, getter)(i) for i in range(getattr(node, count)())]
+    sh = _subject_hierarchy(scene)
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.RemoveItem(item, False, False)
+    if scene.IsNodePresent(node):
+        scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and scene.IsNodePresent(helper):
+            scene.RemoveNode(helper)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the outputs
+
+
+def _add_markup(scene: Any, volume_node: Any, nodule: Nodule, color_by: str, folder: int) -> Any:
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", nodule.label)
+    node.CreateDefaultDisplayNodes()
+    index = node.AddControlPoint(list(nodule.center_ras), nodule.label)
+    node.SetNthControlPointDescription(index, describe(nodule))
+    node.SetNthControlPointLocked(index, True)  # a finding, not something to drag by accident
+    node.SetAttribute(NUMBER_ATTRIBUTE, str(nodule.number))
+    node.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
+    _tag(node, ROLE_MARKUP, volume_node)
+    rgb = nodule_color(nodule, color_by)
+    display = node.GetDisplayNode()
+    display.SetSelectedColor(*rgb)
+    display.SetColor(*rgb)
+    display.SetActiveColor(*rgb)
+    # A ring around the nodule in the slice views: absolute glyph size, 1.5x the diameter.
+    display.SetGlyphTypeFromString("Circle2D")
+    display.SetUseGlyphScale(False)
+    display.SetGlyphSize(glyph_size_mm(nodule))
+    display.SetTextScale(3.0)
+    _place(scene, node, folder)
+    return node
+
+
+def glyph_size_mm(nodule: Nodule) -> float:
+    """Fiducial glyph size: a ring 1.5 times the nodule's diameter (at least 4 mm, to stay visible)."""
+    return max(4.0, 1.5 * float(nodule.diameter_mm))
+
+
+def describe(nodule: Nodule) -> str:
+    return (f"Nodule {nodule.number}: diameter {nodule.diameter_mm:.1f} mm, "
+            f"volume {nodule.volume_mm3:.0f} mm3, malignancy {100 * nodule.malignancy:.0f}%, "
+            f"detection probability {100 * nodule.probability:.0f}%, Lung-RADS {nodule.lung_rads}, "
+            f"{nodule.nodule_type}")
+
+
+def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
+    """The detection's label image, relabelled so that the i-th nodule has label i+1, as oriented image
+    data in RAS (the segmentations logic fills segment i from label i+1)."""
+    import slicer
+
+    labels = np.asarray(detection.labels)
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint16)
+    for i, n in enumerate(nodules):
+        if n.number < lut.size:
+            lut[n.number] = i + 1
+    relabelled = lut[labels]
+    image = slicer.vtkOrientedImageData()
+    image.ShallowCopy(_image_data_from_array(relabelled))
+    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras_matrix(detection.spacing, detection.origin,
+                                                              detection.direction)))
+    return image
+
+
+def _fill_segmentation(scene: Any, node: Any, volume_node: Any, detection: Detection, nodules: list[Nodule],
+                       color_by: str) -> None:
+    import slicer
+    import vtk
+
+    segmentation = node.GetSegmentation()
+    segmentation.RemoveAllSegments()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    segment_ids = vtk.vtkStringArray()
+    for nodule in nodules:
+        segment_id = f"N{nodule.number}"
+        segmentation.AddEmptySegment(segment_id, nodule.label, list(nodule_color(nodule, color_by)))
+        segment = segmentation.GetSegment(segment_id)
+        for key, value in segment_tags(nodule).items():
+            segment.SetTag(key, value)
+        segment_ids.InsertNextValue(segment_id)
+    if nodules and detection.labels is not None:
+        image = _labels_image(detection, nodules)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ImportLabelmapToSegmentationNode(image, node, segment_ids):
+            raise RuntimeError("importing the nodule masks into the segmentation failed")
+    node.CreateClosedSurfaceRepresentation()
+
+
+def segment_tags(nodule: Nodule) -> dict[str, str]:
+    """Tags stored on each nodule's segment (strings, as segment tags are)."""
+    return {
+        "ResMTNet.Number": str(nodule.number),
+        "ResMTNet.DiameterMm": f"{nodule.diameter_mm:.2f}",
+        "ResMTNet.VolumeMm3": f"{nodule.volume_mm3:.1f}",
+        "ResMTNet.Malignancy": f"{nodule.malignancy:.4f}",
+        "ResMTNet.Probability": f"{nodule.probability:.4f}",
+        "ResMTNet.LungRADS": nodule.lung_rads,
+        "ResMTNet.NoduleType": nodule.nodule_type,
+    }
+
+
+def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
+    """The table's rows, in :data:`TABLE_COLUMNS` order: what the table node holds, as plain values."""
+    rows = []
+    for n in nodules:
+        r, a, s = n.center_ras
+        rows.append([int(n.number), float(r), float(a), float(s), float(n.diameter_mm), float(n.volume_mm3),
+                     100.0 * float(n.probability), 100.0 * float(n.malignancy), n.lung_rads, n.nodule_type])
+    return rows
+
+
+def _fill_table(node: Any, nodules: list[Nodule]) -> None:
+    import vtk
+
+    array_class = {"int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray, "string": vtk.vtkStringArray}
+    rows = table_rows(nodules)
+    was_modifying = node.StartModify()
+    node.RemoveAllColumns()
+    for c, (name, kind, unit, description) in enumerate(TABLE_COLUMNS):
+        array = array_class[kind]()
+        array.SetName(name)
+        for row in rows:
+            array.InsertNextValue(row[c])
+        node.AddColumn(array)
+        node.SetColumnUnitLabel(name, unit)
+        node.SetColumnDescription(name, description)
+    node.SetLocked(True)  # results: not editable in the table view
+    node.EndModify(was_modifying)
+
+
+def _add_legend(scene: Any, volume_node: Any, color_by: str, folder: int) -> Any:
+    entries = legend_entries(color_by)
+    title = "malignancy" if color_by == "malignancy" else "Lung-RADS size category"
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"Nodule colours ({title})")
+    node.SetTypeToUser()
+    node.SetNumberOfColors(len(entries))
+    node.GetLookupTable().SetTableRange(0, len(entries) - 1)
+    for i, (text, rgb) in enumerate(entries):
+        node.SetColor(i, text, rgb[0], rgb[1], rgb[2], 1.0)
+    node.SetAttribute("Category", "ResMTNet")
+    node.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
+    _tag(node, ROLE_LEGEND, volume_node)
+    _place(scene, node, folder)
+    return node
+
+
+def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color_by: str = "malignancy",
+                       output_nodes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put a detection into the scene beside its input volume; replace this module's earlier outputs.
+
+    Creates one fiducial node per nodule (in a subject-hierarchy folder), one segmentation (a segment
+    per nodule from ``detection.labels``, the volume as reference geometry, closed surface made), one
+    table (a row per nodule) and a colour table that is the legend, all under the volume's study.
+    ``output_nodes`` may name an existing ``"segmentation"`` and/or ``"table"`` node to fill instead
+    of creating one. Returns the nodes: ``markups`` (list), ``segmentation``, ``table``, ``legend`` and
+    the folder's subject-hierarchy item ``folder``.
+    """
+    check_color_by(color_by)
+    if volume_node is None or volume_node.GetScene() is not scene:
+        raise ValueError("the volume node must belong to the scene")
+    nodules = list(detection.nodules)
+    if detection.labels is not None:
+        expected = tuple(reversed(volume_node.GetImageData().GetDimensions()))
+        if tuple(np.asarray(detection.labels).shape) != expected:
+            raise ValueError(f"labels shape {np.asarray(detection.labels).shape} is not the volume's "
+                             f"{expected}")
+    output_nodes = dict(output_nodes or {})
+    segmentation = output_nodes.get("segmentation")
+    table = output_nodes.get("table")
+    _remove_previous_outputs(scene, volume_node, keep=[segmentation, table])
+
+    sh = _subject_hierarchy(scene)
+    parent = output_parent_item(scene, volume_node)
+    base = volume_node.GetName() or "CT"
+    folder = sh.CreateFolderItem(parent, f"{base} nodules (ResMTNet)")
+    sh.SetItemAttribute(folder, ROLE_ATTRIBUTE, ROLE_FOLDER)
+
+    markups = [_add_markup(scene, volume_node, n, color_by, folder) for n in nodules]
+
+    if segmentation is None:
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{base} nodules")
+    _tag(segmentation, ROLE_SEGMENTATION, volume_node)
+    segmentation.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
+    _fill_segmentation(scene, segmentation, volume_node, detection, nodules, color_by)
+    _place(scene, segmentation, parent)
+
+    if table is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} nodules table")
+    _tag(table, ROLE_TABLE, volume_node)
+    _fill_table(table, nodules)
+    _place(scene, table, parent)
+
+    legend = _add_legend(scene, volume_node, color_by, folder)
+    return {"markups": markups, "segmentation": segmentation, "table": table, "legend": legend,
+            "folder": folder}
+
+
+def table_row_ras(table_node: Any, row: int) -> tuple[float, float, float]:
+    """RAS centre of the nodule in a results table row (for jumping the slice views to it)."""
+    t = table_node.GetTable()
+    return tuple(float(t.GetColumnByName(c).GetValue(row)) for c in ("R", "A", "S"))  # type: ignore[return-value]
