@@ -521,6 +521,21 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
             "folder": folder}
 
 
+def find_nodule_outputs(scene: Any, volume_node: Any) -> dict[str, Any]:
+    """The outputs of the last run on ``volume_node`` found in a scene (e.g. one re-loaded from a .mrb),
+    in the shape :func:`build_nodule_scene` returns them; markups sorted by nodule number."""
+    def first(role: str) -> Any:
+        nodes = find_outputs(scene, volume_node, role)
+        return nodes[0] if nodes else None
+
+    markups = sorted(find_outputs(scene, volume_node, ROLE_MARKUP),
+                     key=lambda n: int(n.GetAttribute(NUMBER_ATTRIBUTE) or 0))
+    sh = _subject_hierarchy(scene)
+    folder = sh.GetItemParent(sh.GetItemByDataNode(markups[0])) if markups else 0
+    return {"markups": markups, "segmentation": first(ROLE_SEGMENTATION), "table": first(ROLE_TABLE),
+            "legend": first(ROLE_LEGEND), "folder": folder}
+
+
 def table_row_ras(table_node: Any, row: int) -> tuple[float, float, float]:
     """RAS centre of the nodule in a results table row (for jumping the slice views to it)."""
     t = table_node.GetTable()
