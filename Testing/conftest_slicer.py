@@ -1,0 +1,40 @@
+"""Fixtures for the Slicer-side tests: a slicer-core scene set up like Slicer's, and a small phantom.
+
+Imported by the test modules that use them (``from conftest_slicer import ...``); Testing/conftest.py
+belongs to the whole suite.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+__all__ = ["phantom", "phantom_truth", "slicer_app"]
+
+# A direction with swapped in-plane axes and a flipped slice axis: a transposed or mis-signed
+# conversion between LPS and RAS, or between (z, y, x) and (x, y, z), cannot pass unnoticed.
+PHANTOM_DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+PHANTOM_SEED = 0  # three nodules of different malignancy ratings in the small phantom
+
+
+@pytest.fixture
+def slicer_app():
+    """A fresh slicer-core scene with Slicer's module logics registered."""
+    from resmtnet.slicer_app import create_slicer_core_app
+
+    return create_slicer_core_app()
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A small phantom (made once per test module: about two seconds)."""
+    from resmtnet.phantom import generate_phantom
+
+    return generate_phantom(PHANTOM_SEED, small=True, direction=PHANTOM_DIRECTION)
+
+
+@pytest.fixture
+def phantom_truth(phantom):
+    """The phantom's truth nodules and masks as the core's Detection (a fresh copy for each test)."""
+    from resmtnet.selftest import phantom_detection
+
+    return phantom_detection(phantom, seriesuid="phantom-s0")
