@@ -1,0 +1,538 @@
+"""Case sources for training and evaluation beside generated phantoms: LUNA16, LIDC-IDRI, phantom folders.
+
+A *case source* lists cases and loads one as ``(CTVolume, [TruthNodule])`` (world LPS mm), with known
+non-nodules as hard negatives (:class:`CaseSource`). Sources here:
+
+- :class:`Luna16Source`: LUNA16's ``subset*/<seriesuid>.mhd`` (+ ``.raw``) and ``annotations.csv``
+  (``candidates.csv`` class 0 for hard negatives). LUNA16 has no malignancy: ratings are None.
+- :class:`LidcSource`: LIDC-IDRI folders, each with a DICOM series and its readers' XML
+  (:mod:`resmtnet.lidc`): consensus nodules with median malignancy rating and type.
+- :class:`PhantomFolderSource`: a folder from :func:`resmtnet.phantom.write_phantom_set`.
+- :class:`CachedSource`: any source, its CTs resampled once to an isotropic spacing and kept on disk.
+
+:func:`ten_fold_split` splits case ids into ten folds by patient (no patient in two folds);
+:func:`fold_split` gives the train / validation ids of one fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
+from .errors import InputError
+
+Point = tuple[float, float, float]
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+
+
+@dataclass(frozen=True)
+class TruthNodule:
+    """A reference nodule: centre (LPS mm), diameter (mm), malignancy rating 1–5 (None: unknown, as in
+    LUNA16) and type (solid, part-solid, ground-glass, calcified; None: unknown)."""
+
+    center_lps: Point
+    diameter_mm: float
+    malignancy_rating: int | None = None
+    nodule_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["center_lps"] = [float(v) for v in self.center_lps]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TruthNodule:
+        return cls(center_lps=tuple(float(v) for v in d["center_lps"]), diameter_mm=float(d["diameter_mm"]),
+                   malignancy_rating=d.get("malignancy_rating"), nodule_type=d.get("nodule_type"))
+
+
+@runtime_checkable
+class CaseSource(Protocol):
+    """What training and evaluation need from a collection of scans.
+
+    The sources here also offer ``truths(case_id)`` (the nodules without reading the CT),
+    ``source_files(case_id)`` (the files a case is made of, for cache keys) and ``patient_of(case_id)``.
+    """
+
+    def case_ids(self) -> list[str]: ...
+
+    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]: ...
+
+    def negatives(self, case_id: str) -> list[Point]: ...
+
+
+# ---------------------------------------------------------------- CSV-annotated volume folders
+
+
+def _read_csv(path: Path, required: Iterable[str], what: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise InputError(f"{path}: {what} lacks column(s) {', '.join(missing)} "
+                             f"(has: {', '.join(header)})")
+        return list(reader)
+
+
+def _num(row: dict[str, str], key: str, path: Path, line: int) -> float:
+    try:
+        v = float(row[key])
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: line {line}: {key} is not a number: {row.get(key)!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{path}: line {line}: {key} is not finite")
+    return v
+
+
+def _rating(text: str | None) -> int | None:
+    text = (text or "").strip()
+    if not text or text.lower() in ("nan", "none", "na"):
+        return None
+    return int(round(float(text)))
+
+
+def read_truth_csv(path: str | Path) -> dict[str, list[TruthNodule]]:
+    """LUNA16-style annotations grouped by seriesuid; optional ``malignancy`` (rating) and ``nodule_type``."""
+    p = Path(path)
+    out: dict[str, list[TruthNodule]] = {}
+    for i, r in enumerate(_read_csv(p, ANNOTATION_COLUMNS, "annotations CSV")):
+        line = i + 2
+        try:
+            rating = _rating(r.get("malignancy"))
+        except ValueError:
+            raise InputError(f"{p}: line {line}: malignancy is not a rating: "
+                             f"{r.get('malignancy')!r}") from None
+        kind = (r.get("nodule_type") or "").strip() or None
+        out.setdefault(r["seriesuid"].strip(), []).append(TruthNodule(
+            center_lps=(_num(r, "coordX", p, line), _num(r, "coordY", p, line), _num(r, "coordZ", p, line)),
+            diameter_mm=_num(r, "diameter_mm", p, line), malignancy_rating=rating, nodule_type=kind))
+    return out
+
+
+def _volume_stem(path: Path, suffixes: Iterable[str]) -> str | None:
+    name = path.name
+    for s in sorted(suffixes, key=len, reverse=True):
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _mhd_data_files(path: Path) -> list[Path]:
+    """The data file(s) an .mhd header names (ElementDataFile), for cache fingerprints."""
+    if path.suffix.lower() != ".mhd":
+        return []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip() == "ElementDataFile":
+                    value = value.strip()
+                    if value.upper() in ("LOCAL",) or value.upper().startswith("LIST"):
+                        return []
+                    return [path.parent / value]
+    except OSError:
+        return []
+    return []
+
+
+class AnnotatedVolumeFolder:
+    """Volumes found anywhere below ``folder`` (case id = file stem) and an annotations CSV by seriesuid."""
+
+    suffixes: tuple[str, ...] = VOLUME_SUFFIXES
+
+    def __init__(self, folder: str | Path, annotations_csv: str | Path,
+                 candidates_csv: str | Path | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder}: no such folder")
+        self.annotations_csv = Path(annotations_csv)
+        self.candidates_csv = Path(candidates_csv) if candidates_csv is not None else None
+        if self.candidates_csv is not None and not self.candidates_csv.is_file():
+            raise InputError(f"{self.candidates_csv}: candidates CSV not found")
+        self._truth = read_truth_csv(self.annotations_csv)
+        self._paths: dict[str, Path] = {}
+        for p in sorted(self.folder.rglob("*")):
+            if not p.is_file() or p.name.startswith(".") or ".labels." in p.name:
+                continue
+            stem = _volume_stem(p, self.suffixes)
+            if stem is None:
+                continue
+            if stem in self._paths:
+                raise InputError(f"{self.folder}: two volumes for case {stem}: {self._paths[stem]} and {p}")
+            self._paths[stem] = p
+        if not self._paths:
+            raise InputError(f"{self.folder}: holds no volume ({', '.join(self.suffixes)})")
+        self._negatives: dict[str, list[Point]] | None = None
+
+    def case_ids(self) -> list[str]:
+        return sorted(self._paths)
+
+    def path_of(self, case_id: str) -> Path:
+        try:
+            return self._paths[case_id]
+        except KeyError:
+            raise InputError(f"{self.folder}: no case {case_id!r}") from None
+
+    def truths(self, case_id: str) -> list[TruthNodule]:
+        self.path_of(case_id)
+        return list(self._truth.get(case_id, []))
+
+    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
+        ct = read_ct(self.path_of(case_id))
+        ct.seriesuid = case_id
+        return ct, self.truths(case_id)
+
+    def negatives(self, case_id: str) -> list[Point]:
+        """Candidates of class 0 (LUNA16 ``candidates.csv``) of this case; none without a candidates file."""
+        self.path_of(case_id)
+        if self.candidates_csv is None:
+            return []
+        if self._negatives is None:
+            self._negatives = self._read_negatives()
+        return list(self._negatives.get(case_id, []))
+
+    def _read_negatives(self) -> dict[str, list[Point]]:
+        p = self.candidates_csv
+        assert p is not None
+        out: dict[str, list[Point]] = {}
+        wanted = set(self._paths)
+        for i, r in enumerate(_read_csv(p, CANDIDATE_COLUMNS, "candidates CSV")):
+            sid = r["seriesuid"].strip()
+            if sid not in wanted or r["class"].strip() not in ("0", "0.0"):
+                continue
+            out.setdefault(sid, []).append((_num(r, "coordX", p, i + 2), _num(r, "coordY", p, i + 2),
+                                            _num(r, "coordZ", p, i + 2)))
+        return out
+
+    def source_files(self, case_id: str) -> list[Path]:
+        path = self.path_of(case_id)
+        files = [path] + _mhd_data_files(path) + [self.annotations_csv]
+        return files
+
+    def patient_of(self, case_id: str) -> str:
+        return case_id
+
+
+class Luna16Source(AnnotatedVolumeFolder):
+    """LUNA16: ``folder`` holds ``subset0`` ... ``subset9`` (or the scans directly) of ``<seriesuid>.mhd``.
+
+    Annotations rows for scans not in the folder are ignored (one may hold a few subsets only).
+    LUNA16 does not say which scans share a patient: ``patient_of`` is the scan itself unless a mapping
+    ``{seriesuid: patient}`` is given.
+    """
+
+    suffixes = (".mhd", ".mha")
+
+    def __init__(self, folder: str | Path, annotations_csv: str | Path,
+                 candidates_csv: str | Path | None = None, patients: dict[str, str] | None = None):
+        super().__init__(folder, annotations_csv, candidates_csv)
+        self.patients = dict(patients or {})
+
+    def patient_of(self, case_id: str) -> str:
+        return self.patients.get(case_id, case_id)
+
+    def subset_of(self, case_id: str) -> int | None:
+        """The LUNA16 subset number (``subsetN`` folder) a scan lies in, if any."""
+        for part in self.path_of(case_id).relative_to(self.folder).parts[:-1]:
+            m = re.fullmatch(r"subset(\d+)", part)
+            if m:
+                return int(m.group(1))
+        return None
+
+    def subset_folds(self) -> list[list[str]]:
+        """LUNA16's own ten folds: the case ids of subset0 ... subset9 (empty lists for absent subsets)."""
+        folds: list[list[str]] = [[] for _ in range(10)]
+        for cid in self.case_ids():
+            s = self.subset_of(cid)
+            if s is not None and 0 <= s < 10:
+                folds[s].append(cid)
+        return folds
+
+
+class PhantomFolderSource(AnnotatedVolumeFolder):
+    """A folder written by :func:`resmtnet.phantom.write_phantom_set`: volumes + ``annotations.csv`` with
+    ``malignancy`` ratings and ``nodule_type``."""
+
+    def __init__(self, folder: str | Path, annotations_csv: str | Path | None = None):
+        folder = Path(folder)
+        csv_path = annotations_csv if annotations_csv is not None else folder / "annotations.csv"
+        super().__init__(folder, csv_path)
+
+
+# ---------------------------------------------------------------- LIDC-IDRI
+
+
+class LidcSource:
+    """LIDC-IDRI: every reader XML (``LidcReadMessage``) below ``root`` with its DICOM series (in the XML's
+    folder or below it). Case id: the XML's folder relative to ``root``; patient: the ``LIDC-IDRI-NNNN`` in
+    that path (else its first folder).
+
+    Truths are the consensus nodules that at least ``min_readers`` readers outlined (LUNA16 took 3);
+    negatives are the readers' non-nodule marks lying more than ``negative_clearance_mm`` from every
+    nodule mark of any size.
+    """
+
+    def __init__(self, root: str | Path, min_readers: int = 1, negative_clearance_mm: float = 10.0):
+        from .lidc import find_lidc_xml
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: no such folder")
+        self.min_readers = int(min_readers)
+        self.negative_clearance_mm = float(negative_clearance_mm)
+        self._xml: dict[str, Path] = {}
+        for xml in find_lidc_xml(self.root):
+            rel = xml.parent.relative_to(self.root).as_posix()
+            cid = rel if rel != "." else xml.stem
+            if cid in self._xml:
+                cid = f"{cid}/{xml.stem}"
+            self._xml[cid] = xml
+        if not self._xml:
+            raise InputError(f"{self.root}: holds no LIDC reader XML (LidcReadMessage)")
+        self._cases: dict[str, Any] = {}
+        self._dicom_folders: dict[str, Path] = {}
+
+    def case_ids(self) -> list[str]:
+        return sorted(self._xml)
+
+    def xml_of(self, case_id: str) -> Path:
+        try:
+            return self._xml[case_id]
+        except KeyError:
+            raise InputError(f"{self.root}: no LIDC case {case_id!r}") from None
+
+    def patient_of(self, case_id: str) -> str:
+        from .lidc import patient_id_of
+
+        return patient_id_of(case_id) or case_id.split("/")[0]
+
+    def lidc_case(self, case_id: str):
+        """The :class:`resmtnet.lidc.LidcCase` (reads the CT the first time)."""
+        if case_id not in self._cases:
+            self.load(case_id)
+        return self._cases[case_id]
+
+    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
+        from .lidc import read_lidc_case
+
+        ct, case = read_lidc_case(self.xml_of(case_id))
+        self._cases[case_id] = case
+        return ct, self._truths_of(case)
+
+    def truths(self, case_id: str) -> list[TruthNodule]:
+        return self._truths_of(self.lidc_case(case_id))
+
+    def _truths_of(self, case) -> list[TruthNodule]:
+        return [TruthNodule(center_lps=n.center_lps, diameter_mm=n.diameter_mm,
+                            malignancy_rating=n.malignancy_rating, nodule_type=n.nodule_type)
+                for n in case.accepted(self.min_readers)]
+
+    def negatives(self, case_id: str) -> list[Point]:
+        case = self.lidc_case(case_id)
+        marks = [m.center_lps for n in case.nodules for m in n.marks] + [p for _r, p in case.small_nodules]
+        out = []
+        for _reader, p in case.non_nodules:
+            if all(np.linalg.norm(np.subtract(p, q)) > self.negative_clearance_mm for q in marks):
+                out.append(p)
+        return out
+
+    def source_files(self, case_id: str) -> list[Path]:
+        from .lidc import dicom_folder_for, read_lidc_xml
+
+        xml = self.xml_of(case_id)
+        if case_id not in self._dicom_folders:
+            self._dicom_folders[case_id] = dicom_folder_for(xml, read_lidc_xml(xml).series_uid)
+        folder = self._dicom_folders[case_id]
+        return [xml] + sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() != ".xml")
+
+
+# ---------------------------------------------------------------- folds
+
+
+def ten_fold_split(case_ids: Iterable[str], patient_of: Callable[[str], str] | None = None, seed: int = 0,
+                   n_folds: int = 10) -> list[list[str]]:
+    """Split case ids into ``n_folds`` folds by patient: all cases of a patient land in one fold.
+
+    Patients are shuffled with ``seed`` and each goes to the fold holding the fewest cases so far (the
+    first such fold on a tie), so folds differ in size by at most one patient's cases. Deterministic.
+    """
+    if n_folds < 2:
+        raise ValueError("n_folds must be at least 2")
+    ids = list(dict.fromkeys(case_ids))
+    groups: dict[str, list[str]] = {}
+    for cid in ids:
+        groups.setdefault(patient_of(cid) if patient_of else cid, []).append(cid)
+    patients = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(patients))
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    for i in order:
+        target = min(range(n_folds), key=lambda f: (len(folds[f]), f))
+        folds[target].extend(groups[patients[i]])
+    return [sorted(f) for f in folds]
+
+
+def fold_split(case_ids: Iterable[str], fold: int, patient_of: Callable[[str], str] | None = None,
+               seed: int = 0, n_folds: int = 10) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) for ``fold`` (0 ... n_folds-1) of :func:`ten_fold_split`."""
+    if not 0 <= fold < n_folds:
+        raise InputError(f"fold must be in 0..{n_folds - 1}, not {fold}")
+    folds = ten_fold_split(case_ids, patient_of, seed, n_folds)
+    val = folds[fold]
+    train = sorted(c for i, f in enumerate(folds) if i != fold for c in f)
+    return train, val
+
+
+# ---------------------------------------------------------------- resampling and the cache
+
+
+def _iso(spacing_mm: float | Iterable[float]) -> tuple[float, float, float]:
+    s = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(v) for v in spacing_mm)
+    if len(s) != 3 or any(not math.isfinite(v) or v <= 0 for v in s):
+        raise ValueError(f"bad spacing {spacing_mm!r}")
+    return s  # type: ignore[return-value]
+
+
+def resample_isotropic(ct: CTVolume, spacing_mm: float | Iterable[float]) -> CTVolume:
+    """Resample ``ct`` (SimpleITK, linear) to ``spacing_mm`` keeping the world frame: same origin and
+    direction, voxel (0, 0, 0) where it was, and as many voxels as fit within the old voxel centres
+    (``floor((n - 1) * old / new) + 1`` per axis), so nothing is extrapolated. HU are kept as they are
+    (scanner padding included). For an axis-aligned CT this grid is exactly the one
+    :func:`resmtnet.prepare.to_model_grid` builds at the same spacing.
+    """
+    import SimpleITK as sitk
+
+    new = _iso(spacing_mm)
+    old = np.asarray(ct.spacing, dtype=np.float64)
+    n_old = np.asarray(ct.shape_xyz, dtype=np.float64)
+    size = np.maximum(np.floor((n_old - 1) * old / np.asarray(new) + 1e-6).astype(int) + 1, 1)
+    src = ct.to_sitk()
+    ref = sitk.Image([int(v) for v in size], sitk.sitkFloat32)
+    ref.SetSpacing(new)
+    ref.SetOrigin(ct.origin)
+    ref.SetDirection(ct.direction)
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(ct.array.min()), sitk.sitkFloat32)
+    return CTVolume.from_sitk(out, seriesuid=ct.seriesuid, source=ct.source)
+
+
+CACHE_FORMAT = 1
+
+
+def _safe_name(case_id: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[-80:]
+    return f"{readable}-{hashlib.sha1(case_id.encode()).hexdigest()[:10]}"
+
+
+def _fingerprint(files: Iterable[Path]) -> list[list[Any]]:
+    out = []
+    for p in files:
+        st = Path(p).stat()
+        out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+class CachedSource:
+    """A case source whose CTs are resampled once to ``spacing_mm`` and kept in ``cache_dir``.
+
+    Each case is ``<name>-<spacing>mm.npy`` (int16 HU, rounded) and a ``.json`` beside it (geometry,
+    truths, the target spacing and the source files' paths, sizes and modification times). A load whose
+    JSON matches the source files and the spacing reads the ``.npy`` and neither reads nor resamples the
+    CT; otherwise the case is rebuilt. Writes are atomic (temporary name, then rename; the JSON last),
+    so processes sharing a cache never read half a case. ``hits`` and ``misses`` count loads.
+    Without ``source_files`` on the wrapped source, the cache trusts the case id alone.
+    """
+
+    def __init__(self, source: CaseSource, cache_dir: str | Path, spacing_mm: float | Iterable[float]):
+        self.source = source
+        self.cache_dir = Path(cache_dir)
+        self.spacing = _iso(spacing_mm)
+        self.hits = 0
+        self.misses = 0
+
+    def case_ids(self) -> list[str]:
+        return self.source.case_ids()
+
+    def negatives(self, case_id: str) -> list[Point]:
+        return self.source.negatives(case_id)
+
+    def patient_of(self, case_id: str) -> str:
+        f = getattr(self.source, "patient_of", None)
+        return f(case_id) if f else case_id
+
+    def truths(self, case_id: str) -> list[TruthNodule]:
+        return self.load(case_id)[1]
+
+    def source_files(self, case_id: str) -> list[Path]:
+        f = getattr(self.source, "source_files", None)
+        return list(f(case_id)) if f else []
+
+    def paths(self, case_id: str) -> tuple[Path, Path]:
+        sx, sy, sz = self.spacing
+        tag = f"{sx:g}" if sx == sy == sz else f"{sx:g}x{sy:g}x{sz:g}"
+        stem = f"{_safe_name(case_id)}-{tag}mm"
+        return self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
+
+    def _key(self, case_id: str) -> dict[str, Any]:
+        return {"format": CACHE_FORMAT, "case_id": case_id, "spacing": list(self.spacing),
+                "files": _fingerprint(self.source_files(case_id))}
+
+    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
+        npy, meta_path = self.paths(case_id)
+        key = self._key(case_id)
+        meta = None
+        if meta_path.is_file() and npy.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                meta = None
+        if meta is not None and meta.get("key") == key:
+            try:
+                arr = np.load(npy)
+            except (OSError, ValueError):
+                arr = None
+            if arr is not None and list(arr.shape) == meta["shape"]:
+                self.hits += 1
+                ct = CTVolume(array=arr.astype(np.float32), spacing=tuple(meta["spacing"]),
+                              origin=tuple(meta["origin"]), direction=tuple(meta["direction"]),
+                              seriesuid=meta["seriesuid"], source=meta["source"])
+                return ct, [TruthNodule.from_dict(t) for t in meta["truths"]]
+        self.misses += 1
+        ct, truths = self.source.load(case_id)
+        res = resample_isotropic(ct, self.spacing)
+        if res.array.min() < -32768 or res.array.max() > 32767:
+            warnings.warn(f"{case_id}: HU beyond int16 clipped in the cache", stacklevel=2)
+        hu = np.clip(np.round(res.array), -32768, 32767).astype(np.int16)
+        res.array = hu.astype(np.float32)
+        self._write(npy, meta_path, hu, res, truths, key)
+        return res, list(truths)
+
+    def _write(self, npy: Path, meta_path: Path, hu: np.ndarray, ct: CTVolume, truths: list[TruthNodule],
+               key: dict[str, Any]) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tag = f".tmp-{os.getpid()}-"
+        tmp_npy = npy.with_name(tag + npy.name)
+        with open(tmp_npy, "wb") as f:
+            np.save(f, hu)
+        os.replace(tmp_npy, npy)
+        meta = {"key": key, "shape": list(hu.shape), "spacing": list(ct.spacing), "origin": list(ct.origin),
+                "direction": list(ct.direction), "seriesuid": ct.seriesuid, "source": ct.source,
+                "truths": [t.to_dict() for t in truths]}
+        tmp_meta = meta_path.with_name(tag + meta_path.name)
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, meta_path)

@@ -1,0 +1,204 @@
+"""Case sources (LUNA16-shaped folder of small phantoms, phantom set, LIDC-IDRI), folds, the cache."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from resmtnet import datasets
+from resmtnet.datasets import CachedSource, Luna16Source, PhantomFolderSource, TruthNodule
+from resmtnet.errors import InputError
+from resmtnet.phantom import generate_phantom
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+LIDC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LUNA_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.{}"
+
+
+@pytest.fixture(scope="module")
+def luna_folder(tmp_path_factory):
+    """Three small phantoms as LUNA16 has its scans: subsetN/<seriesuid>.mhd + .raw, annotations.csv and
+    candidates.csv (class 1 at the nodules, class 0 elsewhere). Also returns the phantoms' label maps."""
+    root = tmp_path_factory.mktemp("luna16")
+    ann_rows, cand_rows, phantoms = [], [], {}
+    for i, seed in enumerate((11, 12, 13)):
+        ph = generate_phantom(seed, small=True, direction=IDENTITY)
+        uid = LUNA_UID.format(100 + i)
+        sub = root / f"subset{i % 2}"
+        sub.mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.Cast(ph.ct.to_sitk(), sitk.sitkInt16), str(sub / f"{uid}.mhd"), False)
+        for n in ph.nodules:
+            ann_rows.append([uid, *n.center_lps, n.diameter_mm])
+            cand_rows.append([uid, *np.add(n.center_lps, 1.0), 1])
+        cand_rows.append([uid, *ph.ct.index_to_world(np.array([5.0, 5.0, 5.0])), 0])
+        cand_rows.append([uid, *ph.ct.index_to_world(np.array([6.0, 7.0, 8.0])), 0])
+        phantoms[uid] = ph
+    # LUNA16's annotations list every scan, also those not downloaded
+    ann_rows.append([LUNA_UID.format(999), 1.0, 2.0, 3.0, 5.0])
+    coords = ["seriesuid", "coordX", "coordY", "coordZ"]
+    for name, header, rows in (("annotations.csv", coords + ["diameter_mm"], ann_rows),
+                               ("candidates.csv", coords + ["class"], cand_rows)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+    return root, phantoms
+
+
+def test_luna16_folder_loads_with_correct_positions(luna_folder):
+    root, phantoms = luna_folder
+    src = Luna16Source(root, root / "annotations.csv", root / "candidates.csv")
+    assert isinstance(src, datasets.CaseSource)
+    assert src.case_ids() == sorted(phantoms)
+    for uid, ph in phantoms.items():
+        ct, truths = src.load(uid)
+        assert ct.seriesuid == uid and ct.array.shape == ph.ct.array.shape
+        np.testing.assert_allclose(ct.array, ph.ct.array, atol=1.0)  # int16 on disk
+        np.testing.assert_allclose(ct.origin, ph.ct.origin, atol=1e-4)
+        assert len(truths) == len(ph.nodules)
+        for t, n in zip(truths, ph.nodules, strict=True):
+            assert t.malignancy_rating is None and t.nodule_type is None  # LUNA16 has no malignancy
+            # the annotated world point, through the CT read back from .mhd, lands in that nodule's label
+            i, j, k = np.round(ct.world_to_index(np.array(t.center_lps))).astype(int)
+            assert ph.labels[k, j, i] == ph.nodules.index(n) + 1
+        neg = src.negatives(uid)
+        assert len(neg) == 2  # class 0 only
+        assert all(min(np.linalg.norm(np.subtract(p, n.center_lps)) for n in ph.nodules) > 5 for p in neg)
+    assert [src.subset_of(u) for u in src.case_ids()] == [0, 1, 0]
+    assert src.subset_folds()[0] == [LUNA_UID.format(100), LUNA_UID.format(102)]
+    assert src.subset_folds()[1] == [LUNA_UID.format(101)] and src.subset_folds()[2] == []
+    # the .raw data file is part of what identifies a case
+    assert any(p.suffix == ".raw" for p in src.source_files(LUNA_UID.format(100)))
+
+
+def test_luna16_bad_input(tmp_path, luna_folder):
+    root, _ = luna_folder
+    with pytest.raises(InputError, match="no volume"):
+        Luna16Source(tmp_path, root / "annotations.csv")
+    bad = tmp_path / "ann.csv"
+    bad.write_text("seriesuid,coordX,coordY\nx,1,2\n")
+    with pytest.raises(InputError, match="lacks column"):
+        Luna16Source(root, bad)
+    with pytest.raises(InputError, match="no case"):
+        Luna16Source(root, root / "annotations.csv").load("nope")
+
+
+def test_phantom_folder_source(tmp_path):
+    from resmtnet.phantom import phantom_seed, write_phantom_set
+
+    write_phantom_set(tmp_path, 2, seed=5, small=True)
+    src = PhantomFolderSource(tmp_path)
+    assert src.case_ids() == ["phantom-s5-0000", "phantom-s5-0001"]
+    ct, truths = src.load("phantom-s5-0001")
+    ph = generate_phantom(phantom_seed(5, 1), small=True)
+    assert [t.malignancy_rating for t in truths] == [n.malignancy for n in ph.nodules]
+    assert [t.nodule_type for t in truths] == [n.nodule_type for n in ph.nodules]
+    for t, n in zip(truths, ph.nodules, strict=True):
+        assert np.linalg.norm(np.subtract(t.center_lps, n.center_lps)) < 0.01
+        i, j, k = np.round(ct.world_to_index(np.array(t.center_lps))).astype(int)
+        assert ph.labels[k, j, i] == ph.nodules.index(n) + 1
+    assert src.negatives("phantom-s5-0000") == []
+
+
+def _patient(cid: str) -> str:
+    return cid.split("/")[0]
+
+
+def test_ten_fold_split_keeps_patients_together():
+    # 23 patients with 1 to 3 scans each
+    ids = [f"P{p:02d}/scan{s}" for p in range(23) for s in range(1 + p % 3)]
+    folds = datasets.ten_fold_split(ids, patient_of=_patient, seed=0)
+    assert len(folds) == 10
+    assert sorted(c for f in folds for c in f) == sorted(ids)
+    owner = {}
+    for k, f in enumerate(folds):
+        for c in f:
+            assert owner.setdefault(_patient(c), k) == k  # no patient in two folds
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 3
+    assert datasets.ten_fold_split(ids, patient_of=_patient, seed=0) == folds
+    assert datasets.ten_fold_split(ids, patient_of=_patient, seed=1) != folds
+    train, val = datasets.fold_split(ids, 3, patient_of=_patient)
+    assert val == folds[3] and not set(train) & set(val) and sorted(train + val) == sorted(ids)
+    assert not {_patient(c) for c in train} & {_patient(c) for c in val}
+    with pytest.raises(InputError, match="fold must be in 0..9"):
+        datasets.fold_split(ids, 10)
+
+
+def test_resample_keeps_the_world_frame():
+    ph = generate_phantom(21, small=True)  # a drawn direction, possibly flipped axes
+    ct = ph.ct
+    res = datasets.resample_isotropic(ct, 2.0)
+    assert res.spacing == (2.0, 2.0, 2.0)
+    assert res.origin == ct.origin and res.direction == ct.direction
+    # the label map resampled the same way still has the largest nodule's label at its world centre
+    labels = datasets.CTVolume(array=ph.labels.astype(np.float32), spacing=ct.spacing, origin=ct.origin,
+                               direction=ct.direction, seriesuid="labels", source="")
+    lab = datasets.resample_isotropic(labels, 2.0)
+    big = max(range(len(ph.nodules)), key=lambda i: ph.nodules[i].diameter_mm)
+    i, j, k = np.round(lab.world_to_index(np.array(ph.nodules[big].center_lps))).astype(int)
+    assert round(float(lab.array[k, j, i])) == big + 1
+    # the last voxel centre lies within the old extent (nothing extrapolated)
+    last = res.index_to_world(np.array(res.shape_xyz, float) - 1)
+    assert np.all(np.abs(ct.world_to_index(last)) <= np.array(ct.shape_xyz) - 1 + 1e-6)
+
+
+def test_cache_second_load_is_equal_and_does_not_resample(luna_folder, tmp_path, monkeypatch):
+    root, phantoms = luna_folder
+    calls = []
+    real = datasets.resample_isotropic
+
+    def counting_resample(ct, spacing):
+        calls.append(ct.seriesuid)
+        return real(ct, spacing)
+
+    monkeypatch.setattr(datasets, "resample_isotropic", counting_resample)
+    src = Luna16Source(root, root / "annotations.csv", root / "candidates.csv")
+    uid = LUNA_UID.format(101)
+    cache = CachedSource(src, tmp_path / "cache", 2.0)
+    ct1, t1 = cache.load(uid)
+    assert calls == [uid] and (cache.hits, cache.misses) == (0, 1)
+    assert ct1.spacing == (2.0, 2.0, 2.0)
+    np.testing.assert_allclose(ct1.origin, phantoms[uid].ct.origin, atol=1e-4)
+    # second load: from disk, equal, no resampling; likewise from a fresh cache object (another epoch/process)
+    ct2, t2 = cache.load(uid)
+    again = CachedSource(src, tmp_path / "cache", 2.0)
+    ct3, t3 = again.load(uid)
+    assert calls == [uid] and cache.hits == 1 and again.hits == 1
+    for ct, t in ((ct2, t2), (ct3, t3)):
+        np.testing.assert_array_equal(ct.array, ct1.array)
+        assert (ct.spacing, ct.origin, ct.direction) == (ct1.spacing, ct1.origin, ct1.direction)
+        assert ct.seriesuid == uid
+        assert t == t1 and all(isinstance(x, TruthNodule) for x in t)
+    assert cache.negatives(uid) == src.negatives(uid)
+    # another spacing is another cache entry
+    CachedSource(src, tmp_path / "cache", 2.5).load(uid)
+    assert calls == [uid, uid]
+    # a changed source file (new modification time) makes the case be rebuilt
+    path = src.path_of(uid)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    cache.load(uid)
+    assert calls == [uid, uid, uid] and cache.misses == 2
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.skipif(not (LIDC_ROOT / "LIDC-IDRI-0001" / "reader-annotations-lidc.xml").is_file(),
+                    reason=f"LIDC-IDRI-0001 not found under {LIDC_ROOT}")
+def test_lidc_source_on_the_real_case():
+    src = datasets.LidcSource(LIDC_ROOT)
+    assert src.case_ids() == ["LIDC-IDRI-0001"]
+    assert src.patient_of("LIDC-IDRI-0001") == "LIDC-IDRI-0001"
+    ct, truths = src.load("LIDC-IDRI-0001")
+    assert ct.array.shape == (133, 512, 512)
+    assert len(truths) == 1
+    t = truths[0]
+    assert t.malignancy_rating == 5 and t.nodule_type == "solid" and 20 < t.diameter_mm < 28
+    neg = src.negatives("LIDC-IDRI-0001")
+    assert all(np.linalg.norm(np.subtract(p, t.center_lps)) > 10 for p in neg)
+    files = src.source_files("LIDC-IDRI-0001")
+    assert files[0].suffix == ".xml" and sum(p.suffix == ".dcm" for p in files) == 133
