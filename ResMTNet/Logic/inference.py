@@ -1,0 +1,102 @@
+"""Running Res-MTNet over a whole volume in overlapping windows, batched, on CPU or CUDA (AMP).
+
+Windows start on multiples of 16 voxels so the output cells of every window line up with one global
+output grid; each window contributes only its inner part (its border cells, which see less context,
+are left to the neighbouring window), except at the volume's own edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import Cancelled
+from .model import ResMTNet
+from .prepare import HU_MIN, normalize_hu
+
+ALIGN = 16
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
+    from .errors import ResMTNetError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ResMTNetError("--device cuda was asked for, but no CUDA device is available (use auto or cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ResMTNetError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def _starts(n: int, window: int, step: int) -> list[int]:
+    if n <= window:
+        return [0]
+    s = list(range(0, n - window, step))
+    s.append(n - window)
+    return sorted(set(s))
+
+
+@torch.no_grad()
+def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = 128, overlap: int = 32,
+                   batch_size: int = 2, progress: Callable[[float], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Network outputs over a whole HU volume on the model grid (z, y, x); cells of the output stride.
+
+    Returns a dict like the model's forward with batch size 1, covering the volume (padded to a multiple
+    of 16 voxels; extra cells lie beyond the volume).
+    """
+    stride = model.cfg.output_stride
+    shape = np.array(hu.shape)
+    padded = (np.ceil(shape / ALIGN) * ALIGN).astype(int)
+    win = np.minimum(window, padded)
+    x = normalize_hu(hu)
+    pad = [(0, int(p - s)) for p, s in zip(padded, shape)]
+    x = np.pad(x, pad, constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
+    step = np.maximum(win - overlap, ALIGN)
+    starts = [(a, b, c) for a in _starts(padded[0], win[0], step[0]) for b in _starts(padded[1], win[1], step[1])
+              for c in _starts(padded[2], win[2], step[2])]
+    cells = padded // stride
+    out = {"center": torch.full((1, 1, *cells), -20.0), "offset": torch.zeros((1, 3, *cells)),
+           "log_diameter": torch.zeros((1, 1, *cells)), "malignancy": torch.zeros((1, 1, *cells))}
+    half = overlap // 2 // stride
+    use_amp = device.type == "cuda"
+    model.eval()
+    xt = torch.from_numpy(x)
+    for i in range(0, len(starts), batch_size):
+        if cancel is not None and cancel():
+            raise Cancelled("detection cancelled")
+        group = starts[i:i + batch_size]
+        batch = torch.stack([xt[a:a + win[0], b:b + win[1], c:c + win[2]] for a, b, c in group])[:, None]
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            res = model(batch.to(device, non_blocking=True))
+        res = {k: v.float().cpu() for k, v in res.items()}
+        for j, st in enumerate(group):
+            src, dst = [], []
+            for ax in range(3):
+                c0 = st[ax] // stride
+                n = win[ax] // stride
+                lo = 0 if st[ax] == 0 else half
+                hi = n if st[ax] + win[ax] >= padded[ax] else n - half
+                src.append(slice(lo, hi))
+                dst.append(slice(c0 + lo, c0 + hi))
+            for k in out:
+                out[k][0, :, dst[0], dst[1], dst[2]] = res[k][j, :, src[0], src[1], src[2]]
+        if progress is not None:
+            progress(min(1.0, (i + len(group)) / len(starts)))
+    return out
+
+
+def window_count(shape: tuple[int, int, int], window: int = 128, overlap: int = 32) -> int:
+    padded = (np.ceil(np.array(shape) / ALIGN) * ALIGN).astype(int)
+    win = np.minimum(window, padded)
+    step = np.maximum(win - overlap, ALIGN)
+    return int(np.prod([len(_starts(p, w, s)) for p, w, s in zip(padded, win, step)]))
+
+
+def upsample_heat(center_logits: torch.Tensor, stride: int) -> torch.Tensor:
+    return F.interpolate(torch.sigmoid(center_logits), scale_factor=stride, mode="trilinear")

@@ -1,0 +1,156 @@
+"""Res-MTNet: one residual 3-D encoder shared by every task, a light feature pyramid, and task heads.
+
+Backbone (residual stages at strides 1, 2, 4, 8, 16) → pyramid back to the output stride (4) → heads:
+
+- ``center``: nodule-centre heat map (classification, one logit per output cell);
+- ``offset``: sub-cell position of the centre (regression, 3 channels, in cells);
+- ``size``: log diameter in mm (regression);
+- ``malignancy``: malignant vs benign logit (classification). The malignancy head takes the size
+  head's hidden features through a residual link, so what the network learns about size informs the
+  malignancy estimate, as size does for radiologists.
+
+The network is built from a plain :class:`ModelConfig`, which travels inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 1
+    stem_channels: int = 16
+    stage_channels: tuple[int, ...] = (32, 48, 64, 96)  # strides 2, 4, 8, 16
+    blocks_per_stage: tuple[int, ...] = (0, 2, 2, 2)
+    pyramid_channels: int = 48
+    head_channels: int = 32
+    output_stride: int = 4
+    spacing_mm: float = 1.5  # the grid the network was trained on
+    center_prior: float = 0.01  # initial probability of the centre head (focal-loss practice)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stage_channels"] = list(self.stage_channels)
+        d["blocks_per_stage"] = list(self.blocks_per_stage)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["stage_channels"] = tuple(d["stage_channels"])
+        d["blocks_per_stage"] = tuple(d["blocks_per_stage"])
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _norm(c: int) -> nn.Module:
+    # GroupNorm: batch-size independent (inference runs single windows, training small batches)
+    return nn.GroupNorm(min(8, c // 4) if c >= 8 else 1, c)
+
+
+class ConvNormAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1):
+        super().__init__(nn.Conv3d(cin, cout, k, stride, k // 2, bias=False), _norm(cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3x3 convolutions with an identity shortcut (pre-addition norm, post-addition ReLU)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(c, c, 3, 1, 1, bias=False)
+        self.norm1 = _norm(c)
+        self.conv2 = nn.Conv3d(c, c, 3, 1, 1, bias=False)
+        self.norm2 = _norm(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = self.norm2(self.conv2(y))
+        return F.relu(x + y, inplace=True)
+
+
+class ResidualEncoder(nn.Module):
+    """The shared encoder: a full-resolution stem, then strided stages of residual blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels)
+        stages = []
+        cin = cfg.stem_channels
+        for cout, nblocks in zip(cfg.stage_channels, cfg.blocks_per_stage):
+            layers: list[nn.Module] = [ConvNormAct(cin, cout, 3, 2)]
+            layers += [ResidualBlock(cout) for _ in range(nblocks)]
+            stages.append(nn.Sequential(*layers))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats  # strides 2, 4, 8, 16
+
+
+class FeaturePyramid(nn.Module):
+    """Top-down pathway from the deepest stage back to the output stride (lateral 1x1 + upsample + add)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        strides = [2 ** (i + 1) for i in range(len(cfg.stage_channels))]
+        self.first = strides.index(cfg.output_stride)
+        used = cfg.stage_channels[self.first:]
+        self.lateral = nn.ModuleList([nn.Conv3d(c, cfg.pyramid_channels, 1) for c in used])
+        self.smooth = ConvNormAct(cfg.pyramid_channels, cfg.pyramid_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        feats = feats[self.first:]
+        x = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            x = lat(f) + F.interpolate(x, size=f.shape[2:], mode="trilinear", align_corners=False)
+        return self.smooth(x)
+
+
+class ResMTNet(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        c, h = self.cfg.pyramid_channels, self.cfg.head_channels
+        self.encoder = ResidualEncoder(self.cfg)
+        self.pyramid = FeaturePyramid(self.cfg)
+        self.center_head = nn.Sequential(ConvNormAct(c, h), nn.Conv3d(h, 1, 1))
+        self.offset_head = nn.Sequential(ConvNormAct(c, h), nn.Conv3d(h, 3, 1))
+        self.size_hidden = ConvNormAct(c, h)
+        self.size_out = nn.Conv3d(h, 1, 1)
+        self.malig_hidden = ConvNormAct(c, h)
+        self.malig_out = nn.Sequential(ConvNormAct(h, h), nn.Conv3d(h, 1, 1))
+        nn.init.constant_(self.center_head[-1].bias, -math.log((1 - self.cfg.center_prior) / self.cfg.center_prior))
+        nn.init.constant_(self.size_out.bias, math.log(8.0))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x``: (B, 1, Z, Y, X) normalised CT on the model grid, sizes divisible by 16.
+
+        Returns logits/regressions at the output stride: center (B,1,...), offset (B,3,...) in cells,
+        log_diameter (B,1,...) (log mm), malignancy (B,1,...) logits.
+        """
+        f = self.pyramid(self.encoder(x))
+        size_h = self.size_hidden(f)
+        malig_h = self.malig_hidden(f) + size_h  # residual link between the size and malignancy tasks
+        return {
+            "center": self.center_head(f),
+            "offset": self.offset_head(f),
+            "log_diameter": self.size_out(size_h),
+            "malignancy": self.malig_out(malig_h),
+        }
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,119 @@
+"""Target coding and decoding for the centre-map detector: nodules ↔ output-cell maps.
+
+Output cell ``k`` (stride ``s``) covers model-grid voxels ``[k*s, (k+1)*s)``; its centre is the voxel
+position ``k*s + (s-1)/2``. A nodule at voxel position ``v`` lies at cell coordinate
+``u = (v - (s-1)/2) / s``: its centre cell is ``round(u)`` and its offset target ``u - round(u)``.
+Decoding inverts exactly that, so encode → decode gives the centre back (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MALIGNANT_RATINGS = (4, 5)
+BENIGN_RATINGS = (1, 2)
+
+
+@dataclass
+class Targets:
+    heat: np.ndarray  # (Z, Y, X) float32 in [0, 1], exactly 1 at centre cells
+    offset: np.ndarray  # (3, Z, Y, X) float32, cells
+    offset_mask: np.ndarray  # (Z, Y, X) float32, 1 at centre cells
+    log_diameter: np.ndarray  # (Z, Y, X) float32
+    size_mask: np.ndarray  # (Z, Y, X) float32, centre cells and their neighbours inside the nodule
+    malignant: np.ndarray  # (Z, Y, X) float32, 0/1
+    malig_mask: np.ndarray  # (Z, Y, X) float32, where the rating says benign (1-2) or malignant (4-5)
+
+
+def voxel_to_cell(v: np.ndarray, stride: int) -> np.ndarray:
+    return (np.asarray(v, np.float64) - (stride - 1) / 2.0) / stride
+
+
+def cell_to_voxel(u: np.ndarray, stride: int) -> np.ndarray:
+    return np.asarray(u, np.float64) * stride + (stride - 1) / 2.0
+
+
+def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters_mm: np.ndarray,
+           ratings: np.ndarray, stride: int, spacing_mm: float) -> Targets:
+    """Targets on a grid of ``shape_cells`` for nodules at voxel positions ``centers_vox`` (N, 3) z, y, x."""
+    Z, Y, X = shape_cells
+    heat = np.zeros(shape_cells, np.float32)
+    offset = np.zeros((3,) + tuple(shape_cells), np.float32)
+    offset_mask = np.zeros(shape_cells, np.float32)
+    logd = np.zeros(shape_cells, np.float32)
+    size_mask = np.zeros(shape_cells, np.float32)
+    malignant = np.zeros(shape_cells, np.float32)
+    malig_mask = np.zeros(shape_cells, np.float32)
+    zz, yy, xx = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
+    order = np.argsort(-np.asarray(diameters_mm))  # small nodules written last win shared cells
+    for i in order:
+        u = voxel_to_cell(centers_vox[i], stride)
+        k = np.round(u).astype(int)
+        if np.any(k < 0) or np.any(k >= np.array(shape_cells)):
+            continue
+        radius_cells = diameters_mm[i] / 2.0 / (spacing_mm * stride)
+        sigma = max(0.5, 0.4 * radius_cells)
+        d2 = (zz - u[0]) ** 2 + (yy - u[1]) ** 2 + (xx - u[2]) ** 2
+        np.maximum(heat, np.exp(-d2 / (2 * sigma * sigma)).astype(np.float32), out=heat)
+        heat[tuple(k)] = 1.0
+        offset[:, k[0], k[1], k[2]] = u - k
+        offset_mask[tuple(k)] = 1.0
+        near = ((np.abs(zz - k[0]) <= 1) & (np.abs(yy - k[1]) <= 1) & (np.abs(xx - k[2]) <= 1)
+                & (d2 <= max(radius_cells, 1.0) ** 2))
+        near[tuple(k)] = True
+        logd[near] = np.log(max(diameters_mm[i], 1.0))
+        size_mask[near] = 1.0
+        r = int(ratings[i])
+        if r in MALIGNANT_RATINGS or r in BENIGN_RATINGS:
+            malignant[near] = 1.0 if r in MALIGNANT_RATINGS else 0.0
+            malig_mask[near] = 1.0
+        else:
+            malig_mask[near] = 0.0
+    return Targets(heat, offset, offset_mask, logd, size_mask, malignant, malig_mask)
+
+
+@dataclass
+class Peak:
+    position_vox: np.ndarray  # z, y, x continuous voxel position on the model grid
+    probability: float
+    diameter_mm: float
+    malignancy: float
+
+
+def decode(outputs: dict[str, torch.Tensor], stride: int, threshold: float = 0.05, max_peaks: int = 100
+           ) -> list[Peak]:
+    """Peaks of the centre map (local 3x3x3 maxima above ``threshold``) of one volume (batch size 1)."""
+    heat = torch.sigmoid(outputs["center"].float())[0, 0]
+    pooled = F.max_pool3d(heat[None, None], 3, 1, 1)[0, 0]
+    keep = (heat == pooled) & (heat >= threshold)
+    idx = torch.nonzero(keep)
+    if len(idx) == 0:
+        return []
+    probs = heat[keep]
+    order = torch.argsort(probs, descending=True)[:max_peaks]
+    idx, probs = idx[order], probs[order]
+    off = outputs["offset"].float()[0][:, idx[:, 0], idx[:, 1], idx[:, 2]].T
+    logd = outputs["log_diameter"].float()[0, 0][idx[:, 0], idx[:, 1], idx[:, 2]]
+    mal = torch.sigmoid(outputs["malignancy"].float()[0, 0][idx[:, 0], idx[:, 1], idx[:, 2]])
+    cells = idx.double().numpy() + off.clamp(-1, 1).double().numpy()
+    vox = cell_to_voxel(cells, stride)
+    return [Peak(vox[i], float(probs[i]), float(np.exp(float(logd[i]))), float(mal[i])) for i in range(len(idx))]
+
+
+def merge_duplicates(peaks: list[Peak], spacing_mm: float) -> list[Peak]:
+    """Keep the most probable of peaks whose centres lie inside each other's predicted sphere."""
+    kept: list[Peak] = []
+    for p in sorted(peaks, key=lambda q: -q.probability):
+        dup = False
+        for k in kept:
+            dist_mm = float(np.linalg.norm((p.position_vox - k.position_vox) * spacing_mm))
+            if dist_mm < max(k.diameter_mm, p.diameter_mm) / 2.0:
+                dup = True
+                break
+        if not dup:
+            kept.append(p)
+    return kept

@@ -1,0 +1,150 @@
+"""Train Res-MTNet on synthetic phantoms (default), a LUNA16 folder, LIDC-IDRI series, or a phantom folder.
+
+Cases are resampled once onto the model's grid and cached (``--cache``); checkpoints land in ``-o``
+after every epoch (``last.pt``, and ``best.pt`` by the validation CPM) and a run resumes from
+``last.pt`` by itself. One process here; for several GPUs or nodes start the same command under
+``torchrun`` (DistributedDataParallel, NCCL on GPUs, gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--data", default="phantoms", choices=["phantoms", "phantom-folder", "luna16", "lidc"],
+                   help="training data (default: phantoms generated on the fly and cached)")
+    p.add_argument("--data-dir", help="folder of the data set (phantom-folder, luna16: the .mhd folder, lidc)")
+    p.add_argument("--annotations", help="LUNA16 annotations.csv")
+    p.add_argument("--candidates", help="LUNA16 candidates.csv (hard negatives), optional")
+    p.add_argument("--fold", type=int, default=None, help="ten-fold split by patient: validate on this fold (0-9)")
+    p.add_argument("--phantoms", type=int, default=220, help="number of training phantoms (default 220)")
+    p.add_argument("--phantom-seed", type=int, default=1000)
+    p.add_argument("--val-phantoms", type=int, default=12)
+    p.add_argument("--val-seed", type=int, default=2000)
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--max-nodules", type=int, default=8, help="nodules drawn per training phantom (1..N)")
+    p.add_argument("--cache", default="cache/phantoms", help="case cache folder")
+    p.add_argument("--workers", type=int, default=2, help="processes that generate/resample cases")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps-per-epoch", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch", type=int, default=64, help="training window edge in voxels (multiple of 16)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed")
+    p.add_argument("--spacing", type=float, default=1.5, help="model grid spacing in mm")
+    p.add_argument("--tiny", action="store_true", help="a very small network (tests, smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--while-generating", action="store_true",
+                   help="phantoms: don't wait for the whole training pool; each epoch trains on the phantoms "
+                        "cached so far (another process, e.g. an earlier train command, fills the cache)")
+
+
+def tiny_model_config(spacing: float):
+    from .model import ModelConfig
+
+    return ModelConfig(stem_channels=8, stage_channels=(8, 16, 16, 24), blocks_per_stage=(0, 1, 1, 1),
+                       pyramid_channels=16, head_channels=8, spacing_mm=spacing)
+
+
+def _cases_from_source(args, spacing: float):
+    """Train/validation cases from a LUNA16 / LIDC / phantom-folder case source, through the cache."""
+    from . import datasets
+    from .errors import ResMTNetError
+
+    if not args.data_dir:
+        raise ResMTNetError(f"--data {args.data} needs --data-dir")
+    if args.data == "luna16":
+        if not args.annotations:
+            raise ResMTNetError("--data luna16 needs --annotations (LUNA16 annotations.csv)")
+        source = datasets.Luna16Source(args.data_dir, args.annotations, args.candidates)
+    elif args.data == "lidc":
+        source = datasets.LidcSource(args.data_dir)
+    else:
+        source = datasets.PhantomFolderSource(args.data_dir)
+    cached = datasets.TrainCaseCache(source, Path(args.cache), spacing)
+    ids = source.case_ids()
+    if args.fold is not None:
+        train_ids, val_ids = datasets.fold_split(ids, args.fold, patient_of=getattr(source, "patient_of", None))
+    else:
+        train_ids, val_ids = ids, []
+    cached.ensure(ids, workers=args.workers, progress=_printer("cases"))
+    return cached.load(train_ids), cached.load(val_ids), {"source": args.data, "data_dir": str(args.data_dir),
+                                                          "cases": len(train_ids), "val_cases": len(val_ids),
+                                                          "fold": args.fold}
+
+
+def _printer(what: str):
+    def show(done: int, total: int) -> None:
+        print(f"{what}: {done}/{total} ready", flush=True)
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import ResMTNetError
+    from .model import ModelConfig
+    from .training import TrainConfig, train
+    from .training_data import PhantomCases
+    from .validation import score_cases
+
+    if args.patch % 16:
+        raise ResMTNetError(f"--patch {args.patch}: must be a multiple of 16")
+    spacing = float(args.spacing)
+    rank = int(os.environ.get("RANK", "0"))
+    if args.data == "phantoms":
+        tr = PhantomCases(args.cache, args.phantom_seed, args.phantoms, spacing, args.max_nodules)
+        va = PhantomCases(args.cache, args.val_seed, args.val_phantoms, spacing, args.max_nodules)
+        if rank == 0:
+            va.ensure(args.workers, _printer("validation phantoms"))
+            if not args.while_generating:
+                tr.ensure(args.workers, _printer("training phantoms"))
+        if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # other ranks wait for rank 0's cache by polling the files it writes
+            import time
+
+            while not all(tr.path(cid).exists() for cid, _ in tr.items):
+                time.sleep(2)
+        train_cases, val_cases = tr.load(available_only=args.while_generating), va.load()
+        refresh = (lambda: tr.load(available_only=True)) if args.while_generating else None
+        data_prov = {"source": "synthetic phantoms (resmtnet.phantom)", "phantom_seed": args.phantom_seed,
+                     "phantoms": args.phantoms, "val_seed": args.val_seed, "val_phantoms": args.val_phantoms,
+                     "max_nodules": args.max_nodules}
+    else:
+        train_cases, val_cases, data_prov = _cases_from_source(args, spacing)
+        refresh = None
+    if not train_cases:
+        raise ResMTNetError("no training cases")
+    mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
+    cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
+                      steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
+                      seed=args.seed, threads=args.threads, val_every=args.val_every)
+    val_fn = (lambda net: score_cases(net, val_cases, next(net.parameters()).device)) if val_cases else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(line + "\n")
+
+    if rank == 0:
+        log(json.dumps({"start": {"train_cases": len(train_cases), "val_cases": len(val_cases),
+                                  "config": cfg.to_dict(), "model": mcfg.to_dict(), "data": data_prov}}))
+    last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance={"data": data_prov},
+                 resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
+                 refresh=refresh)
+    if rank == 0:
+        print(f"checkpoints: {last} and {out / 'best.pt'}")
+    return 0

@@ -1,0 +1,337 @@
+"""Training Res-MTNet: patch sampling, augmentation, the multi-task loss, the loop, checkpoints, resume.
+
+One process or many: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop runs with PyTorch
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs); every rank samples its own patches (seed +
+rank), gradients are averaged, and rank 0 validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import ModelConfig, ResMTNet
+from .prepare import HU_MIN, normalize_hu
+from .targets import encode
+from .training_data import TrainCase
+
+
+@dataclass
+class TrainConfig:
+    patch: int = 64
+    batch_size: int = 4
+    epochs: int = 30
+    steps_per_epoch: int = 150
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    positive_fraction: float = 0.5
+    hard_negative_fraction: float = 0.3  # of the rest: windows centred on dense structures (vessels, wall)
+    scale_range: tuple[float, float] = (0.85, 1.2)
+    loss_weighting: str = "fixed"  # "fixed" or "uncertainty" (learned, Kendall et al. 2018)
+    loss_weights: dict[str, float] = field(default_factory=lambda: {
+        "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 0.5})
+    seed: int = 0
+    amp: bool = True  # on CUDA only
+    val_every: int = 1
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scale_range"] = list(self.scale_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "scale_range" in d:
+            d["scale_range"] = tuple(d["scale_range"])
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+class PatchSampler:
+    """Draws training windows from cases: around nodules, on dense structures, anywhere; augments them."""
+
+    def __init__(self, cases: Sequence[TrainCase], cfg: TrainConfig, model_cfg: ModelConfig, seed: int):
+        self.cases = list(cases)
+        self.cfg = cfg
+        self.mcfg = model_cfg
+        self.rng = np.random.default_rng(seed)
+        self.with_nodules = [i for i, c in enumerate(self.cases) if len(c.centers)]
+        self._dense: dict[int, np.ndarray] = {}
+
+    def _dense_points(self, i: int) -> np.ndarray:
+        if i not in self._dense:
+            img = self.cases[i].image
+            pts = np.argwhere(img[::2, ::2, ::2] > -500) * 2
+            if len(pts) > 4000:
+                pts = pts[self.rng.choice(len(pts), 4000, replace=False)]
+            self._dense[i] = pts
+        return self._dense[i]
+
+    def sample(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """One window: HU patch (P, P, P) and the nodules in it (centres voxel z,y,x, diameters, ratings)."""
+        rng = self.rng
+        scale = rng.uniform(*self.cfg.scale_range)  # > 1 magnifies: objects grow by `scale`
+        P = self.cfg.patch
+        src = int(round(P / scale))
+        r = rng.random()
+        if r < self.cfg.positive_fraction and self.with_nodules:
+            i = self.with_nodules[rng.integers(len(self.with_nodules))]
+            c = self.cases[i]
+            centre = c.centers[rng.integers(len(c.centers))] + rng.uniform(-0.35, 0.35, 3) * src
+        else:
+            i = int(rng.integers(len(self.cases)))
+            c = self.cases[i]
+            dense = self._dense_points(i) if rng.random() < self.cfg.hard_negative_fraction / max(
+                1e-6, 1 - self.cfg.positive_fraction) else np.zeros((0, 3))
+            if len(c.negatives) and rng.random() < 0.5:
+                centre = c.negatives[rng.integers(len(c.negatives))] + rng.uniform(-0.3, 0.3, 3) * src
+            elif len(dense):
+                centre = dense[rng.integers(len(dense))].astype(float)
+            else:
+                centre = rng.uniform(0, 1, 3) * np.array(c.image.shape)
+        start = np.round(centre - src / 2).astype(int)
+        patch = _crop(c.image, start, src)
+        centers = (c.centers - start) * (P / src)
+        inside = np.all((centers >= 0) & (centers < P), axis=1) if len(centers) else np.zeros(0, bool)
+        return patch, centers[inside], c.diameters[inside] * (P / src), c.malignancy[inside]
+
+    def batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        P = self.cfg.patch
+        s = self.mcfg.output_stride
+        xs, tgts = [], []
+        for _ in range(self.cfg.batch_size):
+            patch, centers, diam, ratings = self.sample()
+            x = torch.from_numpy(patch.astype(np.float32))[None, None]
+            if x.shape[-1] != P:
+                x = F.interpolate(x, size=(P, P, P), mode="trilinear", align_corners=False)
+            x = x[0, 0].numpy()
+            x, centers = self._augment(x, centers)
+            xs.append(normalize_hu(x))
+            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm)
+            tgts.append(t)
+        batch_t = {k: torch.from_numpy(np.stack([getattr(t, k) for t in tgts])) for k in vars(tgts[0])}
+        return torch.from_numpy(np.stack(xs))[:, None], batch_t
+
+    def _augment(self, x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        P = x.shape[0]
+        centers = centers.copy()
+        for ax in range(3):
+            if rng.random() < 0.5:
+                x = np.flip(x, ax)
+                centers[:, ax] = P - 1 - centers[:, ax]
+        k = int(rng.integers(4))  # 90° turns in the axial plane
+        if k:
+            x = np.rot90(x, k, axes=(1, 2))
+            for _ in range(k):  # rot90 (y, x) → (P-1-x, y)
+                centers[:, 1], centers[:, 2] = P - 1 - centers[:, 2].copy(), centers[:, 1].copy()
+        x = np.ascontiguousarray(x)
+        # intensity: scanner calibration, contrast and noise differences
+        x = x * rng.uniform(0.95, 1.05) + rng.uniform(-30, 30)
+        if rng.random() < 0.5:
+            x = x + rng.normal(0, rng.uniform(5, 25), x.shape).astype(np.float32)
+        return x.astype(np.float32), centers
+
+
+def _crop(img: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
+    """Crop with padding (air) where the window leaves the volume."""
+    out = np.full((size,) * 3, HU_MIN, np.float32)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + size, img.shape)
+    if np.any(hi <= lo):
+        return out
+    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+    out[dst] = img[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def focal_center_loss(logits: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss; normalised by the number of centres (at least 1)."""
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
+    pos = heat.eq(1).float()
+    neg = 1 - pos
+    pos_loss = -torch.log(p) * (1 - p) ** 2 * pos
+    neg_loss = -torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg
+    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(1) if pred.dim() == mask.dim() + 1 else mask
+    err = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=0.1) * m
+    return err.sum() / (m.sum() * (pred.shape[1] if pred.dim() == 5 else 1)).clamp(min=1)
+
+
+def multitask_losses(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    malig_mask = t["malig_mask"][:, None]
+    bce = F.binary_cross_entropy_with_logits(out["malignancy"].float(), t["malignant"][:, None], reduction="none")
+    return {
+        "center": focal_center_loss(out["center"], t["heat"][:, None]),
+        "offset": masked_l1(out["offset"], t["offset"], t["offset_mask"]),
+        "size": masked_l1(out["log_diameter"], t["log_diameter"][:, None], t["size_mask"][:, None]),
+        "malignancy": (bce * malig_mask).sum() / malig_mask.sum().clamp(min=1),
+    }
+
+
+class MultiTaskLoss(torch.nn.Module):
+    """Weighted sum of the task losses: fixed weights, or learned uncertainty weighting."""
+
+    def __init__(self, weighting: str, weights: dict[str, float]):
+        super().__init__()
+        if weighting not in ("fixed", "uncertainty"):
+            raise ValueError(f"loss weighting {weighting!r}: fixed or uncertainty")
+        self.weighting = weighting
+        self.weights = dict(weights)
+        self.log_vars = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(torch.zeros(())) for k in weights} if weighting == "uncertainty" else {})
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), device=next(iter(losses.values())).device)
+        for k, v in losses.items():
+            w = self.weights.get(k, 1.0)
+            if self.weighting == "uncertainty":
+                s = self.log_vars[k]
+                total = total + w * (torch.exp(-s) * v + s)
+            else:
+                total = total + w * v
+        return total
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
+          *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
+          resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
+          progress_bar: bool = True, refresh: Callable[[], Sequence[TrainCase]] | None = None) -> Path:
+    """Train and return the path of the final checkpoint (``out_dir/last.pt``; ``best.pt`` by val score).
+
+    ``refresh``, when given, is called at the start of every epoch for the current list of cases (a pool
+    that another process is still filling).
+    """
+    from .model_io import read_checkpoint, save_checkpoint
+
+    world, rank, local = _dist_info()
+    distributed = world > 1
+    if device == "auto":
+        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device if device != "cuda" else f"cuda:{local}")
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model_cfg = model_cfg or ModelConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net = ResMTNet(model_cfg).to(dev)
+    criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
+    params = list(net.parameters()) + list(criterion.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best_score, history = 0, -1.0, []
+    last = out_dir / "last.pt"
+    if resume and last.exists():
+        ck = read_checkpoint(last)
+        net.load_state_dict(ck["state_dict"])
+        st = ck.get("train_state", {})
+        if "optimizer" in st:
+            opt.load_state_dict(st["optimizer"])
+        if "criterion" in st:
+            criterion.load_state_dict(st["criterion"])
+        start_epoch = int(st.get("epoch", 0))
+        best_score = float(st.get("best_score", -1.0))
+        history = st.get("history", [])
+        log(f"resumed from {last} at epoch {start_epoch}")
+    ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
+        if distributed else net
+    sampler = PatchSampler(cases, cfg, model_cfg, seed=cfg.seed * 1000 + rank + 7919 * start_epoch)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    show = progress_bar and rank == 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if refresh is not None:
+            sampler = PatchSampler(refresh(), cfg, model_cfg, seed=cfg.seed * 1000 + rank + 7919 * epoch)
+        net.train()
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        steps = range(cfg.steps_per_epoch)
+        if show:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for s in steps:
+            step = epoch * cfg.steps_per_epoch + s
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total_steps, cfg)
+            x, t = sampler.batch()
+            x = x.to(dev, non_blocking=True)
+            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                out = ddp_net(x)
+            losses = multitask_losses(out, t)
+            loss = criterion(losses)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            scaler.step(opt)
+            scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+            if show:
+                steps.set_postfix(loss=f"{sums['total'] / (s + 1):.3f}")
+        means = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
+        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
+                                  "loss": {k: round(v, 4) for k, v in means.items()}}
+        if rank == 0:
+            if val_fn is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                record["val"] = val_fn(net)
+            history.append(record)
+            log(json.dumps(record))
+            score = float(record.get("val", {}).get("score", -1.0))
+            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "criterion": criterion.state_dict(),
+                     "best_score": max(best_score, score), "history": history}
+            prov = {"train_config": cfg.to_dict(), **(provenance or {})}
+            save_checkpoint(last, net, provenance=prov, metrics=record.get("val", {}), extra={"train_state": state})
+            if score > best_score:
+                best_score = score
+                save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
+        if distributed:
+            torch.distributed.barrier()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return last

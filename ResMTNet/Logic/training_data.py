@@ -1,0 +1,129 @@
+"""Training cases on the model's grid, cached on disk so that no epoch resamples a CT twice.
+
+A *case* is one CT already on the canonical grid (:mod:`resmtnet.prepare`), cropped to the lungs, with
+its nodules in voxel coordinates of that grid. Cases come from phantoms here; the LUNA16 / LIDC-IDRI
+case sources in :mod:`resmtnet.datasets` feed the same cache through :func:`case_from_ct`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ctio import CTVolume
+from .prepare import mask_bounds, to_model_grid
+
+CROP_MARGIN_MM = 15.0
+
+
+@dataclass
+class TrainCase:
+    case_id: str
+    image: np.ndarray  # int16 HU (z, y, x) on the model grid
+    origin: np.ndarray  # (x, y, z) mm of voxel (0, 0, 0)
+    spacing: float
+    centers: np.ndarray  # (N, 3) z, y, x voxel positions on this grid
+    diameters: np.ndarray  # (N,) mm
+    malignancy: np.ndarray  # (N,) rating 1-5, 0 when unknown (LUNA16)
+    negatives: np.ndarray  # (M, 3) z, y, x voxel positions of known non-nodules (hard negatives)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(".tmp-" + path.name)
+        with open(tmp, "wb") as f:
+            np.savez(f, image=self.image, origin=self.origin, spacing=self.spacing, centers=self.centers,
+                     diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, case_id: str) -> TrainCase:
+        with np.load(path) as z:
+            return cls(case_id=case_id, image=z["image"], origin=z["origin"], spacing=float(z["spacing"]),
+                       centers=z["centers"], diameters=z["diameters"], malignancy=z["malignancy"],
+                       negatives=z["negatives"])
+
+
+def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters: np.ndarray,
+                 malignancy: np.ndarray, spacing: float, lung_mask: np.ndarray | None = None,
+                 negatives_lps: np.ndarray | None = None) -> TrainCase:
+    """Resample a CT with its nodules onto the model grid, cropped to the lungs (+ margin) when known."""
+    bounds = mask_bounds(lung_mask, ct, CROP_MARGIN_MM) if lung_mask is not None else None
+    arr, grid = to_model_grid(ct, spacing, bounds)
+    c = grid.world_to_voxel(np.asarray(centers_lps, float).reshape(-1, 3))
+    neg = grid.world_to_voxel(np.asarray(negatives_lps, float).reshape(-1, 3)) if negatives_lps is not None \
+        else np.zeros((0, 3))
+    return TrainCase(case_id=case_id, image=np.clip(np.round(arr), -32768, 32767).astype(np.int16),
+                     origin=grid.origin, spacing=spacing, centers=c.astype(np.float32),
+                     diameters=np.asarray(diameters, np.float32).reshape(-1),
+                     malignancy=np.asarray(malignancy, np.int16).reshape(-1), negatives=neg.astype(np.float32))
+
+
+def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int) -> TrainCase:
+    from .phantom import generate_phantom
+
+    ph = generate_phantom(seed, max_nodules=max_nodules)
+    n = ph.nodules
+    return case_from_ct(case_id, ph.ct, np.array([x.center_lps for x in n]).reshape(-1, 3),
+                        np.array([x.diameter_mm for x in n]), np.array([x.malignancy for x in n]), spacing,
+                        lung_mask=ph.lung_mask)
+
+
+class PhantomCases:
+    """Phantoms ``phantom_seed(seed, i)``, i < n, generated once and cached as ``.npz`` in ``cache_dir``."""
+
+    def __init__(self, cache_dir: str | Path, seed: int, n: int, spacing: float, max_nodules: int = 8):
+        from .phantom import phantom_seed
+
+        self.cache_dir = Path(cache_dir)
+        self.spacing = spacing
+        self.max_nodules = max_nodules
+        self.items = [(f"phantom-s{seed}-{i:04d}", phantom_seed(seed, i)) for i in range(n)]
+        key = json.dumps({"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 1})
+        self.tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+
+    def path(self, case_id: str) -> Path:
+        return self.cache_dir / f"{case_id}-{self.tag}.npz"
+
+    def ensure(self, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> None:
+        """Generate every missing case (in ``workers`` processes)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        todo = [(cid, s) for cid, s in self.items if not self.path(cid).exists()]
+        done = len(self.items) - len(todo)
+        if progress:
+            progress(done, len(self.items))
+        if not todo:
+            return
+        if workers <= 1:
+            for cid, s in todo:
+                _phantom_case(cid, s, self.spacing, self.max_nodules).save(self.path(cid))
+                done += 1
+                if progress:
+                    progress(done, len(self.items))
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            futs = [pool.submit(_build_and_save, cid, s, self.spacing, self.max_nodules, str(self.path(cid)))
+                    for cid, s in todo]
+            for f in futs:
+                f.result()
+                done += 1
+                if progress:
+                    progress(done, len(self.items))
+
+    def load(self, ids: Sequence[str] | None = None, available_only: bool = False) -> list[TrainCase]:
+        wanted = set(ids) if ids is not None else None
+        return [TrainCase.load(self.path(cid), cid) for cid, _ in self.items
+                if (wanted is None or cid in wanted) and (not available_only or self.path(cid).exists())]
+
+
+def _build_and_save(case_id: str, seed: int, spacing: float, max_nodules: int, path: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _phantom_case(case_id, seed, spacing, max_nodules).save(Path(path))

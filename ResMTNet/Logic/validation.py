@@ -1,0 +1,57 @@
+"""Scoring a network on cases already on its grid (training's per-epoch validation score).
+
+Uses the LUNA16 FROC of :mod:`resmtnet.froc`; the score is the CPM, with sensitivity at 2 false
+positives per scan, diameter error and malignancy AUC beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .froc import Finding, Mark, evaluate
+from .model import ResMTNet
+from .model_io import LoadedModel
+from .training_data import TrainCase
+
+
+def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: float = 0.05) -> list[Finding]:
+    from .pipeline import find_peaks
+    from .prepare import ModelGrid
+
+    grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
+    lm = LoadedModel(net, {}, None)
+    peaks = find_peaks(lm, case.image.astype(np.float32), device, floor=floor)
+    return [Finding(case.case_id, tuple(float(v) for v in grid.voxel_to_world(p.position_vox)), p.probability,
+                    p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
+
+
+def case_marks(case: TrainCase) -> list[Mark]:
+    from .prepare import ModelGrid
+
+    grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
+    return [Mark(case.case_id, tuple(float(v) for v in grid.voxel_to_world(c)), float(d),
+                 float(r) if r > 0 else None, row=i)
+            for i, (c, d, r) in enumerate(zip(case.centers, case.diameters, case.malignancy))]
+
+
+def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str = "cpu",
+                min_diameter_mm: float = 0.0) -> dict[str, float]:
+    """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC over ``cases``."""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    findings: list[Finding] = []
+    marks: list[Mark] = []
+    for c in cases:
+        findings += case_findings(net, c, device)
+        marks += [m for m in case_marks(c) if m.diameter_mm >= min_diameter_mm]
+    if was_training:
+        net.train()
+    res = evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
+    d = res.to_dict()
+    return {"score": round(float(res.cpm), 4), "cpm": round(float(res.cpm), 4),
+            "sens_at_2fp": round(float(res.sensitivities[list(res.fp_rates).index(2.0)]), 4),
+            "diameter_mae_mm": d["diameter_error"].get("mae_mm"), "malignancy_auc": d["malignancy_auc"].get("auc")}
