@@ -19,13 +19,11 @@ LIDC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LUNA_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.{}"
 
 
-@pytest.fixture(scope="module")
-def luna_folder(tmp_path_factory):
-    """Three small phantoms as LUNA16 has its scans: subsetN/<seriesuid>.mhd + .raw, annotations.csv and
-    candidates.csv (class 1 at the nodules, class 0 elsewhere). Also returns the phantoms' label maps."""
-    root = tmp_path_factory.mktemp("luna16")
+def make_luna16_folder(root: Path, seeds=(11, 12, 13)) -> dict:
+    """Small phantoms as LUNA16 has its scans: subsetN/<seriesuid>.mhd + .raw, annotations.csv and
+    candidates.csv (class 1 at the nodules, class 0 elsewhere). Returns the phantoms by seriesuid."""
     ann_rows, cand_rows, phantoms = [], [], {}
-    for i, seed in enumerate((11, 12, 13)):
+    for i, seed in enumerate(seeds):
         ph = generate_phantom(seed, small=True, direction=IDENTITY)
         uid = LUNA_UID.format(100 + i)
         sub = root / f"subset{i % 2}"
@@ -46,7 +44,13 @@ def luna_folder(tmp_path_factory):
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
-    return root, phantoms
+    return phantoms
+
+
+@pytest.fixture(scope="module")
+def luna_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("luna16")
+    return root, make_luna16_folder(root)
 
 
 def test_luna16_folder_loads_with_correct_positions(luna_folder):
@@ -202,3 +206,36 @@ def test_lidc_source_on_the_real_case():
     assert all(np.linalg.norm(np.subtract(p, t.center_lps)) > 10 for p in neg)
     files = src.source_files("LIDC-IDRI-0001")
     assert files[0].suffix == ".xml" and sum(p.suffix == ".dcm" for p in files) == 133
+
+
+def test_train_case_cache_builds_each_case_once(luna_folder, tmp_path, monkeypatch):
+    from resmtnet.prepare import ModelGrid
+
+    root, phantoms = luna_folder
+    built = []
+    real = datasets.build_train_case
+
+    def counting_build(source, case_id, spacing, crop=True):
+        built.append(case_id)
+        return real(source, case_id, spacing, crop)
+
+    monkeypatch.setattr(datasets, "build_train_case", counting_build)
+    src = Luna16Source(root, root / "annotations.csv", root / "candidates.csv")
+    cache = datasets.TrainCaseCache(src, tmp_path / "tc", 3.0)
+    uid = LUNA_UID.format(102)
+    (case,) = cache.load([uid])
+    assert built == [uid]
+    grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
+    truths = src.truths(uid)
+    np.testing.assert_allclose(grid.voxel_to_world(case.centers), [t.center_lps for t in truths], atol=1e-3)
+    np.testing.assert_allclose(case.diameters, [t.diameter_mm for t in truths], rtol=1e-5)
+    assert list(case.malignancy) == [0] * len(truths)  # LUNA16: unknown
+    np.testing.assert_allclose(grid.voxel_to_world(case.negatives), src.negatives(uid), atol=1e-3)
+    # cropped to the lungs: smaller than the whole scan on the same grid
+    ct, _ = src.load(uid)
+    extent = (np.asarray(ct.shape_xyz) - 1) * np.asarray(ct.spacing)
+    assert np.prod(case.image.shape) < np.prod(np.floor(extent / 3.0) + 1)
+    cache.ensure([uid])
+    (again,) = datasets.TrainCaseCache(src, tmp_path / "tc", 3.0).load([uid])
+    assert built == [uid]
+    np.testing.assert_array_equal(again.image, case.image)

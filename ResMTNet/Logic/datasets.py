@@ -536,3 +536,109 @@ class CachedSource:
         tmp_meta = meta_path.with_name(tag + meta_path.name)
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_meta, meta_path)
+
+
+# ---------------------------------------------------------------- training cases for resmtnet.training
+
+
+TRAIN_CACHE_FORMAT = 1
+
+
+def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_lungs: bool = True):
+    """A :class:`resmtnet.training_data.TrainCase` from one case of a source: the CT resampled once onto the
+    model grid (cropped to the lungs + margin when a lung mask is found), nodules and negatives on that
+    grid; unknown malignancy (LUNA16) is rating 0."""
+    from .errors import NoLungsError
+    from .training_data import case_from_ct
+
+    ct, truths = source.load(case_id)
+    mask = None
+    if crop_to_lungs:
+        from .lungmask import lung_mask
+
+        try:
+            mask = lung_mask(ct.array, ct.spacing, direction=ct.direction)
+        except NoLungsError as e:
+            warnings.warn(f"{case_id}: {e}; training on the whole scan", stacklevel=2)
+    centers = np.array([t.center_lps for t in truths], dtype=np.float64).reshape(-1, 3)
+    diameters = np.array([t.diameter_mm for t in truths], dtype=np.float64)
+    ratings = np.array([t.malignancy_rating or 0 for t in truths], dtype=np.int16)
+    neg = np.array(source.negatives(case_id), dtype=np.float64).reshape(-1, 3)
+    return case_from_ct(case_id, ct, centers, diameters, ratings, float(spacing), lung_mask=mask,
+                        negatives_lps=neg)
+
+
+def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: str) -> None:
+    build_train_case(source, case_id, spacing, crop).save(Path(path))
+
+
+class TrainCaseCache:
+    """Training cases of a source on the model grid, built once and kept as ``.npz`` in ``cache_dir``.
+
+    The file name carries a hash of the case id, the source files (paths, sizes, modification times),
+    the spacing and the crop setting, so a changed scan or annotation file, or another spacing, is a new
+    entry and no epoch resamples a CT twice. Under ``torchrun`` each rank builds its share of the
+    missing cases (``RANK``, ``WORLD_SIZE``) and waits for the others' files.
+    """
+
+    def __init__(self, source: CaseSource, cache_dir: str | Path, spacing: float, crop_to_lungs: bool = True):
+        self.source = source
+        self.cache_dir = Path(cache_dir)
+        self.spacing = float(spacing)
+        self.crop_to_lungs = bool(crop_to_lungs)
+        self._paths: dict[str, Path] = {}
+
+    def path(self, case_id: str) -> Path:
+        if case_id not in self._paths:
+            files = getattr(self.source, "source_files", None)
+            fingerprint = _fingerprint(files(case_id)) if files else []
+            key = json.dumps({"v": TRAIN_CACHE_FORMAT, "case": case_id, "spacing": self.spacing,
+                              "crop": self.crop_to_lungs, "files": fingerprint})
+            digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[-80:]
+            self._paths[case_id] = self.cache_dir / f"{name}-{digest}.npz"
+        return self._paths[case_id]
+
+    def ensure(self, ids: Iterable[str] | None = None, workers: int = 1,
+               progress: Callable[[int, int], None] | None = None, poll_s: float = 2.0) -> None:
+        """Build every missing case of ``ids`` (default: all), in ``workers`` processes."""
+        import time
+
+        ids = list(self.source.case_ids() if ids is None else ids)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        missing = [c for c in ids if not self.path(c).exists()]
+        mine = missing[rank::world] if world > 1 else missing
+        total = len(ids)
+        done = total - len(missing)
+        if progress:
+            progress(done, total)
+        if workers <= 1 or len(mine) <= 1:
+            for cid in mine:
+                build_train_case(self.source, cid, self.spacing, self.crop_to_lungs).save(self.path(cid))
+                done += 1
+                if progress:
+                    progress(done, total)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                futs = [pool.submit(_build_train_case_file, self.source, cid, self.spacing,
+                                    self.crop_to_lungs, str(self.path(cid))) for cid in mine]
+                for f in futs:
+                    f.result()
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        while world > 1 and not all(self.path(c).exists() for c in ids):
+            time.sleep(poll_s)  # other ranks are still building their share
+
+    def load(self, ids: Iterable[str] | None = None) -> list:
+        """The cached :class:`resmtnet.training_data.TrainCase` of ``ids`` (building any that are missing)."""
+        from .training_data import TrainCase
+
+        ids = list(self.source.case_ids() if ids is None else ids)
+        if any(not self.path(c).exists() for c in ids):
+            self.ensure(ids)
+        return [TrainCase.load(self.path(c), c) for c in ids]
