@@ -1,0 +1,158 @@
+"""A LUNA16-shaped folder (small phantoms as .mhd with LUNA16's names) trains through `resmtnet train`
+and is scored end to end by `resmtnet evaluate`; a two-process gloo torchrun run ends with one set of
+weights in both processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from resmtnet.cli import main
+from resmtnet.datasets import Luna16Source
+from resmtnet.model_io import load_model, read_checkpoint
+from resmtnet.nodules import NODULES_CSV_COLUMNS, Nodule, write_nodules_csv
+from test_datasets import make_luna16_folder
+
+
+@pytest.fixture(scope="module")
+def luna(tmp_path_factory):
+    root = tmp_path_factory.mktemp("luna16-train")
+    return root, make_luna16_folder(root, seeds=(31, 32, 33))
+
+
+def _train_args(root, out, cache, *extra, steps=2):
+    return ["train", "-o", str(out), "--data", "luna16", "--data-dir", str(root),
+            "--annotations", str(root / "annotations.csv"), "--candidates", str(root / "candidates.csv"),
+            "--cache", str(cache), "--epochs", "1", "--steps-per-epoch", str(steps), "--batch-size", "1",
+            "--patch", "32", "--tiny", "--spacing", "3", "--workers", "1", "--no-progress", "--device", "cpu",
+            "--threads", "1", *extra]
+
+
+def _concat_csv(parts, path):
+    with open(path, "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(NODULES_CSV_COLUMNS)
+        n = 0
+        for p in parts:
+            with open(p, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            w.writerows(rows)
+            n += len(rows)
+    return n
+
+
+def test_luna16_folder_trains_and_evaluates_end_to_end(luna, tmp_path, capsys):
+    root, phantoms = luna
+    run = tmp_path / "run"
+    assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0")) == 0
+    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])["start"]
+    assert start["data"]["source"] == "luna16"
+    assert start["train_cases"] + start["val_cases"] == 3 and start["val_cases"] >= 1
+    ck = read_checkpoint(run / "last.pt")
+    assert ck["provenance"]["data"]["source"] == "luna16"
+
+    # detect with the trained checkpoint on every scan, one nodules.csv each, joined into a submission
+    src = Luna16Source(root, root / "annotations.csv")
+    model = load_model(run / "last.pt")
+    from resmtnet.pipeline import detect_ct
+
+    parts, truth_parts = [], []
+    for uid in src.case_ids():
+        ct, truths = src.load(uid)
+        det = detect_ct(ct, model=model, device="cpu", threshold=0.0, max_findings=25)
+        parts.append(tmp_path / f"{uid}.csv")
+        write_nodules_csv(parts[-1], uid, det.nodules)
+        # the reference itself as a perfect detector's output, through the same CSV writer
+        perfect = [Nodule(number=i + 1, center_lps=t.center_lps, probability=0.9, diameter_mm=t.diameter_mm,
+                          malignancy=0.5) for i, t in enumerate(truths)]
+        truth_parts.append(tmp_path / f"{uid}.truth.csv")
+        write_nodules_csv(truth_parts[-1], uid, perfect)
+    n_findings = _concat_csv(parts, tmp_path / "predictions.csv")
+    _concat_csv(truth_parts, tmp_path / "perfect.csv")
+    (tmp_path / "seriesuids.csv").write_text("\n".join(src.case_ids()) + "\n")
+    capsys.readouterr()
+
+    n_nodules = sum(len(p.nodules) for p in phantoms.values())
+    assert main(["evaluate", str(tmp_path / "predictions.csv"), str(root / "annotations.csv"),
+                 "--series-list", str(tmp_path / "seriesuids.csv"), "-o", str(tmp_path / "eval"),
+                 "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out
+    d = json.loads((tmp_path / "eval" / "froc.json").read_text())
+    c = d["counts"]
+    # the annotations' row for a scan absent from the folder is not counted: the series list rules
+    assert c["scans"] == 3 and c["nodules"] == n_nodules
+    assert c["false_positives"] + c["ignored_on_excluded_marks"] <= n_findings
+    assert c["detected_nodules"] + c["missed_nodules"] == n_nodules
+    sens = d["sensitivities"]
+    assert all(0 <= s <= 1 for s in sens) and sens == sorted(sens)
+    assert d["cpm"] == pytest.approx(np.mean(sens))
+    assert f"CPM: {d['cpm']:.4f}" in printed and (tmp_path / "eval" / "froc.png").is_file()
+
+    assert main(["evaluate", str(tmp_path / "perfect.csv"), str(root / "annotations.csv"),
+                 "--series-list", str(tmp_path / "seriesuids.csv"), "-o", str(tmp_path / "eval-perfect"),
+                 "--bootstrap", "0"]) == 0
+    p = json.loads((tmp_path / "eval-perfect" / "froc.json").read_text())
+    assert p["cpm"] == 1.0 and p["counts"]["false_positives"] == 0
+    assert p["diameter_error"]["mae_mm"] < 0.01  # diameters survive the CSV at 2 decimals
+
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as _DDP
+
+    recorded = {}
+
+    class RecordingDDP(_DDP):
+        # the real DDP; it only keeps a handle on the module it wraps, and its weights at the start
+        def __init__(self, module, *args, **kwargs):
+            super().__init__(module, *args, **kwargs)
+            recorded["module"] = module
+            recorded["initial"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    torch.nn.parallel.DistributedDataParallel = RecordingDDP
+    from resmtnet.cli import main
+
+    out = sys.argv[1]
+    rc = main(sys.argv[2:])
+    torch.save({"final": {k: v.detach().cpu() for k, v in recorded["module"].state_dict().items()},
+                "initial": recorded["initial"], "world": os.environ["WORLD_SIZE"]},
+               os.path.join(out, "rank%s.pt" % os.environ["RANK"]))
+    sys.exit(rc)
+""")
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="this torch has no gloo backend for torch.distributed")
+def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path):
+    root, _ = luna
+    out = tmp_path / "ddp"
+    out.mkdir()
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), str(out), *_train_args(root, out, tmp_path / "cache", steps=3)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert r0["world"] == r1["world"] == "2"
+    assert r0["final"].keys() == r1["final"].keys()
+    for k in r0["final"]:
+        assert torch.equal(r0["final"][k], r1["final"][k]), k
+    # the steps did change the weights (each rank drew its own patches; gradients were averaged)
+    changed = [k for k in r0["final"] if not torch.equal(r0["final"][k], r0["initial"][k])]
+    assert len(changed) > len(r0["final"]) // 2
+    # and rank 0's checkpoint holds exactly those weights
+    ck = read_checkpoint(out / "last.pt")
+    for k, v in r0["final"].items():
+        assert torch.equal(ck["state_dict"][k].to(v.dtype), v), k
+    # each rank built its share of the case cache
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
