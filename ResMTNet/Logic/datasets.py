@@ -413,8 +413,8 @@ def resample_isotropic(ct: CTVolume, spacing_mm: float | Iterable[float]) -> CTV
     """Resample ``ct`` (SimpleITK, linear) to ``spacing_mm`` keeping the world frame: same origin and
     direction, voxel (0, 0, 0) where it was, and as many voxels as fit within the old voxel centres
     (``floor((n - 1) * old / new) + 1`` per axis), so nothing is extrapolated. HU are kept as they are
-    (scanner padding included). For an axis-aligned CT this grid is exactly the one
-    :func:`resmtnet.prepare.to_model_grid` builds at the same spacing.
+    (scanner padding included). For a CT with the identity direction (LUNA16, axial LIDC) this grid is
+    exactly the one :func:`resmtnet.prepare.to_model_grid` builds over the whole scan at the same spacing.
     """
     import SimpleITK as sitk
 

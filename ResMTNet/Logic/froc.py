@@ -454,8 +454,9 @@ def bootstrap(entries: FrocEntries, n_samples: int, seed: int = 0, fp_rates: Ite
         c = order.curve(weights)
         if not np.isfinite(c.sensitivity).all():
             continue  # no nodule in this draw
-        sens_rows.append(sensitivity_at(c, rates))
-        band_rows.append(sensitivity_at(c, grid))
+        both = sensitivity_at(c, np.r_[rates, grid])
+        sens_rows.append(both[:len(rates)])
+        band_rows.append(both[len(rates):])
     out: dict[str, Any] = {"used": len(sens_rows)}
     if sens_rows:
         s = np.array(sens_rows)
