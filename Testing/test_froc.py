@@ -232,6 +232,29 @@ def test_cli_without_series_list_or_excluded(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_cli_reads_a_folder_of_detect_outputs(tmp_path, capsys):
+    """Predictions as `resmtnet detect` leaves them: one folder per scan with its nodules.csv."""
+    from resmtnet.nodules import Nodule, write_nodules_csv
+
+    _pred, ann, exc, sl = _write_case_files(tmp_path)
+    findings, _marks, series = four_scan_case()
+    for s in series:
+        (tmp_path / "det" / s).mkdir(parents=True)
+        write_nodules_csv(tmp_path / "det" / s / "nodules.csv", s,
+                          [Nodule(i + 1, f.center, f.probability, 9.0, 0.5) for i, f in enumerate(findings)
+                           if f.seriesuid == s])
+    out = tmp_path / "out"
+    assert main(["evaluate", str(tmp_path / "det"), str(ann), "--excluded", str(exc), "--series-list", str(sl),
+                 "-o", str(out), "--bootstrap", "0"]) == 0
+    d = json.loads((out / "froc.json").read_text())
+    assert d["cpm"] == pytest.approx(3 / 7)  # the same as from one CSV (test_cli_writes_json_and_plot)
+    assert d["counts"]["findings_outside_series_list"] == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), str(ann), "-o", str(tmp_path / "o2")]) == 2
+    assert "holds no nodules.csv" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_cli_bad_input_writes_nothing(tmp_path, capsys):
     pred, ann, _exc, _sl = _write_case_files(tmp_path)
     out = tmp_path / "out"

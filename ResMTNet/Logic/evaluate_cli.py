@@ -4,6 +4,7 @@ sensitivity at 1/8 ... 8 false positives per scan, malignancy AUC and diameter e
 PREDICTIONS.csv has LUNA16 submission columns (seriesuid, coordX, coordY, coordZ, probability; LPS mm),
 optionally diameter_mm and malignancy (as `resmtnet detect` writes them). ANNOTATIONS.csv has LUNA16
 columns (seriesuid, coordX, coordY, coordZ, diameter_mm), optionally malignancy ratings 1-5.
+PREDICTIONS may also be a folder of `resmtnet detect` outputs: every nodules.csv below it is read.
 Scans counted: those in --series-list (LUNA16's seriesuids.csv), or with --all-series-from-annotations
 those named in the annotations (and excluded marks); by default those and the scans named in the
 predictions. Scans without any finding still count. Writes froc.json and froc.png to OUTDIR.
@@ -17,7 +18,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("predictions", metavar="PREDICTIONS.csv",
-                        help="detector findings (LUNA16 submission CSV)")
+                        help="detector findings (LUNA16 submission CSV), or a folder: every nodules.csv "
+                             "below it (resmtnet detect output folders)")
     parser.add_argument("annotations", metavar="ANNOTATIONS.csv",
                         help="reference nodules (LUNA16 annotations.csv)")
     parser.add_argument("--excluded", metavar="CSV",
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
-    findings = froc.read_predictions_csv(args.predictions)
+    findings = froc.read_predictions(args.predictions)
     marks = froc.read_annotations_csv(args.annotations)
     if args.excluded:
         marks += froc.read_annotations_csv(args.excluded, excluded=True)

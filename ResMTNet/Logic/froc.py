@@ -261,6 +261,22 @@ def read_predictions_csv(path: str | Path) -> list[Finding]:
     return out
 
 
+def read_predictions(path: str | Path) -> list[Finding]:
+    """A predictions CSV, or a folder: every ``nodules.csv`` below it (``resmtnet detect`` output folders),
+    joined in path order."""
+    p = Path(path)
+    if not p.is_dir():
+        return read_predictions_csv(p)
+    files = sorted(f for f in p.rglob("nodules.csv") if f.is_file())
+    if not files:
+        raise InputError(f"{p}: folder holds no nodules.csv (the output of `resmtnet detect`)")
+    out: list[Finding] = []
+    for f in files:
+        for x in read_predictions_csv(f):
+            out.append(Finding(x.seriesuid, x.center, x.probability, x.diameter_mm, x.malignancy, row=len(out)))
+    return out
+
+
 def read_annotations_csv(path: str | Path, excluded: bool = False) -> list[Mark]:
     """Read LUNA16 ``annotations.csv`` (or ``annotations_excluded.csv`` with ``excluded=True``).
 
