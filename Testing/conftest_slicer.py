@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-__all__ = ["phantom", "phantom_truth", "slicer_app"]
+__all__ = ["phantom", "phantom_truth", "slicer_app", "untrained_checkpoint"]
 
 # A direction with swapped in-plane axes and a flipped slice axis: a transposed or mis-signed
 # conversion between LPS and RAS, or between (z, y, x) and (x, y, z), cannot pass unnoticed.
@@ -38,3 +38,19 @@ def phantom_truth(phantom):
     from resmtnet.selftest import phantom_detection
 
     return phantom_detection(phantom, seriesuid="phantom-s0")
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """A tiny, untrained Res-MTNet checkpoint whose centre head says "maybe" everywhere: the detector
+    then reports findings (with masks) on any CT, which is what plumbing tests need. Not a model."""
+    torch = pytest.importorskip("torch")
+    from resmtnet.model import ModelConfig, ResMTNet
+    from resmtnet.model_io import save_checkpoint
+
+    torch.manual_seed(0)
+    config = ModelConfig(stem_channels=8, stage_channels=(8, 8, 8, 8), blocks_per_stage=(0, 1, 1, 1),
+                         pyramid_channels=8, head_channels=8, center_prior=0.5)
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    save_checkpoint(path, ResMTNet(config), provenance={"purpose": "tests only, untrained"})
+    return path

@@ -23,6 +23,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "ResMTNet"
 MODULE_FILE = MODULE_DIR / "ResMTNet.py"
@@ -394,6 +396,32 @@ def test_detection_job_cancels_and_reports_errors():
     job.start()
     kind, (error, details) = _wait_for(job, {"error", "done", "cancelled"}, timeout=10)[-1]
     assert kind == "error" and isinstance(error, ValueError) and "ValueError: not a CT" in details
+
+
+def test_cancel_stops_the_real_detector_within_two_seconds(phantom, untrained_checkpoint):
+    """The module's job around the real pipeline: Cancel during inference ends it, with no result."""
+    from resmtnet.errors import Cancelled
+    from resmtnet.pipeline import detect_ct
+
+    DetectionJob = _job_class()
+
+    def detect(progress, cancel):
+        return detect_ct(phantom.ct, model=str(untrained_checkpoint), device="cpu", threshold=0.0,
+                         progress=progress, cancel=cancel)
+
+    job = DetectionJob(detect, cancelledError=Cancelled)
+    job.start()
+    seen = []
+    while not any(kind == "progress" and "Res-MTNet" in payload[1] for kind, payload in seen):
+        seen += _wait_for(job, {"progress"}, timeout=60)
+        assert not any(kind in ("done", "error") for kind, _ in seen), seen
+    job.cancel()
+    cancelled_at = time.monotonic()
+    last = _wait_for(job, {"cancelled", "done", "error"}, timeout=10)[-1]
+    assert last[0] == "cancelled", last
+    assert time.monotonic() - cancelled_at < 2.0
+    job._thread.join(timeout=5)
+    assert not job.isRunning()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -124,6 +124,19 @@ def test_phantom_scenario_has_no_problems(slicer_app):
     assert result.problems == []
 
 
+def test_detector_output_goes_into_the_scene(slicer_app, untrained_checkpoint):
+    """The scenario with the real detector (an untrained tiny model, so findings are arbitrary but real:
+    centres, sizes and masks as the pipeline makes them), on the CT read back from the volume node."""
+    from resmtnet.pipeline import detect_ct
+
+    def detect(ct):
+        return detect_ct(ct, model=str(untrained_checkpoint), device="cpu", threshold=0.0, max_findings=3)
+
+    result = run_phantom_scenario(slicer_app.scene, seed=1, detect=detect)
+    assert len(result.detection.nodules) == 3
+    assert result.problems == []
+
+
 def test_fiducials_sit_at_the_ras_of_the_lps_centres(slicer_app, phantom, phantom_truth):
     volume = _scene_with_volume(slicer_app, phantom.ct)
     nodes = build_nodule_scene(slicer_app.scene, volume, phantom_truth)
