@@ -156,6 +156,7 @@ class ResMTNetParameterNode:
     inputVolume - the chest CT.
     modelSource - the shipped weights or a checkpoint file (checkpointPath).
     device - auto, cuda or cpu.
+    useModelThreshold - use the threshold stored in the model's checkpoint instead of ``threshold``.
     threshold - minimum nodule probability of a reported finding.
     minDiameterMm - smallest reported diameter.
     colorBy - colour fiducials and segments by malignancy or by Lung-RADS size category.
@@ -166,6 +167,7 @@ class ResMTNetParameterNode:
     modelSource: Annotated[str, Choice([MODEL_SHIPPED, MODEL_CHECKPOINT])] = MODEL_SHIPPED
     checkpointPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     minDiameterMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     colorBy: Annotated[str, Choice(list(COLOR_BY_LABELS))] = "malignancy"
@@ -276,6 +278,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         running = self._job is not None
         self.ui.checkpointPathLineEdit.enabled = bool(p) and p.modelSource == MODEL_CHECKPOINT and not running
+        self.ui.thresholdSliderWidget.enabled = bool(p) and not p.useModelThreshold and not running
         for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton,
                        self.ui.outputsCollapsibleButton):
             widget.enabled = not running
@@ -307,7 +310,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._jobInput = p.inputVolume
             self._job = self.logic.startDetection(
                 p.inputVolume, checkpointPath=self.logic.checkpointFile(p), device=p.device,
-                threshold=p.threshold, minDiameterMm=p.minDiameterMm)
+                threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Starting...")

@@ -42,6 +42,7 @@ WIDGET_API: dict[str, set[str]] = {
     "qMRMLWidget": _QWIDGET | {"setMRMLScene", "mrmlScene"},
     "QPushButton": _QWIDGET | {"text", "setText", "clicked", "checkable", "checked", "setChecked", "toggled",
                                "click"},
+    "QCheckBox": _QWIDGET | {"checked", "setChecked", "toggled", "text", "setText"},
     "QLabel": _QWIDGET | {"text", "setText", "wordWrap", "setWordWrap", "textFormat", "setTextFormat"},
     "QProgressBar": _QWIDGET | {"value", "setValue", "minimum", "maximum", "setRange", "format", "setFormat",
                                 "reset", "textVisible"},

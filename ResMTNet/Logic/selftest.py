@@ -137,8 +137,10 @@ def _check_segmentation(nodes: dict[str, Any], volume_node: Any, detection: Dete
     if detection.nodules and not segmentation.ContainsRepresentation("Closed surface"):
         problems.append("segmentation has no closed surface representation")
     geometry_volume = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
-    if geometry_volume is not None and geometry_volume.GetID() != volume_node.GetID():
-        problems.append("segmentation's reference geometry is another volume")
+    if geometry_volume is None or geometry_volume.GetID() != volume_node.GetID():
+        problems.append("segmentation's reference geometry is not the input volume")
+    if not segmentation.GetConversionParameter("Reference image geometry"):
+        problems.append("segmentation has no reference image geometry")
     for nodule in detection.nodules:
         segment_id = f"N{nodule.number}"
         segment = segmentation.GetSegment(segment_id)
