@@ -8,6 +8,10 @@ PREDICTIONS may also be a folder of `resmtnet detect` outputs: every nodules.csv
 Scans counted: those in --series-list (LUNA16's seriesuids.csv), or with --all-series-from-annotations
 those named in the annotations (and excluded marks); by default those and the scans named in the
 predictions. Scans without any finding still count. Writes froc.json and froc.png to OUTDIR.
+
+With --phantoms N instead of the two files: generates N fresh phantoms (--phantom-seed, never one used
+for training), runs the detector on each (--model, default the shipped weights) and scores it, nodules
+under --min-diameter counting as excluded marks.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", metavar="PREDICTIONS.csv",
+    parser.add_argument("predictions", metavar="PREDICTIONS.csv", nargs="?",
                         help="detector findings (LUNA16 submission CSV), or a folder: every nodules.csv "
                              "below it (resmtnet detect output folders)")
-    parser.add_argument("annotations", metavar="ANNOTATIONS.csv",
+    parser.add_argument("annotations", metavar="ANNOTATIONS.csv", nargs="?",
                         help="reference nodules (LUNA16 annotations.csv)")
     parser.add_argument("--excluded", metavar="CSV",
                         help="irrelevant marks (LUNA16 annotations_excluded.csv): findings on them ignored")
@@ -34,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap draws over scans for the 95%% intervals (0: none; default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    ph = parser.add_argument_group("end to end on fresh phantoms")
+    ph.add_argument("--phantoms", type=int, metavar="N", help="generate N phantoms, detect, and score")
+    ph.add_argument("--phantom-seed", type=int, default=7, help="seed of that phantom set (default 7)")
+    ph.add_argument("--model", help="checkpoint (default: the shipped weights)")
+    ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ph.add_argument("--min-diameter", type=float, default=4.0,
+                    help="nodules below this (mm) are excluded marks (default 4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
+    if args.phantoms is not None:
+        return _run_on_phantoms(args)
+    if not args.predictions or not args.annotations:
+        raise InputError("give PREDICTIONS.csv and ANNOTATIONS.csv, or --phantoms N")
     findings = froc.read_predictions(args.predictions)
     marks = froc.read_annotations_csv(args.annotations)
     if args.excluded:
@@ -63,6 +78,26 @@ def run(args: argparse.Namespace) -> int:
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
 
     print(format_summary(result, series_from))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _run_on_phantoms(args: argparse.Namespace) -> int:
+    from . import froc
+    from .errors import InputError
+    from .phantom_eval import evaluate_on_phantoms
+
+    if args.phantoms < 1:
+        raise InputError("--phantoms must be at least 1")
+    outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
+    result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=args.model, device=args.device,
+                                  min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap,
+                                  progress=lambda m: print(m, flush=True))
+    extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
+                        "model": args.model or "shipped", "min_diameter_mm": args.min_diameter}}
+    json_path, png_path = froc.write_results(result, outdir, extra=extra)
+    print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
+                                 f"{args.min_diameter:g} mm scored, smaller ones excluded"))
     print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -613,42 +613,60 @@ def phantom_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small: bool) -> list[list]:
+    """Generate and write phantom ``index`` of a set; return its annotation rows."""
+    uid = f"phantom-s{seed}-{index:04d}"
+    ph = generate_phantom(phantom_seed(seed, index), small=small)
+    ph.ct.seriesuid = uid
+    _write_image(ph.ct.to_sitk(), outdir / f"{uid}.{fmt}", integer=True)
+    if masks:
+        lab = sitk.GetImageFromArray(ph.labels)
+        lab.CopyInformation(ph.ct.to_sitk())
+        _write_image(lab, outdir / f"{uid}.labels.{fmt}", integer=False)
+    rows = []
+    for nod in ph.nodules:
+        x, y, z = nod.center_lps
+        rows.append([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{nod.diameter_mm:.3f}", nod.malignancy,
+                     nod.nodule_type, nod.margin, nod.location])
+    return rows
+
+
 def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = False, fmt: str = "nrrd",
-                      small: bool = False, progress=None) -> list[Path]:
+                      small: bool = False, workers: int = 1, progress=None) -> list[Path]:
     """Write ``n`` phantoms and one ``annotations.csv`` (LUNA16 columns + malignancy, type) to ``outdir``.
 
     Files appear whole: each volume is written under a temporary name and renamed; the CSV last.
+    ``workers`` > 1 generates phantoms in that many processes (same files, same order).
     """
     if fmt not in ("nrrd", "mhd", "nii.gz", "mha"):
         raise ValueError(f"unknown format {fmt!r}")
+    if n < 1:
+        raise ValueError("n must be at least 1")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    paths = []
-    for i in range(n):
-        uid = f"phantom-s{seed}-{i:04d}"
-        ph = generate_phantom(phantom_seed(seed, i), small=small)
-        ph.ct.seriesuid = uid
-        path = out / f"{uid}.{fmt}"
-        _write_image(ph.ct.to_sitk(), path, integer=True)
-        if masks:
-            lab = sitk.GetImageFromArray(ph.labels)
-            lab.CopyInformation(ph.ct.to_sitk())
-            _write_image(lab, out / f"{uid}.labels.{fmt}", integer=False)
-        for nod in ph.nodules:
-            x, y, z = nod.center_lps
-            rows.append([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{nod.diameter_mm:.3f}", nod.malignancy,
-                         nod.nodule_type, nod.margin, nod.location])
-        paths.append(path)
-        if progress:
-            progress((i + 1) / n, f"phantom {i + 1}/{n}")
+    rows_by_index: dict[int, list[list]] = {}
+    if workers <= 1:
+        for i in range(n):
+            rows_by_index[i] = _write_one(out, seed, i, masks, fmt, small)
+            if progress:
+                progress((i + 1) / n, f"phantom {i + 1}/{n}")
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers) as pool:
+            futs = {pool.submit(_write_one, out, seed, i, masks, fmt, small): i for i in range(n)}
+            for done, fut in enumerate(as_completed(futs), start=1):
+                rows_by_index[futs[fut]] = fut.result()
+                if progress:
+                    progress(done / n, f"phantom {done}/{n}")
     tmp = out / ".annotations.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(ANNOTATION_COLUMNS)
-        w.writerows(rows)
+        for i in range(n):
+            w.writerows(rows_by_index[i])
     os.replace(tmp, out / "annotations.csv")
-    return paths
+    return [out / f"phantom-s{seed}-{i:04d}.{fmt}" for i in range(n)]
 
 
 def _write_image(img: sitk.Image, path: Path, integer: bool) -> None:

@@ -1,0 +1,82 @@
+"""``overview.png``: one axial crop per finding, its outline in the malignancy colour, its size, at a glance.
+
+Crops are resampled on axial planes of the patient (L→R across, A→P down, radiological view: the
+patient's right on the left of the picture), whatever the axes of the stored volume.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .colors import malignancy_color
+from .ctio import CTVolume
+from .nodules import Detection
+
+CROP_PIXEL_MM = 0.5
+MAX_PANELS = 16
+
+
+def _axial_plane(ct: CTVolume, image: sitk.Image, centre: np.ndarray, half_mm: float, nearest: bool) -> np.ndarray:
+    n = int(round(2 * half_mm / CROP_PIXEL_MM)) + 1
+    ref = sitk.Image([n, n, 1], image.GetPixelID())
+    ref.SetSpacing((CROP_PIXEL_MM, CROP_PIXEL_MM, 1.0))
+    ref.SetOrigin((float(centre[0] - half_mm), float(centre[1] - half_mm), float(centre[2])))
+    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    default = 0 if nearest else -1000.0
+    out = sitk.Resample(image, ref, sitk.Transform(), interp, default, image.GetPixelID())
+    return sitk.GetArrayFromImage(out)[0]
+
+
+def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None:
+    """Write the overview figure (PNG) atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodules = detection.nodules[:MAX_PANELS]
+    img = ct.to_sitk()
+    lab = None
+    if detection.labels is not None:
+        lab = sitk.GetImageFromArray(detection.labels)
+        lab.CopyInformation(img)
+    cols = min(4, max(1, len(nodules)))
+    rows = max(1, math.ceil(len(nodules) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False, facecolor="black")
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not nodules:
+        lo = ct.index_to_world(np.zeros(3))
+        hi = ct.index_to_world(np.array(ct.shape_xyz) - 1)
+        centre = (lo + hi) / 2
+        plane = _axial_plane(ct, img, centre, 0.5 * float(np.max(np.abs(hi - lo)[:2])), nearest=False)
+        axes[0, 0].imshow(plane, cmap="gray", vmin=-1350, vmax=150)
+        axes[0, 0].set_title("no nodule found", color="white", fontsize=10)
+    for ax, n in zip(axes.ravel(), nodules):
+        centre = np.asarray(n.center_lps, float)
+        half = max(20.0, 1.6 * n.diameter_mm)
+        plane = _axial_plane(ct, img, centre, half, nearest=False)
+        ax.imshow(plane, cmap="gray", vmin=-1350, vmax=150, interpolation="bilinear")
+        color = malignancy_color(n.malignancy)
+        if lab is not None:
+            m = _axial_plane(ct, lab, centre, half, nearest=True) == n.number
+            if m.any():
+                ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.5)
+        # scale bar: 10 mm
+        px = 10.0 / CROP_PIXEL_MM
+        ax.plot([5, 5 + px], [plane.shape[0] - 8] * 2, color="white", lw=2)
+        ax.set_title(f"N{n.number}  {n.diameter_mm:.1f} mm  malignancy {100 * n.malignancy:.0f}%\n"
+                     f"p={n.probability:.2f}  Lung-RADS {n.lung_rads}  z={centre[2]:.1f}",
+                     color=color, fontsize=9)
+    fig.suptitle(f"ResMTNet — {detection.seriesuid} — {len(detection.nodules)} finding(s)", color="white",
+                 fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=100, facecolor="black", format="png")
+    plt.close(fig)
+    tmp.replace(path)

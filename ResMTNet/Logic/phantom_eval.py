@@ -1,0 +1,50 @@
+"""Scoring a model on fresh phantoms end to end: generate, detect as `resmtnet detect` does, evaluate.
+
+Nodules below ``min_diameter_mm`` become *excluded* marks (as LUNA16 treats nodules under 3 mm and
+non-nodules): a finding on one is neither a hit nor a false positive, and they don't count as misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .froc import EvaluationResult, Finding, Mark, evaluate
+
+
+def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | None = None, device: str = "auto",
+                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000,
+                         progress: Callable[[str], None] | None = None) -> EvaluationResult:
+    from .ctio import read_ct
+    from .datasets import read_truth_csv
+    from .model_io import load_model
+    from .nodules import write_nodules_csv
+    from .phantom import write_phantom_set
+    from .pipeline import detect_ct
+
+    outdir = Path(outdir)
+    phantom_dir = outdir / "phantoms"
+    if not (phantom_dir / "annotations.csv").is_file():
+        write_phantom_set(phantom_dir, n, seed, workers=workers,
+                          progress=(lambda f, m: progress(m)) if progress else None)
+    truths = read_truth_csv(phantom_dir / "annotations.csv")
+    loaded = load_model(model)
+    findings: list[Finding] = []
+    marks: list[Mark] = []
+    series = []
+    for i in range(n):
+        uid = f"phantom-s{seed}-{i:04d}"
+        series.append(uid)
+        ct = read_ct(phantom_dir / f"{uid}.nrrd")
+        det = detect_ct(ct, model=loaded, device=device, threshold=0.0)
+        det_dir = outdir / "detections" / uid
+        det_dir.mkdir(parents=True, exist_ok=True)
+        write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)
+        findings += [Finding(uid, n_.center_lps, n_.probability, n_.diameter_mm, n_.malignancy, row=j)
+                     for j, n_ in enumerate(det.nodules)]
+        for j, t in enumerate(truths.get(uid, [])):
+            marks.append(Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
+                              excluded=t.diameter_mm < min_diameter_mm, row=j))
+        if progress:
+            progress(f"detected {i + 1}/{n}: {uid} ({len(det.nodules)} findings)")
+    return evaluate(findings, marks, series, n_bootstrap=n_bootstrap, seed=0)
