@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from resmtnet.model import ModelConfig, ResMTNet
 from resmtnet.model_io import load_model, read_checkpoint, save_checkpoint
 from resmtnet.targets import encode
-from resmtnet.training import MultiTaskLoss, multitask_losses
 from resmtnet.train_cli import tiny_model_config
+from resmtnet.training import MultiTaskLoss, multitask_losses
 
 
 def test_output_shapes_follow_the_output_stride():

@@ -346,6 +346,10 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
         assert got[:8] == pytest.approx(expected[:8], rel=1e-5)  # the .tsv keeps 6 significant digits
         assert got[8:] == expected[8:]
     assert nodes["table"].GetColumnUnitLabel("Volume") == "mm3"  # the schema came back too
+    # the slice views show the CT when the bundle is opened
+    for name in ("Red", "Yellow", "Green"):
+        composite = fresh.scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
 
 
 def test_markups_json_loads_as_one_coloured_node_per_nodule(tmp_path, phantom, phantom_truth):

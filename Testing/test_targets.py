@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from resmtnet.ctio import CTVolume
 from resmtnet.phantom import DIRECTIONS, generate_phantom
 from resmtnet.prepare import to_model_grid

@@ -25,7 +25,7 @@ class SlicerCoreApp:
     scene: Any
     app_logic: Any
     logics: dict[str, Any] = field(default_factory=dict)
-    _keep: list[Any] = field(default_factory=list)  # stand-in home folder (removed with this object), IO
+    keep_alive: list[Any] = field(default_factory=list)  # stand-in home folder (removed with this object), IO
 
     def logic(self, name: str) -> Any:
         return self.logics[name]
@@ -84,5 +84,5 @@ def create_slicer_core_app(scene: Any | None = None) -> SlicerCoreApp:
         logics[name] = logic
     for name, logic in logics.items():
         app_logic.SetModuleLogic(name, logic)
-    return SlicerCoreApp(scene=scene, app_logic=app_logic, logics=logics, _keep=[home, cache, io_manager])
+    return SlicerCoreApp(scene=scene, app_logic=app_logic, logics=logics, keep_alive=[home, cache, io_manager])
 

@@ -89,6 +89,26 @@ def write_segmentation(node: Any, path: str | Path) -> None:
         raise OSError(f"could not write segmentation {node.GetName()} to {path}")
 
 
+def add_slice_views(app: Any, volume_node: Any) -> None:
+    """Red, Yellow and Green slice views (axial, sagittal, coronal) showing ``volume_node``, fitted to it.
+
+    Slicer keeps these as singleton nodes; a scene file that has them makes Slicer show the CT as soon
+    as the .mrb is opened, instead of empty views.
+    """
+    import slicer
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(app.scene, True)
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(app.scene)
+        logic.SetMRMLApplicationLogic(app.app_logic)
+        slice_node = logic.AddSliceNode(name)
+        slice_node.SetOrientation(orientation)
+        logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
+        logic.FitSliceToAll()
+        app.keep_alive.append(logic)
+
+
 def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
                       color_by: str = "malignancy") -> dict[str, Path]:
     """Write ``nodules.mrk.json``, ``nodules.seg.nrrd`` and ``scene.mrb`` for ``detection`` on ``ct``.
@@ -107,6 +127,7 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
     volume = volume_node_from_ct(scene, ct, name)
     put_volume_in_study(scene, volume, patient_name=name, study_name=f"{name} study")
     nodes = build_nodule_scene(scene, volume, detection, color_by=color_by)
+    add_slice_views(app, volume)
 
     names = {"markups": MARKUPS_FILE, "segmentation": SEGMENTATION_FILE, "scene": SCENE_FILE}
     tmp = Path(tempfile.mkdtemp(prefix=".resmtnet-", dir=outdir))
