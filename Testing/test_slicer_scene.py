@@ -416,3 +416,49 @@ def test_writing_an_empty_detection_gives_loadable_files(tmp_path, phantom, phan
     assert fresh.scene.ReadFromMRB(str(paths["scene"]))
     assert fresh.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0
     assert fresh.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The real CT
+
+
+def test_real_ct_through_the_scene_and_the_bundle(lidc_dir, tmp_path):
+    """LIDC-IDRI-0001: its annotated nodule, as a one-nodule detection, through a volume node, the
+    scene and a .mrb; the geometry must hold all the way (DICOM → RAS node → nrrd in the bundle)."""
+    import csv
+
+    from resmtnet.ctio import read_ct
+    from resmtnet.nodules import Nodule
+
+    ct = read_ct(lidc_dir / "dicom")
+    with open(lidc_dir / "annotations.csv") as f:
+        row = next(csv.DictReader(f))
+    centre = np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
+    diameter = float(row["diameter_mm"])
+
+    app = create_slicer_core_app()
+    volume = volume_node_from_ct(app.scene, ct, "LIDC-IDRI-0001")
+    m = vtk.vtkMatrix4x4()
+    volume.GetRASToIJKMatrix(m)
+    i, j, k = (round(v) for v in m.MultiplyPoint([-centre[0], -centre[1], centre[2], 1.0])[:3])
+    assert volume.GetImageData().GetScalarComponentAsDouble(i, j, k, 0) > -300  # nodule density
+
+    zz, yy, xx = np.indices(ct.array.shape, sparse=True)
+    index = ct.world_to_index(centre)
+    spacing = ct.spacing
+    inside = (((xx - index[0]) * spacing[0]) ** 2 + ((yy - index[1]) * spacing[1]) ** 2
+              + ((zz - index[2]) * spacing[2]) ** 2) <= (diameter / 2) ** 2
+    mask = inside & (ct.array > -500)
+    nodule = Nodule(1, tuple(centre), 0.9, diameter, 0.8, float(mask.sum() * np.prod(spacing)))
+    detection = Detection(ct.seriesuid, [nodule], mask.astype(np.uint16), ct.spacing, ct.origin, ct.direction)
+    nodes = build_nodule_scene(app.scene, volume, detection)
+    assert check_nodule_scene(app.scene, volume, detection, nodes) == []
+
+    paths = slicer_outputs.write_scene_files(ct, detection, tmp_path)
+    fresh = create_slicer_core_app()
+    assert fresh.scene.ReadFromMRB(str(paths["scene"]))
+    reloaded = fresh.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    back = ct_from_volume_node(reloaded)
+    np.testing.assert_array_equal(back.array, ct.array)
+    np.testing.assert_allclose(back.origin, ct.origin, atol=1e-4)
+    assert check_nodule_scene(fresh.scene, reloaded, detection, find_nodule_outputs(fresh.scene, reloaded)) == []
