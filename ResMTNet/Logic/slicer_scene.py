@@ -51,7 +51,7 @@ LUNG_RADS_SIZE_TEXT = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", 
 
 # Table columns: (name, kind, unit, description). Kind picks the VTK array type.
 TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
-    ("Number", "int", "", "Nodule number (N1, N2, ...); label n in the segmentation"),
+    ("Number", "int", "", "Nodule number n: fiducial and segment N<n>"),
     ("R", "double", "mm", "Centre, Right coordinate (RAS)"),
     ("A", "double", "mm", "Centre, Anterior coordinate (RAS)"),
     ("S", "double", "mm", "Centre, Superior coordinate (RAS)"),
