@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 resmtnet phantom -o out/demo/phantom -n 1 --seed 2026
-resmtnet detect out/demo/phantom/phantom-0000.nrrd -o out/demo/detect
+resmtnet detect out/demo/phantom/phantom-s2026-0000.nrrd -o out/demo/detect
 echo "Results: out/demo/detect (nodules.csv, report.json, overview.png, nodules.mrk.json, nodules.seg.nrrd, scene.mrb)"

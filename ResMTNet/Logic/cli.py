@@ -28,17 +28,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="resmtnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="resmtnet", description="Res-MTNet: pulmonary nodules in chest CT, with size and malignancy, in one pass.")
     parser.add_argument("--version", action="version", version=f"resmtnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"{__package__}.{module_name}")
-        except ModuleNotFoundError as e:  # TEMPORARY while the project is assembled: remove before release
-            if e.name == f"{__package__}.{module_name}":
-                continue
-            raise
+        module = importlib.import_module(f"{__package__}.{module_name}")
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(p)
         p.set_defaults(_module=module)

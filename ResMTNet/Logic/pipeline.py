@@ -115,7 +115,7 @@ def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float) -> tuple
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
               threshold: float | None = None, min_diameter_mm: float = 0.0, max_findings: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = 128,
-              batch_size: int = 2) -> Detection:
+              batch_size: int | None = None) -> Detection:
     """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it."""
     from .inference import pick_device
 
@@ -126,6 +126,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     else:
         model.net.to(dev)
     thr = model.threshold if threshold is None else float(threshold)
+    if batch_size is None:  # one window at a time on the CPU keeps Cancel quick; GPUs like batches
+        batch_size = 4 if dev.type == "cuda" else 1
     st = _Stages(progress, cancel)
 
     st.start("lungs", "finding the lungs")
@@ -164,10 +166,11 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
         centre = grid.voxel_to_world(p.position_vox)
         box, mask = grow_mask(ct, centre, p.diameter_mm)
         region = labels[box]
-        region[mask & (region == 0)] = i
+        own = mask & (region == 0)  # where two masks touch, the more probable nodule keeps the voxels
+        region[own] = i
         nodules.append(Nodule(number=i, center_lps=tuple(float(v) for v in centre), probability=p.probability,
                               diameter_mm=p.diameter_mm, malignancy=p.malignancy,
-                              volume_mm3=float(mask.sum()) * voxel_mm3))
+                              volume_mm3=float(own.sum()) * voxel_mm3))
     st.end()
     info: dict[str, Any] = {
         "device": str(dev),

@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--export", metavar="PATH",
+                   help="after training, write the release checkpoint (best by validation, no optimizer state) "
+                        "to PATH with its finding threshold calibrated on the validation cases")
+    p.add_argument("--export-fp-rate", type=float, default=1.0,
+                   help="false positives per validation scan at the calibrated threshold (default 1)")
     p.add_argument("--while-generating", action="store_true",
                    help="phantoms: don't wait for the whole training pool; each epoch trains on the phantoms "
                         "cached so far (another process, e.g. an earlier train command, fills the cache)")
@@ -146,5 +151,29 @@ def run(args: argparse.Namespace) -> int:
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
                  refresh=refresh)
     if rank == 0:
-        print(f"checkpoints: {last} and {out / 'best.pt'}")
+        best = out / "best.pt"
+        print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
+        if args.export:
+            _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
+                    args.export_fp_rate, data_prov)
     return 0
+
+
+def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict) -> None:
+    import shlex
+    import sys
+
+    from .model_io import load_model, read_checkpoint, save_checkpoint
+    from .validation import calibrate_threshold, score_cases
+
+    model = load_model(src)
+    thr, at = calibrate_threshold(model.net, cases, fp_rate)
+    metrics = score_cases(model.net, cases)
+    prov = dict(read_checkpoint(src).get("provenance", {}))
+    prov.update({"data": data_prov, "exported_from": str(src),
+                 "command": "resmtnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                 "threshold_calibration": {"fp_per_scan_target": fp_rate, **at}})
+    save_checkpoint(dst, model.net, provenance=prov, decode={"threshold": round(thr, 4)},
+                    metrics={"validation": metrics})
+    print(f"exported {dst} ({dst.stat().st_size / 2 ** 20:.1f} MB): threshold {thr:.3f} "
+          f"({at['fp_per_scan']:.2f} FP/scan, sensitivity {at['sensitivity']:.3f} on validation); {metrics}")

@@ -37,6 +37,25 @@ def case_marks(case: TrainCase) -> list[Mark]:
             for i, (c, d, r) in enumerate(zip(case.centers, case.diameters, case.malignancy))]
 
 
+def calibrate_threshold(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float,
+                        device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
+    """The lowest finding probability that keeps false positives at or below ``fp_per_scan`` on ``cases``."""
+    device = torch.device(device)
+    net.eval()
+    findings: list[Finding] = []
+    marks: list[Mark] = []
+    for c in cases:
+        findings += case_findings(net, c, device)
+        marks += case_marks(c)
+    res = evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
+    fps, sens, thr = res.curve.fps, res.curve.sensitivity, res.curve.thresholds
+    ok = np.flatnonzero((fps <= fp_per_scan) & np.isfinite(thr))
+    if len(ok) == 0:
+        return 0.5, {"fp_per_scan": 0.0, "sensitivity": 0.0}
+    i = ok[-1]
+    return float(thr[i]), {"fp_per_scan": float(fps[i]), "sensitivity": float(sens[i])}
+
+
 def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str = "cpu",
                 min_diameter_mm: float = 0.0) -> dict[str, float]:
     """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC over ``cases``."""

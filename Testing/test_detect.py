@@ -1,0 +1,82 @@
+"""`resmtnet detect` end to end with the shipped weights: on a phantom, and on the real LIDC-IDRI-0001."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resmtnet.ctio import read_ct, write_volume
+from resmtnet.model_io import load_model
+from resmtnet.phantom import generate_phantom
+from resmtnet.pipeline import detect_ct
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resmtnet.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
+    ph = generate_phantom(11, direction=(1, 0, 0, 0, 1, 0, 0, 0, -1), max_nodules=4)
+    src = tmp_path / "ct.nrrd"
+    write_volume(ph.ct, src)
+    out = tmp_path / "out"
+    res = _run_cli("detect", str(src), "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    names = {p.name for p in out.iterdir()}
+    assert names == {"nodules.csv", "report.json", "overview.png", "nodules.mrk.json", "nodules.seg.nrrd",
+                     "scene.mrb"}
+    with open(out / "nodules.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys())[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["direction"] == list(ph.ct.direction)
+    assert set(report["timings_s"]) >= {"lungs", "resample", "inference", "decode", "total"}
+    assert report["model"]["provenance"]["data"]
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every phantom nodule of 6 mm or more is found, within its radius
+    found = np.array([[float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])] for r in rows])
+    for n in ph.nodules:
+        if n.diameter_mm < 6:
+            continue
+        d = np.linalg.norm(found - np.asarray(n.center_lps), axis=1).min() if len(found) else np.inf
+        assert d < n.diameter_mm / 2, (n, d)
+
+
+def test_detect_masks_and_volumes_belong_to_their_nodules(model):
+    ph = generate_phantom(12, max_nodules=3)
+    det = detect_ct(ph.ct, model=model)
+    assert det.labels.shape == ph.ct.array.shape
+    for n in det.nodules:
+        voxels = det.labels == n.number
+        assert voxels.sum() * np.prod(ph.ct.spacing) == pytest.approx(n.volume_mm3)
+        idx = np.argwhere(voxels)
+        if len(idx):
+            centre = ph.ct.index_to_world(idx.mean(0)[::-1])
+            assert np.linalg.norm(centre - np.asarray(n.center_lps)) < max(n.diameter_mm, 3.0)
+
+
+def test_real_ct_annotated_nodule_is_the_top_finding(lidc_dir, model):
+    """LIDC-IDRI-0001: the readers' nodule (annotations.csv) first, its size and malignancy right."""
+    with open(lidc_dir / "annotations.csv", newline="") as f:
+        truth = next(csv.DictReader(f))
+    centre = np.array([float(truth["coordX"]), float(truth["coordY"]), float(truth["coordZ"])])
+    diameter = float(truth["diameter_mm"])
+    ct = read_ct(lidc_dir / "dicom")
+    det = detect_ct(ct, model=model)
+    assert det.nodules, "nothing found"
+    top = det.nodules[0]
+    assert np.linalg.norm(np.asarray(top.center_lps) - centre) < diameter / 2
+    assert abs(top.diameter_mm - diameter) <= 0.2 * diameter
+    assert top.malignancy > 0.5
+    assert len(det.nodules) - 1 <= 2, [n.to_dict() for n in det.nodules]
