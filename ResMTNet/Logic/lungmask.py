@@ -49,6 +49,11 @@ CLOSING_MM = 15.0
 #: Largest hole filled inside a lung: per axial slice (mm²) and in 3-D (mm³), a 40 mm nodule.
 MAX_HOLE_MM2 = np.pi * 20.0**2
 MAX_HOLE_MM3 = 4.0 / 3.0 * np.pi * 20.0**3
+#: Air passages narrower than about twice this (mm) do not join two air regions when deciding what is
+#: outside: a lung cut by the image edge may touch the outside air there through a thin gap.
+THIN_PART_MM = 4.0
+#: Air more than this deep inside the body's convex hull is never outside air (chest walls are thicker).
+DEEP_INSIDE_MM = 6.0
 #: An air region reaching the image border is outside air when more than this fraction of it lies
 #: outside the convex hull of the slice's body.
 OUTSIDE_HULL_FRACTION = 0.5
@@ -131,8 +136,10 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
     tissue = ~air & ~beyond_fov
     outside = np.zeros_like(air)
     body = np.zeros_like(air)
+    thin = _disk(THIN_PART_MM / min(work_spacing[1:]))
+    deep_px = DEEP_INSIDE_MM / min(work_spacing[1:])
     for z in range(hu.shape[0]):
-        outside[z], body[z] = _outside_air_slice(air[z], tissue[z], beyond_fov[z])
+        outside[z], body[z] = _outside_air_slice(air[z], tissue[z], beyond_fov[z], thin, deep_px)
 
     lungs = _select_lungs(air & ~outside, hu, voxel_litres)
     lung_litres = float(lungs.sum()) * voxel_litres
@@ -172,34 +179,65 @@ def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.nda
     return hu, padding
 
 
-def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray, thin: np.ndarray,
+                       deep_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Outside-air and body masks of one axial slice.
 
-    Air reaching the image border or the padded field is outside when most of it lies outside the
-    convex hull of the slice's largest body part; other air (lungs, bowel gas) is inside.
+    Air at the image border or the padded field is outside when most of it lies outside the convex
+    hull of the slice's largest body part, and the part of it beyond the hull is outside in any case;
+    other air (lungs, bowel gas) is inside. Regions are told apart after an opening with footprint
+    ``thin``, so that a narrow gap (a lung cut by the image edge next to the outside air) does not join
+    them; the thin air the opening took away is outside beyond the hull and otherwise follows the
+    nearest region.
     """
+    hull = _largest_part_hull(tissue)
+    opened = ndimage.binary_opening(air, structure=thin)
+    outside = _outside_regions(opened, hull, beyond_fov, reach=thin, deep_px=deep_px)
+    thin_air = air & ~opened
+    if thin_air.any():
+        if opened.any():
+            _, (iy, ix) = ndimage.distance_transform_edt(~opened, return_indices=True)
+            outside |= thin_air & outside[iy, ix]
+        else:
+            outside |= thin_air
+        if hull is not None:
+            outside |= thin_air & ~hull
+    return outside, _body_slice(outside, beyond_fov)
+
+
+def _outside_regions(air: np.ndarray, hull: np.ndarray | None, beyond_fov: np.ndarray, reach: np.ndarray,
+                     deep_px: float) -> np.ndarray:
+    """Air regions at the edge (within ``reach`` of the image border or the padding) that lie mostly
+    outside the body's convex hull ``hull`` (less their parts more than ``deep_px`` inside it), and the
+    parts of the others that lie beyond it."""
     labels, n = ndimage.label(air, structure=_FACES_2D)
-    outside = np.zeros_like(air)
     if n == 0:
-        return outside, _body_slice(outside, beyond_fov)
+        return np.zeros_like(air)
     edge = np.zeros_like(air)
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
-    if beyond_fov.any():
-        edge |= ndimage.binary_dilation(beyond_fov, structure=_FACES_2D)
+    edge |= beyond_fov
+    edge = ndimage.binary_dilation(edge, structure=reach)
     touching = np.unique(labels[edge & air])
     touching = touching[touching > 0]
     if touching.size == 0:
-        return outside, _body_slice(outside, beyond_fov)
-    hull = _largest_part_hull(tissue)
+        return np.zeros_like(air)
+    at_edge = np.isin(labels, touching)
     if hull is None:
-        outside = np.isin(labels, touching)
-    else:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        beyond_hull = np.bincount(labels.ravel(), weights=(~hull).ravel(), minlength=n + 1)
-        frac = beyond_hull[touching] / np.maximum(sizes[touching], 1)
-        outside = np.isin(labels, touching[frac > OUTSIDE_HULL_FRACTION])
-    return outside, _body_slice(outside, beyond_fov)
+        return at_edge
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    beyond_hull = np.bincount(labels.ravel(), weights=(~hull).ravel(), minlength=n + 1)
+    frac = beyond_hull[touching] / np.maximum(sizes[touching], 1)
+    mostly_beyond = np.isin(labels, touching[frac > OUTSIDE_HULL_FRACTION])
+    # ... except what lies deep inside the body: a lung that reaches the skin somewhere (or the field's
+    # edge next to outside air) joins the outside air there, but stays inside the body's hull
+    deep = ndimage.distance_transform_edt(hull) > deep_px
+    return (mostly_beyond & ~deep) | (at_edge & ~hull)
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(1, int(round(radius_px)))
+    yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
+    return yy**2 + xx**2 <= radius_px**2 + 0.5
 
 
 def _body_slice(outside: np.ndarray, beyond_fov: np.ndarray) -> np.ndarray:
