@@ -2,6 +2,9 @@
 
 Backbone (residual stages at strides 1, 2, 4, 8, 16) → pyramid back to the output stride (4) → heads:
 
+A shared 3x3x3 head trunk at the output stride feeds light per-task heads (most of a 3-D detector's
+cost sits at high resolution, so the heads stay 1x1 except malignancy's, which looks around):
+
 - ``center``: nodule-centre heat map (classification, one logit per output cell);
 - ``offset``: sub-cell position of the centre (regression, 3 channels, in cells);
 - ``size``: log diameter in mm (regression);
@@ -26,8 +29,8 @@ from torch import nn
 class ModelConfig:
     in_channels: int = 1
     stem_channels: int = 16
-    stage_channels: tuple[int, ...] = (32, 48, 64, 96)  # strides 2, 4, 8, 16
-    blocks_per_stage: tuple[int, ...] = (0, 2, 2, 2)
+    stage_channels: tuple[int, ...] = (24, 48, 64, 96)  # strides 2, 4, 8, 16
+    blocks_per_stage: tuple[int, ...] = (0, 1, 2, 2)
     pyramid_channels: int = 48
     head_channels: int = 32
     output_stride: int = 4
@@ -126,11 +129,12 @@ class ResMTNet(nn.Module):
         c, h = self.cfg.pyramid_channels, self.cfg.head_channels
         self.encoder = ResidualEncoder(self.cfg)
         self.pyramid = FeaturePyramid(self.cfg)
-        self.center_head = nn.Sequential(ConvNormAct(c, h), nn.Conv3d(h, 1, 1))
-        self.offset_head = nn.Sequential(ConvNormAct(c, h), nn.Conv3d(h, 3, 1))
-        self.size_hidden = ConvNormAct(c, h)
+        self.head_trunk = ConvNormAct(c, h)
+        self.center_head = nn.Sequential(ConvNormAct(h, h, 1), nn.Conv3d(h, 1, 1))
+        self.offset_head = nn.Sequential(ConvNormAct(h, h, 1), nn.Conv3d(h, 3, 1))
+        self.size_hidden = ConvNormAct(h, h, 1)
         self.size_out = nn.Conv3d(h, 1, 1)
-        self.malig_hidden = ConvNormAct(c, h)
+        self.malig_hidden = ConvNormAct(h, h, 1)
         self.malig_out = nn.Sequential(ConvNormAct(h, h), nn.Conv3d(h, 1, 1))
         nn.init.constant_(self.center_head[-1].bias, -math.log((1 - self.cfg.center_prior) / self.cfg.center_prior))
         nn.init.constant_(self.size_out.bias, math.log(8.0))
@@ -141,7 +145,7 @@ class ResMTNet(nn.Module):
         Returns logits/regressions at the output stride: center (B,1,...), offset (B,3,...) in cells,
         log_diameter (B,1,...) (log mm), malignancy (B,1,...) logits.
         """
-        f = self.pyramid(self.encoder(x))
+        f = self.head_trunk(self.pyramid(self.encoder(x)))
         size_h = self.size_hidden(f)
         malig_h = self.malig_hidden(f) + size_h  # residual link between the size and malignancy tasks
         return {
