@@ -290,8 +290,9 @@ def test_dicom_series_in_a_sub_folder_is_found(tmp_path):
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # utf-8 named: ITK may switch this process's locale to C, and messages hold non-ASCII characters
     return subprocess.run([sys.executable, "-m", "resmtnet.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+                          encoding="utf-8", errors="replace", timeout=120, env=env)
 
 
 CLI_CASES = ["missing", "text file", "2-D image", "constant", "NaN", "spacing too large",

@@ -23,7 +23,8 @@ def realism_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "resmtnet.cli", "realism", "--real", str(REAL / "dicom"), "--phantoms", "2",
          "--seed", "2026", "--small", "-o", str(out)],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, MPLBACKEND="Agg"))
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
+        env=dict(os.environ, MPLBACKEND="Agg"))
     return proc, out
 
 

@@ -8,14 +8,19 @@ brought back to the input grid. Steps:
 2. *Outside air, per axial slice*: dark regions that reach the image border or the padded field are
    candidates for outside air. One counts as outside when most of it lies outside the convex hull of
    the slice's largest body part, so a lung that runs into the image edge (a tight crop, or a body
-   wider than the field) stays in: its open side lies on the hull's chord, not beyond it. Working
-   slice by slice also means airways or lungs leaving the top or bottom slice change nothing.
+   wider than the field) stays in: its open side lies on the hull's chord, not beyond it. Regions are
+   told apart after a small opening, so a thin gap does not join a lung to the outside air; air beyond
+   the hull is always outside, air more than 6 mm inside it never (a lung reaching the skin or the
+   field's edge next to outside air keeps its bulk). Working slice by slice also means airways or
+   lungs leaving the top or bottom slice change nothing.
 3. *Lungs*: 3-D components of the remaining dark voxels, keeping the large ones whose median density
    is that of lung rather than of pure gas (bowel, stomach, trachea alone, outside pockets).
 4. *Airways*: the trachea and main bronchi are followed slice by slice from the lung apex (dark
-   < -950 HU, stopping where they leak into parenchyma) and cut out.
-5. *Closing and filling*: a closing of about 15 mm puts nodules attached to the chest wall inside the
-   mask, and hole filling (per slice and in 3-D) puts vessels and nodules in the parenchyma inside.
+   < -950 HU, stopping where they leak into parenchyma) and cut out, with their wall's rim.
+5. *Closing and filling, one lung at a time* (two touching lungs are first cut apart along the
+   junction): a closing of 15 mm puts nodules attached to the chest wall inside the mask, and hole
+   filling (per slice and in 3-D, up to 40 mm holes) puts vessels and nodules in the parenchyma
+   inside, without ever filling the mediastinum between the lungs.
 
 Arrays are (z, y, x); spacings are given in ITK's x, y, z order.
 """
