@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from resmtnet.ctio import read_ct, write_volume
 from resmtnet.model_io import load_model
 from resmtnet.phantom import generate_phantom
@@ -23,7 +22,7 @@ def model():
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resmtnet.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+                          encoding="utf-8", timeout=600)
 
 
 def test_detect_command_on_a_phantom_writes_every_output(tmp_path):

@@ -79,7 +79,7 @@ def test_checkpoint_reloaded_in_another_process_gives_identical_outputs(tmp_path
         f"np.savez(r'{tmp_path / 'out.npz'}', **{{k: v.numpy() for k, v in out.items()}})\n"
         "print(m.threshold, m.config.stem_channels)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["0.42", str(cfg.stem_channels)]
     other = np.load(tmp_path / "out.npz")

@@ -16,7 +16,6 @@ non-nodules as hard negatives (:class:`CaseSource`). Sources here:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -30,6 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .csvio import parse_float as _num
+from .csvio import read_csv_rows as _read_csv
 from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
 from .errors import InputError
 
@@ -75,30 +76,6 @@ class CaseSource(Protocol):
 
 
 # ---------------------------------------------------------------- CSV-annotated volume folders
-
-
-def _read_csv(path: Path, required: Iterable[str], what: str) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise InputError(f"{path}: {what} lacks column(s) {', '.join(missing)} "
-                             f"(has: {', '.join(header)})")
-        return list(reader)
-
-
-def _num(row: dict[str, str], key: str, path: Path, line: int) -> float:
-    try:
-        v = float(row[key])
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: line {line}: {key} is not a number: {row.get(key)!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{path}: line {line}: {key} is not finite")
-    return v
 
 
 def _rating(text: str | None) -> int | None:

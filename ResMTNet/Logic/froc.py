@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from .csvio import parse_float as _float
+from .csvio import read_csv_rows as _read_csv_rows
 from .errors import InputError
 
 FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -203,34 +205,6 @@ def _num(v: Any) -> float | None:
 
 
 # ---------------------------------------------------------------- reading the CSVs
-
-
-def _read_csv_rows(path: str | Path, required: Iterable[str], what: str) -> list[dict[str, str]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: {what} file not found")
-    try:
-        with open(p, newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise InputError(f"{p}: {what} lacks column(s) {', '.join(missing)} "
-                                 f"(has: {', '.join(header) or 'no header'})")
-            return list(reader)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: {what} is not a text CSV ({e.reason})") from e
-
-
-def _float(row: dict[str, str], key: str, path: str | Path, line: int) -> float:
-    try:
-        v = float(row[key])
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: line {line}: {key} is not a number: {row.get(key)!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{path}: line {line}: {key} is not finite: {row.get(key)!r}")
-    return v
 
 
 def _center(row: dict[str, str], path: str | Path, line: int) -> tuple[float, float, float]:

@@ -8,7 +8,6 @@ image on the input CT's grid where label ``i`` is nodule number ``i`` (see :clas
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,26 +101,3 @@ def write_nodules_csv(path: str | Path, seriesuid: str, nodules: list[Nodule]) -
             x, y, z = n.center_lps
             w.writerow([seriesuid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{n.probability:.5f}",
                         f"{n.diameter_mm:.2f}", f"{n.malignancy:.4f}", f"{n.volume_mm3:.1f}", n.lung_rads])
-
-
-def read_nodules_csv(path: str | Path) -> dict[str, list[Nodule]]:
-    """Read a nodules/LUNA16 predictions CSV, grouped by seriesuid (extra columns optional)."""
-    out: dict[str, list[Nodule]] = {}
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            sid = row["seriesuid"]
-            n = Nodule(
-                number=len(out.get(sid, [])) + 1,
-                center_lps=(float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])),
-                probability=float(row.get("probability") or 0.0),
-                diameter_mm=float(row.get("diameter_mm") or 0.0),
-                malignancy=float(row.get("malignancy") or 0.0),
-                volume_mm3=float(row.get("volume_mm3") or 0.0),
-            )
-            out.setdefault(sid, []).append(n)
-            del i
-    return out
-
-
-def nodules_to_json(nodules: list[Nodule]) -> str:
-    return json.dumps([n.to_dict() for n in nodules], indent=1)
