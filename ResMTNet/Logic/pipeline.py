@@ -73,12 +73,14 @@ def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int =
     return merge_duplicates(peaks, model.config.spacing_mm)
 
 
-def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
+def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float
+              ) -> tuple[tuple[slice, ...], np.ndarray, bool]:
     """The nodule's own voxels on ct's grid: dense tissue connected to its centre inside its predicted sphere.
 
     The threshold sits halfway between the nodule's core and the surrounding lung, so part-solid and
     ground-glass nodules keep their hazy part. Falls back to the predicted sphere where nothing dense is
-    found (a faint or misplaced finding).
+    found (a faint or misplaced finding). Returns the box on ct's grid, the mask in it, and whether the
+    mask was measured on the image (False: the sphere fallback).
     """
     sp = np.asarray(ct.spacing)
     c = ct.world_to_index(center_lps)  # x, y, z continuous
@@ -108,8 +110,27 @@ def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float) -> tuple
         else:
             dense = np.zeros_like(dense)
     if dense.sum() < max(1, 0.05 * sphere.sum()):
-        dense = d <= R
-    return box, dense
+        return box, d <= R, False
+    return box, dense, True
+
+
+def equivalent_diameter(volume_mm3: float) -> float:
+    """Diameter of the sphere of that volume (how LIDC/LUNA16 reference diameters relate to volumes)."""
+    return float((6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0))
+
+
+def combined_diameter(regressed_mm: float, measured_mm: float | None) -> float:
+    """The reported size: the mean of the network's regressed diameter and the nodule's own mask.
+
+    Two independent estimates: the regression head knows nodules as the training data showed them, the
+    mask measures this image. Where the images differ from the training data (phantoms → real CT) the
+    measurement holds better (LIDC-IDRI-0001: regression 31 mm, mask 23.8 mm, readers 23.4 mm); on the
+    validation phantoms the mean costs 0.03 mm of MAE against the regression alone. Without a measured
+    mask (sphere fallback) the regression stands alone.
+    """
+    if measured_mm is None:
+        return float(regressed_mm)
+    return float(0.5 * (regressed_mm + measured_mm))
 
 
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
@@ -164,13 +185,17 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     for i, p in enumerate(findings, start=1):
         st.check()
         centre = grid.voxel_to_world(p.position_vox)
-        box, mask = grow_mask(ct, centre, p.diameter_mm)
+        box, mask, measured = grow_mask(ct, centre, p.diameter_mm)
         region = labels[box]
         own = mask & (region == 0)  # where two masks touch, the more probable nodule keeps the voxels
         region[own] = i
+        volume = float(own.sum()) * voxel_mm3
+        measured_d = equivalent_diameter(volume) if measured else None
         nodules.append(Nodule(number=i, center_lps=tuple(float(v) for v in centre), probability=p.probability,
-                              diameter_mm=p.diameter_mm, malignancy=p.malignancy,
-                              volume_mm3=float(own.sum()) * voxel_mm3))
+                              diameter_mm=combined_diameter(p.diameter_mm, measured_d), malignancy=p.malignancy,
+                              volume_mm3=volume,
+                              extra={"regressed_diameter_mm": round(p.diameter_mm, 2),
+                                     "mask_diameter_mm": None if measured_d is None else round(measured_d, 2)}))
     st.end()
     info: dict[str, Any] = {
         "device": str(dev),
