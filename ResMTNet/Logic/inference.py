@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import Cancelled
 from .model import ResMTNet
@@ -89,14 +88,3 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
         if progress is not None:
             progress(min(1.0, (i + len(group)) / len(starts)))
     return out
-
-
-def window_count(shape: tuple[int, int, int], window: int = 128, overlap: int = 32) -> int:
-    padded = (np.ceil(np.array(shape) / ALIGN) * ALIGN).astype(int)
-    win = np.minimum(window, padded)
-    step = np.maximum(win - overlap, ALIGN)
-    return int(np.prod([len(_starts(p, w, s)) for p, w, s in zip(padded, win, step)]))
-
-
-def upsample_heat(center_logits: torch.Tensor, stride: int) -> torch.Tensor:
-    return F.interpolate(torch.sigmoid(center_logits), scale_factor=stride, mode="trilinear")

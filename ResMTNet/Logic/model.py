@@ -154,7 +154,3 @@ class ResMTNet(nn.Module):
             "log_diameter": self.size_out(size_h),
             "malignancy": self.malig_out(malig_h),
         }
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
