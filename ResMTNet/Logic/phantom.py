@@ -22,14 +22,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .ctio import CTVolume
+from .ctio import CTVolume, write_volume
 
 #: Direction matrices (row-major, ITK) the generator draws from: axis-aligned, with flipped axes.
 DIRECTIONS: list[tuple[float, ...]] = [
@@ -618,11 +618,9 @@ def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small
     uid = f"phantom-s{seed}-{index:04d}"
     ph = generate_phantom(phantom_seed(seed, index), small=small)
     ph.ct.seriesuid = uid
-    _write_image(ph.ct.to_sitk(), outdir / f"{uid}.{fmt}", integer=True)
+    write_volume(ph.ct, outdir / f"{uid}.{fmt}", integer=True)
     if masks:
-        lab = sitk.GetImageFromArray(ph.labels)
-        lab.CopyInformation(ph.ct.to_sitk())
-        _write_image(lab, outdir / f"{uid}.labels.{fmt}", integer=False)
+        write_volume(replace(ph.ct, array=ph.labels), outdir / f"{uid}.labels.{fmt}", integer=False)
     rows = []
     for nod in ph.nodules:
         x, y, z = nod.center_lps
@@ -667,15 +665,3 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
             w.writerows(rows_by_index[i])
     os.replace(tmp, out / "annotations.csv")
     return [out / f"phantom-s{seed}-{i:04d}.{fmt}" for i in range(n)]
-
-
-def _write_image(img: sitk.Image, path: Path, integer: bool) -> None:
-    if integer:
-        img = sitk.Cast(img, sitk.sitkInt16)
-    name = path.name
-    if name.endswith(".mhd"):
-        sitk.WriteImage(img, str(path), True)  # header + .zraw pair; the header names its data file
-        return
-    tmp = path.with_name(".tmp-" + name)
-    sitk.WriteImage(img, str(tmp), True)
-    os.replace(tmp, path)

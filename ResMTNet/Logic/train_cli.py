@@ -164,11 +164,10 @@ def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict) -> Non
     import sys
 
     from .model_io import load_model, read_checkpoint, save_checkpoint
-    from .validation import calibrate_threshold, score_cases
+    from .validation import calibrate
 
     model = load_model(src)
-    thr, at = calibrate_threshold(model.net, cases, fp_rate)
-    metrics = score_cases(model.net, cases)
+    thr, at, metrics = calibrate(model.net, cases, fp_rate)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": "resmtnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

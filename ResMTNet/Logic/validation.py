@@ -37,17 +37,23 @@ def case_marks(case: TrainCase) -> list[Mark]:
             for i, (c, d, r) in enumerate(zip(case.centers, case.diameters, case.malignancy))]
 
 
-def calibrate_threshold(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float,
-                        device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
-    """The lowest finding probability that keeps false positives at or below ``fp_per_scan`` on ``cases``."""
+def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str):
+    """Detect on every case once and score by the LUNA16 FROC (no bootstrap)."""
     device = torch.device(device)
+    was_training = net.training
     net.eval()
     findings: list[Finding] = []
     marks: list[Mark] = []
     for c in cases:
         findings += case_findings(net, c, device)
         marks += case_marks(c)
-    res = evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
+    if was_training:
+        net.train()
+    return evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
+
+
+def threshold_at(res, fp_per_scan: float) -> tuple[float, dict[str, float]]:
+    """The lowest finding probability that keeps false positives at or below ``fp_per_scan``."""
     fps, sens, thr = res.curve.fps, res.curve.sensitivity, res.curve.thresholds
     ok = np.flatnonzero((fps <= fp_per_scan) & np.isfinite(thr))
     if len(ok) == 0:
@@ -56,21 +62,22 @@ def calibrate_threshold(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: 
     return float(thr[i]), {"fp_per_scan": float(fps[i]), "sensitivity": float(sens[i])}
 
 
-def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str = "cpu",
-                min_diameter_mm: float = 0.0) -> dict[str, float]:
-    """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC over ``cases``."""
-    device = torch.device(device)
-    was_training = net.training
-    net.eval()
-    findings: list[Finding] = []
-    marks: list[Mark] = []
-    for c in cases:
-        findings += case_findings(net, c, device)
-        marks += [m for m in case_marks(c) if m.diameter_mm >= min_diameter_mm]
-    if was_training:
-        net.train()
-    res = evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
+def summarize(res) -> dict[str, float]:
+    """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC of an evaluation."""
     d = res.to_dict()
     return {"score": round(float(res.cpm), 4), "cpm": round(float(res.cpm), 4),
             "sens_at_2fp": round(float(res.sensitivities[list(res.fp_rates).index(2.0)]), 4),
             "diameter_mae_mm": d["diameter_error"].get("mae_mm"), "malignancy_auc": d["malignancy_auc"].get("auc")}
+
+
+def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str = "cpu") -> dict[str, float]:
+    """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC over ``cases``."""
+    return summarize(_evaluate_cases(net, cases, device))
+
+
+def calibrate(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float, device: torch.device | str = "cpu"
+              ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Threshold at ``fp_per_scan`` FP/scan, what it gives, and the scores — from one pass over ``cases``."""
+    res = _evaluate_cases(net, cases, device)
+    thr, at = threshold_at(res, fp_per_scan)
+    return thr, at, summarize(res)
