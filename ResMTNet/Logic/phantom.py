@@ -47,7 +47,7 @@ MARGINS = ["smooth", "lobulated", "spiculated"]
 LOCATIONS = ["parenchyma", "pleural", "vascular"]
 LOCATION_WEIGHTS = [0.5, 0.3, 0.2]
 
-LUNG_HU = -860.0
+LUNG_HU = -890.0
 
 
 @dataclass
@@ -451,8 +451,8 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
     gens = 7 if small else 10
     for side, hilum in zip((1, -1), hila):
         inside = make_inside(side)
-        vessel_segs += _vessel_tree(rng, inside, hilum, rng.uniform(4.5, 6.5) * scale, gens, (lo, hi),
-                                    n_roots=int(rng.integers(6, 9)))
+        vessel_segs += _vessel_tree(rng, inside, hilum, rng.uniform(3.0, 4.2) * scale, gens, (lo, hi),
+                                    n_roots=int(rng.integers(4, 7)), max_segments=600)
         bronchi_segs += _vessel_tree(rng, inside, hilum, tr_r * 0.5, gens - 5, (lo, hi), n_roots=3)
     vessels = np.zeros(grid.shape, np.float32)
     _render_tubes(vessels, grid, vessel_segs)

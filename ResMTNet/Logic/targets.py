@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 MALIGNANT_RATINGS = (4, 5)
 BENIGN_RATINGS = (1, 2)
+# probability-of-malignancy target per LIDC rating: 4-5 malignant, 1-2 benign, 3 (indeterminate) a soft 0.5,
+# so the many indeterminate nodules still teach the head without pulling it either way; 0 = unrated
+RATING_TARGET = {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}
 
 
 @dataclass
@@ -25,8 +28,8 @@ class Targets:
     offset_mask: np.ndarray  # (Z, Y, X) float32, 1 at centre cells
     log_diameter: np.ndarray  # (Z, Y, X) float32
     size_mask: np.ndarray  # (Z, Y, X) float32, centre cells and their neighbours inside the nodule
-    malignant: np.ndarray  # (Z, Y, X) float32, 0/1
-    malig_mask: np.ndarray  # (Z, Y, X) float32, where the rating says benign (1-2) or malignant (4-5)
+    malignant: np.ndarray  # (Z, Y, X) float32, RATING_TARGET of the rating
+    malig_mask: np.ndarray  # (Z, Y, X) float32, where the nodule has a rating (1-5)
 
 
 def voxel_to_cell(v: np.ndarray, stride: int) -> np.ndarray:
@@ -68,8 +71,8 @@ def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters
         logd[near] = np.log(max(diameters_mm[i], 1.0))
         size_mask[near] = 1.0
         r = int(ratings[i])
-        if r in MALIGNANT_RATINGS or r in BENIGN_RATINGS:
-            malignant[near] = 1.0 if r in MALIGNANT_RATINGS else 0.0
+        if r in RATING_TARGET:
+            malignant[near] = RATING_TARGET[r]
             malig_mask[near] = 1.0
         else:
             malig_mask[near] = 0.0

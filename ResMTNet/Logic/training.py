@@ -36,13 +36,13 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     positive_fraction: float = 0.5
-    hard_negative_fraction: float = 0.3  # of the rest: windows centred on dense structures (vessels, wall)
+    hard_negative_fraction: float = 0.3  # of all windows: centred on dense structures in the lungs (vessels)
     scale_range: tuple[float, float] = (0.85, 1.2)
     loss_weighting: str = "fixed"  # "fixed" or "uncertainty" (learned, Kendall et al. 2018)
     loss_weights: dict[str, float] = field(default_factory=lambda: {
-        "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 0.5})
+        "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 1.0})
     seed: int = 0
-    amp: bool = True  # on CUDA only
+    amp: bool = True  # float16 on CUDA; bfloat16 on CPUs with native bfloat16 (about 1.6x faster there)
     val_every: int = 1
     threads: int = 0  # torch CPU threads (0 = torch's default)
 
@@ -74,9 +74,14 @@ class PatchSampler:
         self._dense: dict[int, np.ndarray] = {}
 
     def _dense_points(self, i: int) -> np.ndarray:
+        """Dense voxels with lung air around them: vessels, their branchings and the pleura, where
+        false positives come from (dense voxels anywhere would mostly be chest wall and mediastinum)."""
         if i not in self._dense:
-            img = self.cases[i].image
-            pts = np.argwhere(img[::2, ::2, ::2] > -500) * 2
+            from scipy import ndimage
+
+            img = self.cases[i].image[::2, ::2, ::2]
+            air_around = ndimage.uniform_filter((img < -700).astype(np.float32), size=5)
+            pts = np.argwhere((img > -500) & (air_around > 0.35)) * 2
             if len(pts) > 4000:
                 pts = pts[self.rng.choice(len(pts), 4000, replace=False)]
             self._dense[i] = pts
@@ -224,6 +229,15 @@ def _dist_info() -> tuple[int, int, int]:
     return world, rank, local
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere autocast would be slower."""
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -261,7 +275,11 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     params = list(net.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and dev.type == "cuda"
+    cpu_bf16 = cfg.amp and dev.type == "cpu" and cpu_has_native_bf16()
+    amp_dtype = torch.float16 if use_amp else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if cpu_bf16:
+        log("mixed precision: bfloat16 autocast on this CPU")
     start_epoch, best_score, history = 0, -1.0, []
     last = out_dir / "last.pt"
     if resume and last.exists():
@@ -299,7 +317,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             x, t = sampler.batch()
             x = x.to(dev, non_blocking=True)
             t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp or cpu_bf16):
                 out = ddp_net(x)
             losses = multitask_losses(out, t)
             loss = criterion(losses)

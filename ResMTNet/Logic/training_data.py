@@ -83,7 +83,7 @@ class PhantomCases:
         self.spacing = spacing
         self.max_nodules = max_nodules
         self.items = [(f"phantom-s{seed}-{i:04d}", phantom_seed(seed, i)) for i in range(n)]
-        key = json.dumps({"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 1})
+        key = json.dumps({"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 2})
         self.tag = hashlib.sha1(key.encode()).hexdigest()[:10]
 
     def path(self, case_id: str) -> Path:
