@@ -160,6 +160,7 @@ class ResMTNetParameterNode:
     threshold - minimum nodule probability of a reported finding.
     minDiameterMm - smallest reported diameter.
     colorBy - colour fiducials and segments by malignancy or by Lung-RADS size category.
+    testTimeAugmentation - also run the network on the mirror images and average (about 4x slower).
     outputSegmentation, outputTable - filled by a run; created when not chosen.
     """
 
@@ -171,6 +172,7 @@ class ResMTNetParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     minDiameterMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     colorBy: Annotated[str, Choice(list(COLOR_BY_LABELS))] = "malignancy"
+    testTimeAugmentation: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
 
@@ -310,7 +312,8 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._jobInput = p.inputVolume
             self._job = self.logic.startDetection(
                 p.inputVolume, checkpointPath=self.logic.checkpointFile(p), device=p.device,
-                threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm)
+                threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm,
+                tta=p.testTimeAugmentation)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Starting...")
@@ -489,7 +492,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     # ---- running
 
-    def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0):
+    def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0, tta=False):
         """A function of (progress, cancel) that runs the detector on ``ct`` (no MRML inside: it may run
         on a worker thread)."""
         self.core()  # registered here, on the main thread; the worker then imports its submodules
@@ -500,16 +503,16 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             # model: a checkpoint path, or None for the shipped weights
             return resmtnet.pipeline.detect_ct(ct, model=checkpointPath or None, device=device,
                                                threshold=threshold, min_diameter_mm=minDiameterMm,
-                                               progress=progress, cancel=cancel)
+                                               progress=progress, cancel=cancel, tta=tta)
 
         return detect
 
     def startDetection(self, volumeNode, checkpointPath=None, device="auto", threshold=None,
-                       minDiameterMm=0.0):
+                       minDiameterMm=0.0, tta=False):
         """Copy the CT out of the scene (main thread) and start detecting on a worker thread."""
         core = self.core()
         ct = core.slicer_scene.ct_from_volume_node(volumeNode)
-        job = DetectionJob(self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm),
+        job = DetectionJob(self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm, tta),
                            cancelledError=core.errors.Cancelled)
         job.start()
         return job
@@ -527,10 +530,10 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def process(self, volumeNode, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0,
-                colorBy="malignancy", segmentationNode=None, tableNode=None):
+                colorBy="malignancy", segmentationNode=None, tableNode=None, tta=False):
         """Detect and show, on this thread (scripting and tests)."""
         ct = self.core().slicer_scene.ct_from_volume_node(volumeNode)
-        detection = self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm)()
+        detection = self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm, tta)()
         return detection, self.showResults(volumeNode, detection, colorBy, segmentationNode, tableNode)
 
     def jumpToTableRow(self, tableNode, row):

@@ -97,3 +97,23 @@ def test_shipped_weights_load_and_describe_themselves():
     assert d["provenance"]["data"]
     assert 0.0 < m.threshold < 1.0
     assert m.path.stat().st_size < 20 * 2 ** 20
+
+
+def test_hard_negative_windows_sit_on_dense_structures_inside_the_lungs():
+    """Vessels in aerated lung are where false positives come from; the chest wall's interior is not."""
+    from resmtnet.training import PatchSampler, TrainConfig
+    from resmtnet.training_data import TrainCase
+
+    img = np.full((64, 64, 96), 40, np.int16)  # soft tissue (chest wall, mediastinum) ...
+    img[8:56, 8:56, 8:56] = -850  # ... around an aerated lung
+    img[30:34, 30:34, 12:52] = 40  # a vessel running through it
+    case = TrainCase("synthetic", img, np.zeros(3), 1.5, np.zeros((0, 3), np.float32), np.zeros(0, np.float32),
+                     np.zeros(0, np.int16), np.zeros((0, 3), np.float32))
+    pts = PatchSampler([case], TrainConfig(), ModelConfig(), seed=0)._dense_points(0)
+    assert 0 < len(pts) < 4000  # all of them, not a subsample
+    # none deep in the tissue: each lies within 4 voxels of the lung's air box
+    assert np.all((pts >= 4) & (pts < 60)), pts[np.any((pts < 4) | (pts >= 60), axis=1)][:5]
+    # and the whole vessel, except its two ends buried in the wall, is among them
+    vessel = {tuple(p) for p in np.argwhere(img[::2, ::2, ::2] > -500) * 2
+              if 30 <= p[0] < 34 and 30 <= p[1] < 34 and 16 <= p[2] < 48}
+    assert vessel and vessel <= {tuple(p) for p in pts}

@@ -62,3 +62,12 @@ def test_merge_keeps_the_most_probable_of_overlapping_peaks():
     c = Peak(np.array([30.0, 10, 10]), 0.7, 6.0, 0.5)  # 30 mm away: separate
     kept = merge_duplicates([b, c, a], spacing_mm=1.5)
     assert [p.probability for p in kept] == [0.9, 0.7]
+
+
+def test_malignancy_targets_follow_the_lidc_rating():
+    """4-5 malignant, 1-2 benign, 3 a soft 0.5 that still trains the head, 0 (unrated) masked out."""
+    centers = np.array([[6.0, 6, 6], [6.0, 6, 26], [6.0, 26, 6], [6.0, 26, 26], [26.0, 6, 6]])
+    t = encode((10, 10, 10), centers, np.full(5, 8.0), np.array([5, 4, 3, 1, 0]), 4, 1.5)
+    cells = np.round((centers - 1.5) / 4).astype(int)
+    got = [(float(t.malignant[tuple(k)]), float(t.malig_mask[tuple(k)])) for k in cells]
+    assert got == [(1.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (0.0, 0.0)]

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all: CPU, and CUDA where available (default)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per device after one warm-up (default 3)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--tta", action="store_true", help="time detection with test-time augmentation (see detect)")
     p.add_argument("--json", dest="json_out", help="also write the numbers to this JSON file")
 
 
@@ -50,16 +51,17 @@ def run(args: argparse.Namespace) -> int:
         devices.remove("cuda")
     results = {"input": args.input, "size_xyz": list(ct.shape_xyz), "spacing_mm": list(ct.spacing),
                "read_s": round(read_s, 3), "cpu": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "tta": bool(args.tta), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__,
                "devices": {}}
     for dev in devices:
         model = load_model(args.model, dev)
         if dev == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        detect_ct(ct, model=model, device=dev)  # warm-up
+        detect_ct(ct, model=model, device=dev, tta=args.tta)  # warm-up
         runs = []
         for _ in range(max(1, args.repeat)):
-            det = detect_ct(ct, model=model, device=dev)
+            det = detect_ct(ct, model=model, device=dev, tta=args.tta)
             runs.append(det.info["timings_s"])
         stages = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
         entry = {"stages_s": stages, "end_to_end_s": round(stages["total"] + read_s, 3),

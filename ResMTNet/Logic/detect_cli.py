@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-by", default="malignancy", choices=["malignancy", "size"],
                    help="colour of fiducials and segments in the Slicer files")
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: also run the network on the scan's three mirror images and "
+                        "average (about 4x the network time)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         det = detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
-                        min_diameter_mm=args.min_diameter, max_findings=args.max_findings, progress=progress)
+                        min_diameter_mm=args.min_diameter, max_findings=args.max_findings, progress=progress,
+                         tta=args.tta)
     finally:
         if bar is not None:
             bar.close()

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ph.add_argument("--min-diameter", type=float, default=4.0,
                     help="nodules below this (mm) are excluded marks (default 4)")
+    ph.add_argument("--tta", action="store_true", help="detect with test-time augmentation (see resmtnet detect)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,10 +92,11 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
         raise InputError("--phantoms must be at least 1")
     outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
     result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=args.model, device=args.device,
-                                  min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap,
+                                  min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap, tta=args.tta,
                                   progress=lambda m: print(m, flush=True))
     extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
-                        "model": args.model or "shipped", "min_diameter_mm": args.min_diameter}}
+                        "model": args.model or "shipped", "min_diameter_mm": args.min_diameter,
+                        "test_time_augmentation": args.tta}}
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
                                  f"{args.min_diameter:g} mm scored, smaller ones excluded"))

@@ -7,7 +7,7 @@ are left to the neighbouring window), except at the volume's own edges.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,22 +40,52 @@ def _starts(n: int, window: int, step: int) -> list[int]:
     return sorted(set(s))
 
 
+#: test-time augmentation: the axes (z, y, x of the model grid) flipped in each extra pass
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))
+
+
 @torch.no_grad()
 def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = 128, overlap: int = 32,
                    batch_size: int = 2, progress: Callable[[float], None] | None = None,
-                   cancel: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
+                   cancel: Callable[[], bool] | None = None, flips: Sequence[tuple[int, ...]] = ((),)
+                   ) -> dict[str, torch.Tensor]:
     """Network outputs over a whole HU volume on the model grid (z, y, x); cells of the output stride.
 
     Returns a dict like the model's forward with batch size 1, covering the volume (padded to a multiple
-    of 16 voxels; extra cells lie beyond the volume).
+    of 16 voxels; extra cells lie beyond the volume). ``flips`` lists the passes: each flips the padded
+    volume along those axes, runs the network and flips the outputs back (offsets change sign on the
+    flipped axes); the passes are averaged (logits and log-diameters). The padded size is a multiple of
+    the output stride, so a flipped pass's cells fall exactly onto the unflipped ones.
     """
-    stride = model.cfg.output_stride
     shape = np.array(hu.shape)
     padded = (np.ceil(shape / ALIGN) * ALIGN).astype(int)
-    win = np.minimum(window, padded)
     x = normalize_hu(hu)
     pad = [(0, int(p - s)) for p, s in zip(padded, shape)]
     x = np.pad(x, pad, constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
+    model.eval()
+    total: dict[str, torch.Tensor] | None = None
+    for n, axes in enumerate(flips):
+        def sub(f: float, n: int = n) -> None:
+            if progress is not None:
+                progress((n + f) / len(flips))
+        xt = torch.from_numpy(np.ascontiguousarray(np.flip(x, axes) if axes else x))
+        out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel)
+        if axes:
+            dims = [a + 2 for a in axes]
+            out = {k: torch.flip(v, dims) for k, v in out.items()}
+            for a in axes:
+                out["offset"][:, a] = -out["offset"][:, a]
+        total = out if total is None else {k: total[k] + out[k] for k in out}
+    assert total is not None
+    return {k: v / len(flips) for k, v in total.items()}
+
+
+def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, window: int, overlap: int,
+                    batch_size: int, progress: Callable[[float], None], cancel: Callable[[], bool] | None
+                    ) -> dict[str, torch.Tensor]:
+    stride = model.cfg.output_stride
+    padded = np.array(xt.shape)
+    win = np.minimum(window, padded)
     step = np.maximum(win - overlap, ALIGN)
     starts = [(a, b, c) for a in _starts(padded[0], win[0], step[0]) for b in _starts(padded[1], win[1], step[1])
               for c in _starts(padded[2], win[2], step[2])]
@@ -64,8 +94,6 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
            "log_diameter": torch.zeros((1, 1, *cells)), "malignancy": torch.zeros((1, 1, *cells))}
     half = overlap // 2 // stride
     use_amp = device.type == "cuda"
-    model.eval()
-    xt = torch.from_numpy(x)
     for i in range(0, len(starts), batch_size):
         if cancel is not None and cancel():
             raise Cancelled("detection cancelled")
@@ -85,6 +113,5 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
                 dst.append(slice(c0 + lo, c0 + hi))
             for k in out:
                 out[k][0, :, dst[0], dst[1], dst[2]] = res[k][j, :, src[0], src[1], src[2]]
-        if progress is not None:
-            progress(min(1.0, (i + len(group)) / len(starts)))
+        progress(min(1.0, (i + len(group)) / len(starts)))
     return out

@@ -13,7 +13,7 @@ from .froc import EvaluationResult, Finding, Mark, evaluate
 
 
 def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | None = None, device: str = "auto",
-                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000,
+                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000, tta: bool = False,
                          progress: Callable[[str], None] | None = None) -> EvaluationResult:
     from .ctio import read_ct
     from .datasets import read_truth_csv
@@ -36,7 +36,7 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         uid = f"phantom-s{seed}-{i:04d}"
         series.append(uid)
         ct = read_ct(phantom_dir / f"{uid}.nrrd")
-        det = detect_ct(ct, model=loaded, device=device, threshold=0.0)
+        det = detect_ct(ct, model=loaded, device=device, threshold=0.0, tta=tta)
         det_dir = outdir / "detections" / uid
         det_dir.mkdir(parents=True, exist_ok=True)
         write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)

@@ -61,12 +61,15 @@ class _Stages:
 
 def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int = 128, batch_size: int = 2,
                progress: Callable[[float], None] | None = None, cancel: CancelFn | None = None,
-               floor: float = 0.05) -> list[Peak]:
-    """Peaks (model-grid voxel positions) of the network over a volume already on the model grid."""
-    from .inference import predict_volume
+               floor: float = 0.05, tta: bool = False) -> list[Peak]:
+    """Peaks (model-grid voxel positions) of the network over a volume already on the model grid.
+
+    ``tta``: average the network over the volume and its three single-axis mirror images (4x the time).
+    """
+    from .inference import TTA_FLIPS, predict_volume
 
     out = predict_volume(model.net, hu_grid, device, window=window, batch_size=batch_size, progress=progress,
-                         cancel=cancel)
+                         cancel=cancel, flips=TTA_FLIPS if tta else ((),))
     peaks = decode(out, model.config.output_stride, threshold=floor, max_peaks=200)
     shape = np.array(hu_grid.shape)
     peaks = [p for p in peaks if np.all(p.position_vox >= -0.5) and np.all(p.position_vox <= shape - 0.5)]
@@ -136,8 +139,12 @@ def combined_diameter(regressed_mm: float, measured_mm: float | None) -> float:
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
               threshold: float | None = None, min_diameter_mm: float = 0.0, max_findings: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = 128,
-              batch_size: int | None = None) -> Detection:
-    """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it."""
+              batch_size: int | None = None, tta: bool = False) -> Detection:
+    """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it.
+
+    ``tta`` adds test-time augmentation (the network also run on the three mirror images): about four
+    times the network's time.
+    """
     from .inference import pick_device
 
     t_all = time.perf_counter()
@@ -163,7 +170,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
 
     st.start("inference", f"running Res-MTNet on {dev.type.upper()}")
     peaks = find_peaks(model, hu_grid, dev, window=window, batch_size=batch_size,
-                       progress=lambda f: st.report(f, f"running Res-MTNet on {dev.type.upper()}"), cancel=st.check)
+                       progress=lambda f: st.report(f, f"running Res-MTNet on {dev.type.upper()}"), cancel=st.check,
+                       tta=tta)
     st.end()
 
     st.start("decode", "measuring nodules")
@@ -200,6 +208,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     info: dict[str, Any] = {
         "device": str(dev),
         "threshold": thr,
+        "test_time_augmentation": bool(tta),
         "model": model.describe(),
         "timings_s": {**st.times, "total": round(time.perf_counter() - t_all, 3)},
         "model_grid": {"origin": [float(v) for v in grid.origin], "spacing_mm": grid.spacing,
