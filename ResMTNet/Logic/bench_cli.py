@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all: CPU, and CUDA where available (default)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per device after one warm-up (default 3)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--tta", action="store_true", help="time detection with test-time augmentation (see detect)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="time detection with (default) or without test-time augmentation (see detect)")
     p.add_argument("--json", dest="json_out", help="also write the numbers to this JSON file")
 
 

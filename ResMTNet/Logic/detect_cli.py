@@ -22,9 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-by", default="malignancy", choices=["malignancy", "size"],
                    help="colour of fiducials and segments in the Slicer files")
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
-    p.add_argument("--tta", action="store_true",
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: also run the network on the scan's three mirror images and "
-                        "average (about 4x the network time)")
+                        "average (default; about 4x the network time, fewer false findings); --no-tta is the "
+                        "fast path")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 

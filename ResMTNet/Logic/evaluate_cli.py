@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ph.add_argument("--min-diameter", type=float, default=4.0,
                     help="nodules below this (mm) are excluded marks (default 4)")
-    ph.add_argument("--tta", action="store_true", help="detect with test-time augmentation (see resmtnet detect)")
+    ph.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                    help="detect with (default) or without test-time augmentation (see resmtnet detect)")
 
 
 def run(args: argparse.Namespace) -> int:

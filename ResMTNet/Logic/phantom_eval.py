@@ -13,7 +13,7 @@ from .froc import EvaluationResult, Finding, Mark, evaluate
 
 
 def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | None = None, device: str = "auto",
-                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000, tta: bool = False,
+                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000, tta: bool = True,
                          progress: Callable[[str], None] | None = None) -> EvaluationResult:
     from .ctio import read_ct
     from .datasets import read_truth_csv

@@ -139,11 +139,13 @@ def combined_diameter(regressed_mm: float, measured_mm: float | None) -> float:
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
               threshold: float | None = None, min_diameter_mm: float = 0.0, max_findings: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = 128,
-              batch_size: int | None = None, tta: bool = False) -> Detection:
+              batch_size: int | None = None, tta: bool = True) -> Detection:
     """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it.
 
-    ``tta`` adds test-time augmentation (the network also run on the three mirror images): about four
-    times the network's time.
+    ``tta`` (the default): test-time augmentation, the network also run on the three mirror images and
+    the maps averaged. About four times the network's time; on the shipped weights it lifts the phantom
+    sensitivity at 2 FP/scan from 0.81 to 0.86 and leaves one false finding above the threshold on
+    LIDC-IDRI-0001 instead of four (model card). ``tta=False`` is the fast path.
     """
     from .inference import pick_device
 
