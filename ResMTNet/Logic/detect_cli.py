@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         det = detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
                         min_diameter_mm=args.min_diameter, max_findings=args.max_findings, progress=progress,
-                         tta=args.tta)
+                        tta=args.tta)
     finally:
         if bar is not None:
             bar.close()
