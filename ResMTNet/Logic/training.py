@@ -38,6 +38,11 @@ class TrainConfig:
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.3  # of all windows: centred on dense structures in the lungs (vessels)
     scale_range: tuple[float, float] = (0.85, 1.2)
+    # how much more often a window is centred on the nodules detection misses most (multiplied together):
+    # small (< 6 mm), faint (ground-glass: no voxel near the centre above -300 HU) and large (>= 15 mm, rare)
+    oversample_small: float = 2.5
+    oversample_faint: float = 2.0
+    oversample_large: float = 2.0
     loss_weighting: str = "fixed"  # "fixed" or "uncertainty" (learned, Kendall et al. 2018)
     loss_weights: dict[str, float] = field(default_factory=lambda: {
         "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 1.0})
@@ -70,8 +75,19 @@ class PatchSampler:
         self.cfg = cfg
         self.mcfg = model_cfg
         self.rng = np.random.default_rng(seed)
-        self.with_nodules = [i for i, c in enumerate(self.cases) if len(c.centers)]
+        self.nodules = [(i, j) for i, c in enumerate(self.cases) for j in range(len(c.centers))]
+        w = np.array([self._nodule_weight(self.cases[i], j) for i, j in self.nodules], float)
+        self.nodule_p = w / w.sum() if len(w) else w
         self._dense: dict[int, np.ndarray] = {}
+
+    def _nodule_weight(self, case: TrainCase, j: int) -> float:
+        d = float(case.diameters[j])
+        k = np.round(case.centers[j]).astype(int)
+        lo, hi = np.maximum(k - 1, 0), np.minimum(k + 2, case.image.shape)
+        core = case.image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        faint = core.size > 0 and float(core.max()) < -300
+        return ((self.cfg.oversample_small if d < 6 else 1.0) * (self.cfg.oversample_large if d >= 15 else 1.0)
+                * (self.cfg.oversample_faint if faint else 1.0))
 
     def _dense_points(self, i: int) -> np.ndarray:
         """Dense voxels with lung air around them: vessels, their branchings and the pleura, where
@@ -94,10 +110,10 @@ class PatchSampler:
         P = self.cfg.patch
         src = int(round(P / scale))
         r = rng.random()
-        if r < self.cfg.positive_fraction and self.with_nodules:
-            i = self.with_nodules[rng.integers(len(self.with_nodules))]
+        if r < self.cfg.positive_fraction and self.nodules:
+            i, j = self.nodules[rng.choice(len(self.nodules), p=self.nodule_p)]
             c = self.cases[i]
-            centre = c.centers[rng.integers(len(c.centers))] + rng.uniform(-0.35, 0.35, 3) * src
+            centre = c.centers[j] + rng.uniform(-0.35, 0.35, 3) * src
         else:
             i = int(rng.integers(len(self.cases)))
             c = self.cases[i]

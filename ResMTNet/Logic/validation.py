@@ -17,13 +17,14 @@ from .model_io import LoadedModel
 from .training_data import TrainCase
 
 
-def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: float = 0.05) -> list[Finding]:
+def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: float = 0.05, tta: bool = False
+                  ) -> list[Finding]:
     from .pipeline import find_peaks
     from .prepare import ModelGrid
 
     grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
     lm = LoadedModel(net, {}, None)
-    peaks = find_peaks(lm, case.image.astype(np.float32), device, floor=floor)
+    peaks = find_peaks(lm, case.image.astype(np.float32), device, floor=floor, tta=tta)
     return [Finding(case.case_id, tuple(float(v) for v in grid.voxel_to_world(p.position_vox)), p.probability,
                     p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
 
@@ -37,15 +38,16 @@ def case_marks(case: TrainCase) -> list[Mark]:
             for i, (c, d, r) in enumerate(zip(case.centers, case.diameters, case.malignancy))]
 
 
-def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str):
-    """Detect on every case once and score by the LUNA16 FROC (no bootstrap)."""
+def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str, tta: bool = False):
+    """Detect on every case once (``tta``: with test-time augmentation) and score by the LUNA16 FROC
+    (no bootstrap)."""
     device = torch.device(device)
     was_training = net.training
     net.eval()
     findings: list[Finding] = []
     marks: list[Mark] = []
     for c in cases:
-        findings += case_findings(net, c, device)
+        findings += case_findings(net, c, device, tta=tta)
         marks += case_marks(c)
     if was_training:
         net.train()
@@ -75,9 +77,14 @@ def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device 
     return summarize(_evaluate_cases(net, cases, device))
 
 
-def calibrate(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float, device: torch.device | str = "cpu"
-              ) -> tuple[float, dict[str, float], dict[str, float]]:
-    """Threshold at ``fp_per_scan`` FP/scan, what it gives, and the scores — from one pass over ``cases``."""
-    res = _evaluate_cases(net, cases, device)
+def calibrate(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float, device: torch.device | str = "cpu",
+              tta: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Threshold at ``fp_per_scan`` FP/scan, what it gives, and the scores — from one pass over ``cases``.
+
+    ``tta`` should match how detection runs by default (with test-time augmentation): averaging the
+    mirrored passes lowers the probabilities a little, so a threshold found without it would let more
+    false findings through.
+    """
+    res = _evaluate_cases(net, cases, device, tta=tta)
     thr, at = threshold_at(res, fp_per_scan)
     return thr, at, summarize(res)
