@@ -117,3 +117,31 @@ def test_hard_negative_windows_sit_on_dense_structures_inside_the_lungs():
     vessel = {tuple(p) for p in np.argwhere(img[::2, ::2, ::2] > -500) * 2
               if 30 <= p[0] < 34 and 30 <= p[1] < 34 and 16 <= p[2] < 48}
     assert vessel and vessel <= {tuple(p) for p in pts}
+
+
+def test_windows_centre_more_often_on_small_faint_and_large_nodules():
+    """The nodules detection misses most (small, ground-glass; large ones are rare in the draw) are oversampled."""
+    from resmtnet.training import PatchSampler, TrainConfig
+    from resmtnet.training_data import TrainCase
+
+    img = np.full((96, 96, 96), -850, np.int16)
+    centers = np.array([[20, 20, 20], [20, 72, 72], [72, 20, 72], [72, 72, 20]], np.float32)
+    diameters = np.array([10.0, 4.5, 11.0, 20.0], np.float32)  # typical, small, faint (ground-glass), large
+    for c, d, hu in zip(centers, diameters, (30, 30, -550, 30)):
+        r = int(d / 1.5 / 2) + 1
+        z, y, x = c.astype(int)
+        img[z - r:z + r + 1, y - r:y + r + 1, x - r:x + r + 1] = hu
+    case = TrainCase("synthetic", img, np.zeros(3), 1.5, centers, diameters, np.full(4, 3, np.int16),
+                     np.zeros((0, 3), np.float32))
+    cfg = TrainConfig(positive_fraction=1.0, scale_range=(1.0, 1.0))
+    sampler = PatchSampler([case], cfg, ModelConfig(), seed=0)
+    counts = np.zeros(4)
+    n = 2000
+    for _ in range(n):
+        _, inside, diam, _ = sampler.sample()
+        # the window's own nodule lies within 0.35 of the window of its middle on every axis; others don't
+        own = np.flatnonzero(np.abs(inside - (cfg.patch - 1) / 2).max(axis=1) <= 0.35 * cfg.patch + 1)
+        assert len(own) == 1
+        counts[int(np.flatnonzero(diameters == diam[own[0]])[0])] += 1
+    w = np.array([1.0, cfg.oversample_small, cfg.oversample_faint, cfg.oversample_large])
+    assert counts / n == pytest.approx(w / w.sum(), abs=0.035)
