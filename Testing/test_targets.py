@@ -71,3 +71,23 @@ def test_malignancy_targets_follow_the_lidc_rating():
     cells = np.round((centers - 1.5) / 4).astype(int)
     got = [(float(t.malignant[tuple(k)]), float(t.malig_mask[tuple(k)])) for k in cells]
     assert got == [(1.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (0.0, 0.0)]
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
+def test_centre_moves_to_the_nodules_own_voxels_but_not_along_a_leak(direction):
+    from resmtnet.pipeline import grow_mask, refined_centre
+
+    a = np.full((60, 60, 60), -850, np.float32)
+    zz, yy, xx = np.mgrid[:60, :60, :60]
+    a[(zz - 30) ** 2 + (yy - 30) ** 2 + (xx - 30) ** 2 <= 5 ** 2] = 30  # a 10-voxel nodule at (30, 30, 30)
+    ct = CTVolume(a, (0.8, 0.8, 1.0), (10.0, -20.0, 5.0), direction, "s", "synthetic")
+    truth = np.asarray(ct.index_to_world(np.array([30.0, 30.0, 30.0])))
+    guess = np.asarray(ct.index_to_world(np.array([32.0, 30.0, 30.0])))  # the network 1.6 mm off in x
+    box, mask, measured = grow_mask(ct, guess, 9.0)
+    assert measured
+    assert np.linalg.norm(refined_centre(ct, box, mask, guess, 9.0) - truth) < 0.3
+    # a vessel inside the sphere that would drag the centroid more than half the radius: keep the peak
+    leak = np.zeros_like(mask)
+    leak[:, :, -3:] = True
+    moved = refined_centre(ct, box, leak, guess, 9.0)
+    assert np.array_equal(moved, guess)
