@@ -139,7 +139,7 @@ def test_windows_centre_more_often_on_small_faint_and_large_nodules():
     n = 2000
     for _ in range(n):
         _, inside, diam, _ = sampler.sample()
-        # the window's own nodule lies within 0.35 of the window of its middle on every axis; others don't
+        # the window's own nodule lies within 0.35 window widths of its middle on every axis; the others don't
         own = np.flatnonzero(np.abs(inside - (cfg.patch - 1) / 2).max(axis=1) <= 0.35 * cfg.patch + 1)
         assert len(own) == 1
         counts[int(np.flatnonzero(diameters == diam[own[0]])[0])] += 1

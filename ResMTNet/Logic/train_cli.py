@@ -167,11 +167,12 @@ def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict) -> Non
     from .validation import calibrate
 
     model = load_model(src)
-    thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=True)  # as detection runs by default
+    tta = True  # calibrate as detection runs by default
+    thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=tta)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": "resmtnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": True, **at}})
+                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, **at}})
     save_checkpoint(dst, model.net, provenance=prov, decode={"threshold": round(thr, 4)},
                     metrics={"validation": metrics})
     print(f"exported {dst} ({dst.stat().st_size / 2 ** 20:.1f} MB): threshold {thr:.3f} "
