@@ -57,6 +57,7 @@ def test_luna16_folder_trains_and_evaluates_end_to_end(luna, tmp_path, capsys):
     assert start["train_cases"] + start["val_cases"] == 3 and start["val_cases"] >= 1
     ck = read_checkpoint(run / "last.pt")
     assert ck["provenance"]["data"]["source"] == "luna16"
+    assert ck["provenance"]["command"].startswith("resmtnet train -o ") and "--fold 0" in ck["provenance"]["command"]
 
     # detect with the trained checkpoint on every scan, one nodules.csv each, joined into a submission
     src = Luna16Source(root, root / "annotations.csv")
@@ -156,3 +157,27 @@ def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path):
         assert torch.equal(ck["state_dict"][k].to(v.dtype), v), k
     # each rank built its share of the case cache
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+
+
+def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tmp_path, capsys):
+    """`train --export`: the best weights without optimizer state, a threshold found on the validation
+    cases with test-time augmentation, and a provenance that says how — the path the shipped file took."""
+    root, _ = luna
+    run, export = tmp_path / "run", tmp_path / "release" / "model.pt"
+    assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0", "--export", str(export),
+                            "--export-fp-rate", "2")) == 0
+    printed = capsys.readouterr().out
+    assert f"exported {export}" in printed
+    ck = read_checkpoint(export)
+    assert "optimizer" not in ck and set(ck["state_dict"]) == set(read_checkpoint(run / "last.pt")["state_dict"])
+    cal = ck["provenance"]["threshold_calibration"]
+    assert cal["fp_per_scan_target"] == 2.0 and cal["tta"] is True
+    assert 0.0 <= cal["fp_per_scan"] <= 2.0 and 0.0 <= cal["sensitivity"] <= 1.0
+    assert "--export" in ck["provenance"]["command"] and ck["provenance"]["data"]["source"] == "luna16"
+    assert set(ck["metrics"]["validation"]) >= {"cpm", "sens_at_2fp"}
+    model = load_model(export)
+    assert model.threshold == ck["decode"]["threshold"] and 0.0 < model.threshold <= 1.0
+    # the exported network is the trained one, weight for weight
+    last = read_checkpoint(run / "best.pt" if (run / "best.pt").exists() else run / "last.pt")["state_dict"]
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, last[k].float()), k

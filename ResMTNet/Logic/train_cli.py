@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         log(json.dumps({"start": {"train_cases": len(train_cases), "val_cases": len(val_cases),
                                   "config": cfg.to_dict(), "model": mcfg.to_dict(), "data": data_prov}}))
-    last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance={"data": data_prov},
+    prov = {"data": data_prov, "command": command_line(args)}
+    last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance=prov,
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
                  refresh=refresh)
     if rank == 0:
@@ -155,14 +156,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
             _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov)
+                    args.export_fp_rate, data_prov, command_line(args))
     return 0
 
 
-def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict) -> None:
+def command_line(args: argparse.Namespace) -> str:
+    """The command as it was given (``main(argv)`` records it; ``sys.argv`` is the test runner's there)."""
     import shlex
     import sys
 
+    argv = getattr(args, "argv", None)
+    return "resmtnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str) -> None:
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
 
@@ -171,7 +178,7 @@ def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict) -> Non
     thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=tta)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
-                 "command": "resmtnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                 "command": command,
                  "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, **at}})
     save_checkpoint(dst, model.net, provenance=prov, decode={"threshold": round(thr, 4)},
                     metrics={"validation": metrics})
