@@ -270,3 +270,26 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(nonnum), "-o", str(out)]) == 2
     assert "line 2: diameter_mm is not a number" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_validation_scores_nodules_under_the_minimum_as_excluded_marks():
+    """Training's validation follows the phantom protocol: a finding on a 3 mm nodule is neither a hit
+    nor a false positive when only nodules of 4 mm and more count."""
+    from resmtnet.prepare import ModelGrid
+    from resmtnet.training_data import TrainCase
+    from resmtnet.validation import case_marks
+
+    case = TrainCase(case_id="c", image=np.zeros((40, 40, 40), np.int16), origin=np.zeros(3), spacing=1.5,
+                     centers=np.array([[10.0, 10, 10], [30, 30, 30]], np.float32),
+                     diameters=np.array([3.0, 6.0], np.float32), malignancy=np.zeros(2, np.int16),
+                     negatives=np.zeros((0, 3), np.float32))
+    assert [m.excluded for m in case_marks(case)] == [False, False]
+    marks = case_marks(case, 4.0)
+    assert [m.excluded for m in marks] == [True, False]
+    grid = ModelGrid(origin=np.zeros(3), spacing=1.5, shape=(40, 40, 40))
+    on_small = Finding("c", tuple(grid.voxel_to_world(np.array([10.0, 10, 10]))), 0.9)
+    on_large = Finding("c", tuple(grid.voxel_to_world(np.array([30.0, 30, 30]))), 0.8)
+    res = froc.evaluate([on_small, on_large], marks, ["c"], n_bootstrap=0)
+    c = res.to_dict()["counts"]
+    assert c["nodules"] == 1 and c["detected_nodules"] == 1 and c["false_positives"] == 0
+    assert c["ignored_on_excluded_marks"] == 1

@@ -57,6 +57,7 @@ def test_luna16_folder_trains_and_evaluates_end_to_end(luna, tmp_path, capsys):
     assert start["train_cases"] + start["val_cases"] == 3 and start["val_cases"] >= 1
     ck = read_checkpoint(run / "last.pt")
     assert ck["provenance"]["data"]["source"] == "luna16"
+    assert ck["provenance"]["data"]["val_min_diameter_mm"] == 0.0  # LUNA16's annotations are the reference
     assert ck["provenance"]["command"].startswith("resmtnet train -o ") and "--fold 0" in ck["provenance"]["command"]
 
     # detect with the trained checkpoint on every scan, one nodules.csv each, joined into a submission
@@ -165,13 +166,13 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
     root, _ = luna
     run, export = tmp_path / "run", tmp_path / "release" / "model.pt"
     assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0", "--export", str(export),
-                            "--export-fp-rate", "2")) == 0
+                            "--export-fp-rate", "2", "--val-min-diameter", "5")) == 0
     printed = capsys.readouterr().out
     assert f"exported {export}" in printed
     ck = read_checkpoint(export)
     assert "optimizer" not in ck and set(ck["state_dict"]) == set(read_checkpoint(run / "last.pt")["state_dict"])
     cal = ck["provenance"]["threshold_calibration"]
-    assert cal["fp_per_scan_target"] == 2.0 and cal["tta"] is True
+    assert cal["fp_per_scan_target"] == 2.0 and cal["tta"] is True and cal["min_diameter_mm"] == 5.0
     assert 0.0 <= cal["fp_per_scan"] <= 2.0 and 0.0 <= cal["sensitivity"] <= 1.0
     assert "--export" in ck["provenance"]["command"] and ck["provenance"]["data"]["source"] == "luna16"
     assert set(ck["metrics"]["validation"]) >= {"cpm", "sens_at_2fp"}

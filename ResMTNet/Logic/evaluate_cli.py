@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("predictions", metavar="PREDICTIONS.csv", nargs="?",
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph.add_argument("--phantom-seed", type=int, default=7, help="seed of that phantom set (default 7)")
     ph.add_argument("--model", help="checkpoint (default: the shipped weights)")
     ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ph.add_argument("--min-diameter", type=float, default=4.0,
+    ph.add_argument("--min-diameter", type=float, default=PHANTOM_MIN_DIAMETER_MM,
                     help="nodules below this (mm) are excluded marks (default 4)")
     ph.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                     help="detect with (default) or without test-time augmentation (see resmtnet detect)")

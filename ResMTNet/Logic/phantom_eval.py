@@ -11,10 +11,13 @@ from pathlib import Path
 
 from .froc import EvaluationResult, Finding, Mark, evaluate
 
+#: the smallest phantom nodule that counts (issue 3's protocol); smaller ones are excluded marks
+PHANTOM_MIN_DIAMETER_MM = 4.0
+
 
 def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | None = None, device: str = "auto",
-                         min_diameter_mm: float = 4.0, workers: int = 2, n_bootstrap: int = 1000, tta: bool = True,
-                         progress: Callable[[str], None] | None = None) -> EvaluationResult:
+                         min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM, workers: int = 2, n_bootstrap: int = 1000,
+                         tta: bool = True, progress: Callable[[str], None] | None = None) -> EvaluationResult:
     from .ctio import read_ct
     from .datasets import read_truth_csv
     from .model_io import load_model

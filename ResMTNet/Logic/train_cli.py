@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-phantoms", type=int, default=12)
     p.add_argument("--val-seed", type=int, default=2000)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--val-min-diameter", type=float, default=None, metavar="MM",
+                   help="validation and threshold calibration score nodules of at least MM; smaller ones are "
+                        "excluded marks (default: 4 on phantoms, as `resmtnet evaluate --phantoms` scores them; "
+                        "0 on LUNA16 / LIDC-IDRI, whose annotations are the reference)")
     p.add_argument("--max-nodules", type=int, default=8, help="nodules drawn per training phantom (1..N)")
     p.add_argument("--cache", default="cache/phantoms", help="case cache folder")
     p.add_argument("--workers", type=int, default=2, help="processes that generate/resample cases")
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .errors import ResMTNetError
     from .model import ModelConfig
+    from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .training import TrainConfig, train
     from .training_data import PhantomCases
     from .validation import score_cases
@@ -133,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every)
-    val_fn = (lambda net: score_cases(net, val_cases, next(net.parameters()).device)) if val_cases else None
+    min_d = args.val_min_diameter
+    if min_d is None:
+        min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0
+    data_prov["val_min_diameter_mm"] = min_d
+    val_fn = (lambda net: score_cases(net, val_cases, next(net.parameters()).device, min_diameter_mm=min_d)
+              ) if val_cases else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -156,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
             _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov, command_line(args))
+                    args.export_fp_rate, data_prov, command_line(args), min_d)
     return 0
 
 
@@ -169,17 +179,19 @@ def command_line(args: argparse.Namespace) -> str:
     return "resmtnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
-def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str) -> None:
+def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
+            min_diameter_mm: float = 0.0) -> None:
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
 
     model = load_model(src)
     tta = True  # calibrate as detection runs by default
-    thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=tta)
+    thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=tta, min_diameter_mm=min_diameter_mm)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": command,
-                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, **at}})
+                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta,
+                                           "min_diameter_mm": min_diameter_mm, **at}})
     save_checkpoint(dst, model.net, provenance=prov, decode={"threshold": round(thr, 4)},
                     metrics={"validation": metrics})
     print(f"exported {dst} ({dst.stat().st_size / 2 ** 20:.1f} MB): threshold {thr:.3f} "
