@@ -43,6 +43,7 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["input"]["direction"] == list(ph.ct.direction)
     assert set(report["timings_s"]) >= {"lungs", "resample", "inference", "decode", "total"}
+    assert report["precision"] in ("float32", "bfloat16")  # a CPU run
     assert report["model"]["provenance"]["data"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # this phantom's four nodules (11.9 mm ground-glass, 17.0 mm part-solid, 4.6 and 13.5 mm solid) are each
@@ -144,3 +145,29 @@ def test_real_ct_nodule_holds_on_thick_slices_and_a_noisier_scan(lidc_dir, model
     top = det.nodules[0]
     assert np.linalg.norm(np.asarray(top.center_lps) - centre) < diameter / 4, top.to_dict()
     assert abs(top.diameter_mm - diameter) <= 0.2 * diameter, top.to_dict()
+
+
+def test_bfloat16_inference_matches_float32(model):
+    """On CPUs that compute bfloat16 natively the network runs in it (about twice as fast): the centre map
+    and the decoded peaks must stay those of float32."""
+    import torch
+    from resmtnet.inference import inference_precision, predict_volume
+    from resmtnet.prepare import to_model_grid
+    from resmtnet.targets import decode
+
+    if inference_precision(torch.device("cpu")) != torch.bfloat16:
+        pytest.skip("this CPU has no native bfloat16: inference runs in float32 here")
+    ph = generate_phantom(12, max_nodules=3)
+    hu, _ = to_model_grid(ph.ct, model.config.spacing_mm)
+    cpu = torch.device("cpu")
+    full = predict_volume(model.net, hu, cpu, precision=torch.float32)
+    fast = predict_volume(model.net, hu, cpu)
+    p32, p16 = torch.sigmoid(full["center"]), torch.sigmoid(fast["center"])
+    assert float((p32 - p16).abs().max()) < 0.02
+    peaks32 = decode(full, model.config.output_stride, threshold=0.25)
+    peaks16 = decode(fast, model.config.output_stride, threshold=0.15)  # a margin: none is lost at the cut
+    assert peaks32
+    for a in peaks32:
+        near = [b for b in peaks16 if np.linalg.norm(a.position_vox - b.position_vox) < 1.0]
+        assert near and abs(near[0].probability - a.probability) < 0.02, a
+        assert abs(near[0].diameter_mm - a.diameter_mm) < 0.05 * a.diameter_mm

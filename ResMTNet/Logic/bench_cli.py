@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             runs.append(det.info["timings_s"])
         stages = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
         entry = {"stages_s": stages, "end_to_end_s": round(stages["total"] + read_s, 3),
-                 "findings": len(det.nodules), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+                 "findings": len(det.nodules), "precision": det.info["precision"],
+                 "peak_rss_mb": round(_peak_rss_mb(), 1)}
         if dev == "cuda":
             entry["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
             entry["gpu"] = torch.cuda.get_device_name()
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         st = e["stages_s"]
         mem = f"peak RSS {e['peak_rss_mb']:.0f} MB" + (f", peak CUDA {e['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in e
                                                        else "")
-        print(f"{dev.upper():5s} " + "  ".join(f"{k} {v:.2f} s" for k, v in st.items() if k != "total")
+        times = "  ".join(f"{k} {v:.2f} s" for k, v in st.items() if k != "total")
+        print(f"{dev.upper():5s} ({e['precision']}) {times}"
               + f"  | detect {st['total']:.2f} s, end-to-end (read + detect) {e['end_to_end_s']:.2f} s | {mem}")
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -39,6 +39,7 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
                   "hu_range": [float(np.min(ct.array)), float(np.max(ct.array))]},
         "model": info.get("model", {}),
         "device": info.get("device"),
+        "precision": info.get("precision"),
         "threshold": info.get("threshold"),
         "timings_s": info.get("timings_s", {}),
         "lung_volume_ml": info.get("lung_volume_ml"),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .inference import cpu_has_native_bf16
 from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
 from .targets import encode
@@ -243,15 +244,6 @@ def _dist_info() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return world, rank, local
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere autocast would be slower."""
-    try:
-        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
