@@ -91,13 +91,18 @@ def test_test_time_augmentation_keeps_findings_in_place(model):
         assert d.min() < n.diameter_mm / 2, (n, d.min())
 
 
-@pytest.fixture(scope="module")
-def lidc_result(lidc_dir, model):
+def _lidc_truth(lidc_dir) -> tuple[np.ndarray, float]:
+    """The readers' nodule of LIDC-IDRI-0001 (annotations.csv): centre (LPS mm) and diameter (mm)."""
     with open(lidc_dir / "annotations.csv", newline="") as f:
         truth = next(csv.DictReader(f))
-    centre = np.array([float(truth["coordX"]), float(truth["coordY"]), float(truth["coordZ"])])
+    return np.array([float(truth["coordX"]), float(truth["coordY"]), float(truth["coordZ"])]), \
+        float(truth["diameter_mm"])
+
+
+@pytest.fixture(scope="module")
+def lidc_result(lidc_dir, model):
     det = detect_ct(read_ct(lidc_dir / "dicom"), model=model)
-    return det, centre, float(truth["diameter_mm"])
+    return det, *_lidc_truth(lidc_dir)
 
 
 def test_real_ct_annotated_nodule_is_the_top_finding(lidc_result):
@@ -123,10 +128,7 @@ def test_real_ct_nodule_holds_on_thick_slices_and_a_noisier_scan(lidc_dir, model
 
     import SimpleITK as sitk
 
-    with open(lidc_dir / "annotations.csv", newline="") as f:
-        truth = next(csv.DictReader(f))
-    centre = np.array([float(truth["coordX"]), float(truth["coordY"]), float(truth["coordZ"])])
-    diameter = float(truth["diameter_mm"])
+    centre, diameter = _lidc_truth(lidc_dir)
     ct = read_ct(lidc_dir / "dicom")
     img = sitk.GetImageFromArray(ct.array)
     img.SetSpacing(ct.spacing)
@@ -151,11 +153,11 @@ def test_bfloat16_inference_matches_float32(model):
     """On CPUs that compute bfloat16 natively the network runs in it (about twice as fast): the centre map
     and the decoded peaks must stay those of float32."""
     import torch
-    from resmtnet.inference import inference_precision, predict_volume
+    from resmtnet.inference import compute_precision, predict_volume
     from resmtnet.prepare import to_model_grid
     from resmtnet.targets import decode
 
-    if inference_precision(torch.device("cpu")) != torch.bfloat16:
+    if compute_precision(torch.device("cpu")) != torch.bfloat16:
         pytest.skip("this CPU has no native bfloat16: inference runs in float32 here")
     ph = generate_phantom(12, max_nodules=3)
     hu, _ = to_model_grid(ph.ct, model.config.spacing_mm)

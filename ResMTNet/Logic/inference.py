@@ -42,10 +42,10 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def inference_precision(device: torch.device) -> torch.dtype:
-    """The precision the network runs in: float16 (autocast) on CUDA, bfloat16 on CPUs that compute it
-    natively (about 2.3x faster than float32 on a 128³ window here, centre probabilities within 0.005),
-    float32 elsewhere."""
+def compute_precision(device: torch.device) -> torch.dtype:
+    """The precision the network computes in (autocast), for inference and training alike: float16 on CUDA,
+    bfloat16 on CPUs that compute it natively (about 2.3x faster than float32 on a 128³ window here,
+    centre probabilities within 0.005), float32 elsewhere."""
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
@@ -77,7 +77,7 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
     volume along those axes, runs the network and flips the outputs back (offsets change sign on the
     flipped axes); the passes are averaged (logits and log-diameters). The padded size is a multiple of
     the output stride, so a flipped pass's cells fall exactly onto the unflipped ones. ``precision``: the
-    network's compute precision (default :func:`inference_precision` of the device).
+    network's compute precision (default :func:`compute_precision` of the device).
     """
     shape = np.array(hu.shape)
     padded = (np.ceil(shape / ALIGN) * ALIGN).astype(int)
@@ -85,14 +85,14 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
     pad = [(0, int(p - s)) for p, s in zip(padded, shape)]
     x = np.pad(x, pad, constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
     model.eval()
+    precision = precision or compute_precision(device)
     total: dict[str, torch.Tensor] | None = None
     for n, axes in enumerate(flips):
         def sub(f: float, n: int = n) -> None:
             if progress is not None:
                 progress((n + f) / len(flips))
         xt = torch.from_numpy(np.ascontiguousarray(np.flip(x, axes) if axes else x))
-        out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel,
-                              precision or inference_precision(device))
+        out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel, precision)
         if axes:
             dims = [a + 2 for a in axes]
             out = {k: torch.flip(v, dims) for k, v in out.items()}

@@ -168,7 +168,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     CPM from 0.81 to 0.84 and leaves two false findings above the threshold on LIDC-IDRI-0001 instead of
     seven (model card). ``tta=False`` is the fast path.
     """
-    from .inference import inference_precision, pick_device
+    from .inference import compute_precision, pick_device
 
     t_all = time.perf_counter()
     dev = pick_device(device)
@@ -234,7 +234,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     st.end()
     info: dict[str, Any] = {
         "device": str(dev),
-        "precision": str(inference_precision(dev)).removeprefix("torch."),
+        "precision": str(compute_precision(dev)).removeprefix("torch."),
         "threshold": thr,
         "test_time_augmentation": bool(tta),
         "model": model.describe(),

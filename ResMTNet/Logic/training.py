@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .inference import cpu_has_native_bf16
+from .inference import compute_precision
 from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
 from .targets import encode
@@ -282,11 +282,9 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
     params = list(net.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and dev.type == "cuda"
-    cpu_bf16 = cfg.amp and dev.type == "cpu" and cpu_has_native_bf16()
-    amp_dtype = torch.float16 if use_amp else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if cpu_bf16:
+    amp_dtype = compute_precision(dev) if cfg.amp else torch.float32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
+    if amp_dtype == torch.bfloat16:
         log("mixed precision: bfloat16 autocast on this CPU")
     start_epoch, best_score, history = 0, -1.0, []
     last = out_dir / "last.pt"
@@ -325,7 +323,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             x, t = sampler.batch()
             x = x.to(dev, non_blocking=True)
             t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp or cpu_bf16):
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
                 out = ddp_net(x)
             losses = multitask_losses(out, t)
             loss = criterion(losses)
