@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from resmtnet.ctio import read_ct, write_volume
+from resmtnet.inference import compute_precision, pick_device
 from resmtnet.model_io import load_model
 from resmtnet.phantom import generate_phantom
 from resmtnet.pipeline import detect_ct
@@ -43,7 +44,7 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["input"]["direction"] == list(ph.ct.direction)
     assert set(report["timings_s"]) >= {"lungs", "resample", "inference", "decode", "total"}
-    assert report["precision"] in ("float32", "bfloat16")  # a CPU run
+    assert report["precision"] == str(compute_precision(pick_device("auto"))).removeprefix("torch.")
     assert report["model"]["provenance"]["data"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # this phantom's four nodules (11.9 mm ground-glass, 17.0 mm part-solid, 4.6 and 13.5 mm solid) are each
@@ -63,6 +64,17 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
         assert errors[-1] <= 0.4, (n, sizes[j])
     assert np.mean(errors) <= 0.2, errors
     assert len(rows) - len(hit_rows) <= 2, rows
+
+
+def test_detect_without_slicer_core_says_so_before_detecting(tmp_path):
+    """Without slicer-core the Slicer files can't be written: the command says so at once, and how to go on."""
+    code = ("import sys; sys.modules['slicer'] = None\n"
+            "from resmtnet.cli import main\n"
+            f"sys.exit(main(['detect', r'{tmp_path / 'missing.nrrd'}', '-o', r'{tmp_path / 'out'}', '--quiet']))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert res.returncode == 2
+    assert "slicer-core" in res.stderr and "--no-slicer-files" in res.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_detect_masks_and_volumes_belong_to_their_nodules(model):
@@ -162,8 +174,9 @@ def test_bfloat16_inference_matches_float32(model):
     ph = generate_phantom(12, max_nodules=3)
     hu, _ = to_model_grid(ph.ct, model.config.spacing_mm)
     cpu = torch.device("cpu")
-    full = predict_volume(model.net, hu, cpu, precision=torch.float32)
-    fast = predict_volume(model.net, hu, cpu)
+    net = model.net.to(cpu)  # detection on a GPU machine leaves the shared model there
+    full = predict_volume(net, hu, cpu, precision=torch.float32)
+    fast = predict_volume(net, hu, cpu)
     p32, p16 = torch.sigmoid(full["center"]), torch.sigmoid(fast["center"])
     assert float((p32 - p16).abs().max()) < 0.02
     peaks32 = decode(full, model.config.output_stride, threshold=0.25)

@@ -145,3 +145,28 @@ def test_windows_centre_more_often_on_small_faint_and_large_nodules():
         counts[int(np.flatnonzero(diameters == diam[own[0]])[0])] += 1
     w = np.array([1.0, cfg.oversample_small, cfg.oversample_faint, cfg.oversample_large])
     assert counts / n == pytest.approx(w / w.sum(), abs=0.035)
+
+
+def test_window_workers_hand_out_each_workers_batches_in_turn_and_reproducibly():
+    """With loader workers, batch k comes from worker k mod n, drawn with that worker's own seed."""
+    from resmtnet.training import PatchSampler, TrainConfig, batches
+    from resmtnet.training_data import TrainCase
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(-850, 40, (64, 64, 64)).astype(np.int16)
+    centers = np.array([[20, 20, 20], [40, 44, 30]], np.float32)
+    case = TrainCase("synthetic", img, np.zeros(3), 1.5, centers, np.array([6.0, 12.0], np.float32),
+                     np.array([2, 5], np.int16), np.zeros((0, 3), np.float32))
+    mcfg = tiny_model_config(1.5)
+    cfg = TrainConfig(patch=32, batch_size=2, loader_workers=2)
+    got = [next(it) for it in [batches([case], cfg, mcfg, seed=5)] for _ in range(4)]
+    again = [next(it) for it in [batches([case], cfg, mcfg, seed=5)] for _ in range(4)]
+    own = [PatchSampler([case], cfg, mcfg, seed=5), PatchSampler([case], cfg, mcfg, seed=5 + 104729)]
+    expected = [own[k % 2].batch() for k in range(4)]
+    for (x, t), (x2, t2), (xe, te) in zip(got, again, expected):
+        torch.testing.assert_close(x, x2)
+        torch.testing.assert_close(x, xe)
+        for k in t:
+            torch.testing.assert_close(t[k], t2[k])
+            torch.testing.assert_close(t[k], te[k])
+    assert not torch.equal(got[0][0], got[1][0])

@@ -30,10 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from tqdm import tqdm
 
     from .ctio import read_ct
-    from .errors import InputError
+    from .errors import InputError, ResMTNetError
     from .outputs import write_detection_outputs
     from .pipeline import detect_ct
 
@@ -41,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threshold {args.threshold}: must lie in [0, 1]")
     if args.max_findings is not None and args.max_findings < 0:
         raise InputError("--max-findings must be >= 0")
+    if not args.no_slicer_files and importlib.util.find_spec("slicer") is None:
+        # say so before minutes of detection, not after: the Slicer files need Slicer's MRML (slicer-core)
+        raise ResMTNetError("the Slicer files (.mrk.json, .seg.nrrd, .mrb) need slicer-core, which is not "
+                            "installed here: install it (requirements.txt) or pass --no-slicer-files")
     ct = read_ct(args.input)
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
                                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")

@@ -12,6 +12,10 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="processes that cut training windows beside the step (default 0: the training process; "
+                        "on a GPU use several, or it waits for windows)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
@@ -137,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
-                      seed=args.seed, threads=args.threads, val_every=args.val_every)
+                      seed=args.seed, threads=args.threads, val_every=args.val_every,
+                      loader_workers=args.loader_workers)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0
@@ -165,8 +173,10 @@ def run(args: argparse.Namespace) -> int:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
+            from .inference import pick_device
+
             _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov, command_line(args), min_d)
+                    args.export_fp_rate, data_prov, command_line(args), min_d, pick_device(args.device))
     return 0
 
 
@@ -180,13 +190,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
-            min_diameter_mm: float = 0.0) -> None:
+            min_diameter_mm: float = 0.0, device: torch.device | str = "cpu") -> None:
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
 
-    model = load_model(src)
+    model = load_model(src, device)
     tta = True  # calibrate as detection runs by default
-    thr, at, metrics = calibrate(model.net, cases, fp_rate, tta=tta, min_diameter_mm=min_diameter_mm)
+    thr, at, metrics = calibrate(model.net, cases, fp_rate, device, tta=tta, min_diameter_mm=min_diameter_mm)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": command,

@@ -51,6 +51,9 @@ class TrainConfig:
     amp: bool = True  # float16 on CUDA; bfloat16 on CPUs with native bfloat16 (about 1.6x faster there)
     val_every: int = 1
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    # processes that cut and augment windows beside the training step (0: the training process does it).
+    # On a GPU the step takes a few ms and one process cutting windows (~25 ms a batch) would starve it.
+    loader_workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,6 +173,36 @@ class PatchSampler:
         return x.astype(np.float32), centers
 
 
+class WindowStream(torch.utils.data.IterableDataset):
+    """Endless training batches from a :class:`PatchSampler`, for a DataLoader with worker processes.
+
+    Worker ``w`` draws with seed ``seed + 104729 * w``, so a run's windows depend only on the seed and
+    the number of workers; the DataLoader takes batches from the workers in turn.
+    """
+
+    def __init__(self, cases: Sequence[TrainCase], cfg: TrainConfig, model_cfg: ModelConfig, seed: int):
+        super().__init__()
+        self.cases, self.cfg, self.mcfg, self.seed = cases, cfg, model_cfg, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        torch.set_num_threads(1)
+        sampler = PatchSampler(self.cases, self.cfg, self.mcfg, seed=self.seed + 104729 * worker)
+        while True:
+            yield sampler.batch()
+
+
+def batches(cases: Sequence[TrainCase], cfg: TrainConfig, model_cfg: ModelConfig, seed: int, pin: bool = False):
+    """An iterator over training batches: in this process, or from ``cfg.loader_workers`` processes."""
+    if cfg.loader_workers <= 0:
+        sampler = PatchSampler(cases, cfg, model_cfg, seed=seed)
+        return iter(sampler.batch, None)
+    loader = torch.utils.data.DataLoader(WindowStream(cases, cfg, model_cfg, seed), batch_size=None,
+                                         num_workers=cfg.loader_workers, prefetch_factor=4, pin_memory=pin)
+    return iter(loader)
+
+
 def _crop(img: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
     """Crop with padding (air) where the window leaves the volume."""
     out = np.full((size,) * 3, HU_MIN, np.float32)
@@ -274,6 +307,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one window size all along: pick the fastest 3-D convolutions once
     torch.manual_seed(cfg.seed)
     model_cfg = model_cfg or ModelConfig()
     out_dir = Path(out_dir)
@@ -302,12 +337,14 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         log(f"resumed from {last} at epoch {start_epoch}")
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
-    sampler = PatchSampler(cases, cfg, model_cfg, seed=cfg.seed * 1000 + rank + 7919 * start_epoch)
+    stream = None
     total_steps = cfg.epochs * cfg.steps_per_epoch
     show = progress_bar and rank == 0
     for epoch in range(start_epoch, cfg.epochs):
-        if refresh is not None:
-            sampler = PatchSampler(refresh(), cfg, model_cfg, seed=cfg.seed * 1000 + rank + 7919 * epoch)
+        if stream is None or refresh is not None:
+            stream = None  # let the workers of the last epoch's stream go first
+            stream = batches(refresh() if refresh is not None else cases, cfg, model_cfg,
+                             seed=cfg.seed * 1000 + rank + 7919 * epoch, pin=dev.type == "cuda")
         net.train()
         t0 = time.time()
         sums: dict[str, float] = {}
@@ -320,7 +357,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             step = epoch * cfg.steps_per_epoch + s
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total_steps, cfg)
-            x, t = sampler.batch()
+            x, t = next(stream)
             x = x.to(dev, non_blocking=True)
             t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
