@@ -182,3 +182,18 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
     last = read_checkpoint(run / "best.pt" if (run / "best.pt").exists() else run / "last.pt")["state_dict"]
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, last[k].float()), k
+
+
+def test_windows_cut_by_loader_workers_train_through_the_command(luna, tmp_path, capsys):
+    """`--loader-workers N` runs the loop on batches from N processes and records it; a bad N stops at once."""
+    root, _ = luna
+    run = tmp_path / "run"
+    assert main(_train_args(root, run, tmp_path / "cache", "--loader-workers", "2", steps=4)) == 0
+    ck = read_checkpoint(run / "last.pt")
+    assert ck["provenance"]["train_config"]["loader_workers"] == 2
+    loss = ck["train_state"]["history"][0]["loss"]["total"]
+    assert np.isfinite(loss) and loss > 0
+    capsys.readouterr()
+    assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--loader-workers", "-1")) == 2
+    assert "--loader-workers -1" in capsys.readouterr().err
+    assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()

@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--loader-workers", type=int, default=0,
-                   help="processes that cut training windows beside the step (default 0: the training process; "
-                        "on a GPU use several, or it waits for windows)")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="processes that cut training windows beside the step (default: 3 when training on a GPU, "
+                        "which would otherwise wait for windows; 0 on the CPU, where the step itself is the work)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
@@ -98,6 +98,20 @@ def _cases_from_source(args, spacing: float):
                                                           "fold": args.fold}
 
 
+def _loader_workers(args: argparse.Namespace) -> int:
+    """``--loader-workers``, or by default 3 on CUDA (a step there takes ~20 ms, cutting a batch of windows
+    ~25 ms) and 0 on the CPU (the step takes ~0.3 s: windows cut in the training process cost little)."""
+    if args.loader_workers is not None:
+        if args.loader_workers < 0:
+            from .errors import ResMTNetError
+
+            raise ResMTNetError(f"--loader-workers {args.loader_workers}: must be 0 or more")
+        return args.loader_workers
+    from .inference import pick_device
+
+    return 3 if pick_device(args.device).type == "cuda" else 0
+
+
 def _printer(what: str):
     def show(done: int, total: int) -> None:
         print(f"{what}: {done}/{total} ready", flush=True)
@@ -116,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patch % 16:
         raise ResMTNetError(f"--patch {args.patch}: must be a multiple of 16")
+    loader_workers = _loader_workers(args)
     spacing = float(args.spacing)
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
@@ -145,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
-                      loader_workers=args.loader_workers)
+                      loader_workers=loader_workers)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0
