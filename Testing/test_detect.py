@@ -161,22 +161,26 @@ def test_real_ct_nodule_holds_on_thick_slices_and_a_noisier_scan(lidc_dir, model
     assert abs(top.diameter_mm - diameter) <= 0.2 * diameter, top.to_dict()
 
 
-def test_bfloat16_inference_matches_float32(model):
-    """On CPUs that compute bfloat16 natively the network runs in it (about twice as fast): the centre map
-    and the decoded peaks must stay those of float32."""
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_reduced_precision_inference_matches_float32(model, device):
+    """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
+    CUDA: the centre map and the decoded peaks must stay those of float32 on the CPU."""
     import torch
     from resmtnet.inference import compute_precision, predict_volume
     from resmtnet.prepare import to_model_grid
     from resmtnet.targets import decode
 
-    if compute_precision(torch.device("cpu")) != torch.bfloat16:
+    dev = torch.device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    if compute_precision(dev) == torch.float32:
         pytest.skip("this CPU has no native bfloat16: inference runs in float32 here")
     ph = generate_phantom(12, max_nodules=3)
     hu, _ = to_model_grid(ph.ct, model.config.spacing_mm)
     cpu = torch.device("cpu")
-    net = model.net.to(cpu)  # detection on a GPU machine leaves the shared model there
-    full = predict_volume(net, hu, cpu, precision=torch.float32)
-    fast = predict_volume(net, hu, cpu)
+    full = predict_volume(model.net.to(cpu), hu, cpu, precision=torch.float32)
+    fast = predict_volume(model.net.to(dev), hu, dev)  # the device's own precision
+    model.net.to(cpu)
     p32, p16 = torch.sigmoid(full["center"]), torch.sigmoid(fast["center"])
     assert float((p32 - p16).abs().max()) < 0.02
     peaks32 = decode(full, model.config.output_stride, threshold=0.25)
