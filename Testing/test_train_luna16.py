@@ -197,3 +197,11 @@ def test_windows_cut_by_loader_workers_train_through_the_command(luna, tmp_path,
     assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--loader-workers", "-1")) == 2
     assert "--loader-workers -1" in capsys.readouterr().err
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_train_on_cuda_without_a_gpu_stops_before_any_data_is_made(luna, tmp_path, capsys):
+    root, _ = luna
+    assert main(_train_args(root, tmp_path / "run", tmp_path / "cache", "--device", "cuda")) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()

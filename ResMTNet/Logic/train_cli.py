@@ -98,7 +98,7 @@ def _cases_from_source(args, spacing: float):
                                                           "fold": args.fold}
 
 
-def _loader_workers(args: argparse.Namespace) -> int:
+def _loader_workers(args: argparse.Namespace, device: torch.device) -> int:
     """``--loader-workers``, or by default 3 on CUDA (a step there takes ~20 ms, cutting a batch of windows
     ~25 ms) and 0 on the CPU (the step takes ~0.3 s: windows cut in the training process cost little)."""
     if args.loader_workers is not None:
@@ -107,9 +107,7 @@ def _loader_workers(args: argparse.Namespace) -> int:
 
             raise ResMTNetError(f"--loader-workers {args.loader_workers}: must be 0 or more")
         return args.loader_workers
-    from .inference import pick_device
-
-    return 3 if pick_device(args.device).type == "cuda" else 0
+    return 3 if device.type == "cuda" else 0
 
 
 def _printer(what: str):
@@ -122,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import ResMTNetError
+    from .inference import pick_device
     from .model import ModelConfig
     from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .training import TrainConfig, train
@@ -130,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patch % 16:
         raise ResMTNetError(f"--patch {args.patch}: must be a multiple of 16")
-    loader_workers = _loader_workers(args)
+    device = pick_device(args.device)  # an unusable --device stops here, before any data is made
+    loader_workers = _loader_workers(args, device)
     spacing = float(args.spacing)
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
@@ -188,10 +188,8 @@ def run(args: argparse.Namespace) -> int:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
-            from .inference import pick_device
-
             _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov, command_line(args), min_d, pick_device(args.device))
+                    args.export_fp_rate, data_prov, command_line(args), min_d, device)
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,8 @@ class WindowStream(torch.utils.data.IterableDataset):
             yield sampler.batch()
 
 
-def batches(cases: Sequence[TrainCase], cfg: TrainConfig, model_cfg: ModelConfig, seed: int, pin: bool = False):
+def batches(cases: Sequence[TrainCase], cfg: TrainConfig, model_cfg: ModelConfig, seed: int, pin: bool = False
+            ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """An iterator over training batches: in this process, or from ``cfg.loader_workers`` processes."""
     if cfg.loader_workers <= 0:
         sampler = PatchSampler(cases, cfg, model_cfg, seed=seed)
