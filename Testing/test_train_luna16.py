@@ -205,3 +205,32 @@ def test_train_on_cuda_without_a_gpu_stops_before_any_data_is_made(luna, tmp_pat
     assert main(_train_args(root, tmp_path / "run", tmp_path / "cache", "--device", "cuda")) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(luna, tmp_path, capsys):
+    """`--mine-negatives-at`: after that epoch the network's own false findings are mined, logged and kept in
+    the checkpoint, so that a resumed run goes on with them; an epoch outside the run stops at once."""
+    root, _ = luna
+    run = tmp_path / "run"
+    mine = ("--mine-negatives-at", "1", "--mine-floor", "0.002")
+    assert main(_train_args(root, run, tmp_path / "cache", "--epochs", "2", *mine)) == 0
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]  # every line a record
+    mined_logs = [x["mined"] for x in lines if "mined" in x]
+    assert len(mined_logs) == 1 and mined_logs[0]["after_epoch"] == 1 and mined_logs[0]["cases"] == 3
+    assert [x["epoch"] for x in lines if "epoch" in x] == [1, 2]
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    mined = state["mined_negatives"]
+    assert len(mined) == 3 and sum(len(v) for v in mined.values()) == mined_logs[0]["negatives"] > 0
+    assert read_checkpoint(run / "last.pt")["provenance"]["train_config"]["mine_negatives_at"] == [1]
+    # resumed for a third epoch: nothing is mined again and the mined negatives are carried over
+    assert main(_train_args(root, run, tmp_path / "cache", "--epochs", "3", *mine)) == 0
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert sum("mined" in x for x in lines) == 1 and [x["epoch"] for x in lines if "epoch" in x] == [1, 2, 3]
+    again = read_checkpoint(run / "last.pt")["train_state"]["mined_negatives"]
+    assert set(again) == set(mined)
+    for k in mined:
+        np.testing.assert_array_equal(again[k], mined[k])
+    capsys.readouterr()
+    assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--epochs", "2",
+                            "--mine-negatives-at", "2")) == 2
+    assert "--mine-negatives-at 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()

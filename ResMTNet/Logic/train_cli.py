@@ -52,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int, default=None,
                    help="processes that cut training windows beside the step (default: 3 when training on a GPU, "
                         "which would otherwise wait for windows; 0 on the CPU, where the step itself is the work)")
+    p.add_argument("--mine-negatives-at", type=int, nargs="+", default=[], metavar="EPOCH",
+                   help="hard-negative mining: after these epochs run the network over its training cases and "
+                        "centre a share of the negative windows on its findings away from every nodule")
+    p.add_argument("--mine-floor", type=float, default=0.15, metavar="P",
+                   help="mined findings need at least this probability (default 0.15)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
@@ -129,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patch % 16:
         raise ResMTNetError(f"--patch {args.patch}: must be a multiple of 16")
+    bad_mining = [e for e in args.mine_negatives_at if not 0 < e < args.epochs]
+    if bad_mining:
+        raise ResMTNetError(f"--mine-negatives-at {bad_mining[0]}: must lie between 1 and --epochs - 1 "
+                            f"({args.epochs - 1})")
+    if not 0.0 < args.mine_floor < 1.0:
+        raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
     spacing = float(args.spacing)
@@ -160,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
-                      loader_workers=loader_workers)
+                      loader_workers=loader_workers, mine_negatives_at=tuple(sorted(set(args.mine_negatives_at))),
+                      mine_floor=args.mine_floor)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0
@@ -173,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
     def log(line: str) -> None:
         print(line, flush=True)
-        if rank == 0:
+        if rank == 0 and line.startswith("{"):  # the records; notes such as "resumed from ..." only on screen
             with open(log_path, "a") as f:
                 f.write(line + "\n")
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
 from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
@@ -54,17 +55,24 @@ class TrainConfig:
     # processes that cut and augment windows beside the training step (0: the training process does it).
     # On a GPU the step takes a few ms and one process cutting windows (~25 ms a batch) would starve it.
     loader_workers: int = 0
+    # hard-negative mining (:mod:`resmtnet.hard_negatives`): after each of these epochs the network is run
+    # over its training cases, and its findings of probability ``mine_floor`` or more that lie clear of
+    # every nodule become the cases' negatives (replacing the ones mined before)
+    mine_negatives_at: tuple[int, ...] = ()
+    mine_floor: float = 0.15
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["scale_range"] = list(self.scale_range)
+        d["mine_negatives_at"] = list(self.mine_negatives_at)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "scale_range" in d:
-            d["scale_range"] = tuple(d["scale_range"])
+        for k in ("scale_range", "mine_negatives_at"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -287,6 +295,26 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _mine(net: ResMTNet, cases: Sequence[TrainCase], dev: torch.device, floor: float, epoch: int,
+          log: Callable[[str], None], show: bool) -> dict[str, np.ndarray]:
+    """Hard negatives from the network as it is after ``epoch`` epochs (see :mod:`resmtnet.hard_negatives`)."""
+    t0 = time.time()
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc=f"mining false findings after epoch {epoch}", leave=False,
+                   dynamic_ncols=True)
+    mined = mine_false_findings(net, cases, dev, floor,
+                                progress=(lambda done, total: bar.update(1)) if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    n = sum(len(v) for v in mined.values())
+    log(json.dumps({"mined": {"after_epoch": epoch, "floor": floor, "cases": len(cases), "negatives": n,
+                              "seconds": round(time.time() - t0, 1)}}))
+    return mined
+
+
 def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
           resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
@@ -323,6 +351,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     if amp_dtype == torch.bfloat16:
         log("mixed precision: bfloat16 autocast on this CPU")
     start_epoch, best_score, history = 0, -1.0, []
+    mined: dict[str, np.ndarray] = {}  # hard negatives found by the network itself, by case id
     last = out_dir / "last.pt"
     if resume and last.exists():
         ck = read_checkpoint(last)
@@ -335,6 +364,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         start_epoch = int(st.get("epoch", 0))
         best_score = float(st.get("best_score", -1.0))
         history = st.get("history", [])
+        mined = {k: np.asarray(v, np.float32).reshape(-1, 3) for k, v in st.get("mined_negatives", {}).items()}
         log(f"resumed from {last} at epoch {start_epoch}")
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
@@ -342,9 +372,13 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     total_steps = cfg.epochs * cfg.steps_per_epoch
     show = progress_bar and rank == 0
     for epoch in range(start_epoch, cfg.epochs):
+        pool = refresh() if refresh is not None else cases
+        if epoch in cfg.mine_negatives_at:
+            mined = _mine(net, pool, dev, cfg.mine_floor, epoch, log, show)
+            stream = None
         if stream is None or refresh is not None:
             stream = None  # let the workers of the last epoch's stream go first
-            stream = batches(refresh() if refresh is not None else cases, cfg, model_cfg,
+            stream = batches(with_negatives(pool, mined), cfg, model_cfg,
                              seed=cfg.seed * 1000 + rank + 7919 * epoch, pin=dev.type == "cuda")
         net.train()
         t0 = time.time()
@@ -386,7 +420,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             log(json.dumps(record))
             score = float(record.get("val", {}).get("score", -1.0))
             state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "criterion": criterion.state_dict(),
-                     "best_score": max(best_score, score), "history": history}
+                     "best_score": max(best_score, score), "history": history, "mined_negatives": mined}
             prov = {"train_config": cfg.to_dict(), **(provenance or {})}
             save_checkpoint(last, net, provenance=prov, metrics=record.get("val", {}), extra={"train_state": state})
             if score > best_score:
