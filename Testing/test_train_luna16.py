@@ -234,3 +234,40 @@ def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(lun
     assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--epochs", "2",
                             "--mine-negatives-at", "2")) == 2
     assert "--mine-negatives-at 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint_and_may_mine_before_its_first_epoch(luna, tmp_path, capsys):
+    """`--init CHECKPOINT`: the network, its grid and its weights come from the checkpoint (with a learning
+    rate too small to move them, they come out as they went in); mining may then happen before epoch 1."""
+    root, _ = luna
+    cache = tmp_path / "cache"
+    base = tmp_path / "base"
+    assert main(_train_args(root, base, cache)) == 0
+    base_ck = read_checkpoint(base / "last.pt")
+
+    def args(out, *extra):
+        a = _train_args(root, out, cache)
+        i = a.index("--spacing")
+        return [x for x in a[:i] + a[i + 2:] if x != "--tiny"] + list(extra)  # both come from the checkpoint
+
+    run = tmp_path / "fine"
+    assert main(args(run, "--init", str(base / "last.pt"), "--lr", "1e-9", "--mine-negatives-at", "0",
+                     "--mine-floor", "0.002")) == 0
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["mined"]["after_epoch"] for x in lines if "mined" in x] == [0]
+    ck = read_checkpoint(run / "last.pt")
+    assert ck["config"] == base_ck["config"] and ck["config"]["spacing_mm"] == 3.0
+    assert ck["provenance"]["init_from"]["path"] == str(base / "last.pt")
+    assert ck["provenance"]["init_from"]["command"] == base_ck["provenance"]["command"]
+    for k, v in ck["state_dict"].items():
+        torch.testing.assert_close(v, base_ck["state_dict"][k], atol=1e-5, rtol=0, msg=k)
+    capsys.readouterr()
+    assert main(args(tmp_path / "bad", "--init", str(base / "last.pt"), "--spacing", "2")) == 2
+    assert "trained on a 3.0 mm grid" in capsys.readouterr().err
+    assert main(args(tmp_path / "bad", "--init", str(base / "last.pt"), "--tiny")) == 2
+    assert "--tiny" in capsys.readouterr().err
+    assert main(args(tmp_path / "bad", "--init", str(tmp_path / "missing.pt"))) == 2
+    assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # without --init, mining before the first epoch would mine an untrained network's noise
+    assert main(_train_args(root, tmp_path / "bad", cache, "--mine-negatives-at", "0")) == 2
+    assert "--mine-negatives-at 0" in capsys.readouterr().err

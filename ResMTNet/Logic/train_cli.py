@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     import torch
 
 
+DEFAULT_SPACING_MM = 1.5
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--data", default="phantoms", choices=["phantoms", "phantom-folder", "luna16", "lidc"],
@@ -44,8 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=64, help="training window edge in voxels (multiple of 16)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed")
-    p.add_argument("--spacing", type=float, default=1.5, help="model grid spacing in mm")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="model grid spacing in mm (default 1.5; with --init the checkpoint's)")
     p.add_argument("--tiny", action="store_true", help="a very small network (tests, smoke runs)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (e.g. the shipped model); the network "
+                        "and its grid spacing come from the checkpoint, and --mine-negatives-at may then be 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -115,6 +122,24 @@ def _loader_workers(args: argparse.Namespace, device: torch.device) -> int:
     return 3 if device.type == "cuda" else 0
 
 
+def _read_init(args: argparse.Namespace) -> dict | None:
+    """The checkpoint of ``--init`` (weights, config, provenance), checked against the other options."""
+    if not args.init:
+        return None
+    from .errors import ResMTNetError
+    from .model_io import read_checkpoint
+
+    if args.tiny:
+        raise ResMTNetError("--init and --tiny: the network comes from the checkpoint, leave --tiny out")
+    ck = read_checkpoint(args.init)
+    ck_spacing = float(ck["config"]["spacing_mm"])
+    if args.spacing is not None and abs(float(args.spacing) - ck_spacing) > 1e-9:
+        raise ResMTNetError(f"--spacing {args.spacing}: {args.init} was trained on a {ck_spacing} mm grid")
+    ck["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    ck.setdefault("provenance", {})
+    return ck
+
+
 def _printer(what: str):
     def show(done: int, total: int) -> None:
         print(f"{what}: {done}/{total} ready", flush=True)
@@ -134,15 +159,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patch % 16:
         raise ResMTNetError(f"--patch {args.patch}: must be a multiple of 16")
-    bad_mining = [e for e in args.mine_negatives_at if not 0 < e < args.epochs]
+    first = 0 if args.init else 1  # a fine-tuned network can mine before its first epoch, a fresh one can't
+    bad_mining = [e for e in args.mine_negatives_at if not first <= e < args.epochs]
     if bad_mining:
-        raise ResMTNetError(f"--mine-negatives-at {bad_mining[0]}: must lie between 1 and --epochs - 1 "
+        raise ResMTNetError(f"--mine-negatives-at {bad_mining[0]}: must lie between {first} and --epochs - 1 "
                             f"({args.epochs - 1})")
+    init = _read_init(args)
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
-    spacing = float(args.spacing)
+    spacing = float(init["config"]["spacing_mm"]) if init else float(args.spacing or DEFAULT_SPACING_MM)
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
         tr = PhantomCases(args.cache, args.phantom_seed, args.phantoms, spacing, args.max_nodules)
@@ -167,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
         refresh = None
     if not train_cases:
         raise ResMTNetError("no training cases")
-    mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
+    if init:
+        mcfg = ModelConfig.from_dict(init["config"])
+    else:
+        mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
@@ -193,9 +223,12 @@ def run(args: argparse.Namespace) -> int:
         log(json.dumps({"start": {"train_cases": len(train_cases), "val_cases": len(val_cases),
                                   "config": cfg.to_dict(), "model": mcfg.to_dict(), "data": data_prov}}))
     prov = {"data": data_prov, "command": command_line(args)}
+    if init:
+        prov["init_from"] = {"path": str(args.init), "code_version": init["provenance"].get("code_version"),
+                             "command": init["provenance"].get("command"), "data": init["provenance"].get("data")}
     last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance=prov,
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
-                 refresh=refresh)
+                 refresh=refresh, init_state=init["state_dict"] if init else None)
     if rank == 0:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))

@@ -318,11 +318,13 @@ def _mine(net: ResMTNet, cases: Sequence[TrainCase], dev: torch.device, floor: f
 def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
           resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
-          progress_bar: bool = True, refresh: Callable[[], Sequence[TrainCase]] | None = None) -> Path:
+          progress_bar: bool = True, refresh: Callable[[], Sequence[TrainCase]] | None = None,
+          init_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Train and return the path of the final checkpoint (``out_dir/last.pt``; ``best.pt`` by val score).
 
     ``refresh``, when given, is called at the start of every epoch for the current list of cases (a pool
-    that another process is still filling).
+    that another process is still filling). ``init_state``: weights to start from (fine-tuning) instead of
+    a fresh initialisation; a run that resumes from ``last.pt`` takes that instead.
     """
     from .model_io import read_checkpoint, save_checkpoint
 
@@ -366,6 +368,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         history = st.get("history", [])
         mined = {k: np.asarray(v, np.float32).reshape(-1, 3) for k, v in st.get("mined_negatives", {}).items()}
         log(f"resumed from {last} at epoch {start_epoch}")
+    elif init_state is not None:
+        net.load_state_dict(init_state)
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
     stream = None
