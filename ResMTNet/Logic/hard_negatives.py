@@ -33,13 +33,11 @@ def false_findings(net: ResMTNet, case: TrainCase, device: torch.device | str, f
     from .pipeline import find_peaks
 
     peaks = find_peaks(LoadedModel(net, {}, None), case.image.astype(np.float32), torch.device(device), floor=floor)
+    pos = np.array([p.position_vox for p in peaks], float).reshape(-1, 3)
     radius = np.maximum(np.asarray(case.diameters, float) / 2.0, MIN_NODULE_RADIUS_MM) + CLEAR_OF_NODULE_MM
-    keep = []
-    for p in peaks:
-        d_mm = np.linalg.norm((np.asarray(case.centers, float) - p.position_vox) * case.spacing, axis=1)
-        if np.all(d_mm > radius):
-            keep.append(p.position_vox)
-    return np.asarray(keep, np.float32).reshape(-1, 3)
+    centers = np.asarray(case.centers, float).reshape(-1, 3)
+    d_mm = np.linalg.norm((pos[:, None, :] - centers[None, :, :]) * case.spacing, axis=2)  # (peaks, nodules)
+    return pos[np.all(d_mm > radius, axis=1)].astype(np.float32)
 
 
 def mine_false_findings(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str, floor: float,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from .model_io import LoadedModel
+
 
 DEFAULT_SPACING_MM = 1.5
 
@@ -122,22 +124,20 @@ def _loader_workers(args: argparse.Namespace, device: torch.device) -> int:
     return 3 if device.type == "cuda" else 0
 
 
-def _read_init(args: argparse.Namespace) -> dict | None:
-    """The checkpoint of ``--init`` (weights, config, provenance), checked against the other options."""
+def _read_init(args: argparse.Namespace) -> LoadedModel | None:
+    """The model of ``--init`` (network, weights, provenance), checked against the other options."""
     if not args.init:
         return None
     from .errors import ResMTNetError
-    from .model_io import read_checkpoint
+    from .model_io import load_model
 
     if args.tiny:
         raise ResMTNetError("--init and --tiny: the network comes from the checkpoint, leave --tiny out")
-    ck = read_checkpoint(args.init)
-    ck_spacing = float(ck["config"]["spacing_mm"])
-    if args.spacing is not None and abs(float(args.spacing) - ck_spacing) > 1e-9:
-        raise ResMTNetError(f"--spacing {args.spacing}: {args.init} was trained on a {ck_spacing} mm grid")
-    ck["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
-    ck.setdefault("provenance", {})
-    return ck
+    init = load_model(args.init)
+    if args.spacing is not None and abs(float(args.spacing) - init.config.spacing_mm) > 1e-9:
+        raise ResMTNetError(f"--spacing {args.spacing}: {args.init} was trained on a "
+                            f"{init.config.spacing_mm} mm grid")
+    return init
 
 
 def _printer(what: str):
@@ -164,12 +164,12 @@ def run(args: argparse.Namespace) -> int:
     if bad_mining:
         raise ResMTNetError(f"--mine-negatives-at {bad_mining[0]}: must lie between {first} and --epochs - 1 "
                             f"({args.epochs - 1})")
-    init = _read_init(args)
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
+    init = _read_init(args)
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
-    spacing = float(init["config"]["spacing_mm"]) if init else float(args.spacing or DEFAULT_SPACING_MM)
+    spacing = init.config.spacing_mm if init else float(args.spacing or DEFAULT_SPACING_MM)
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
         tr = PhantomCases(args.cache, args.phantom_seed, args.phantoms, spacing, args.max_nodules)
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if not train_cases:
         raise ResMTNetError("no training cases")
     if init:
-        mcfg = ModelConfig.from_dict(init["config"])
+        mcfg = init.config
     else:
         mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
@@ -224,11 +224,12 @@ def run(args: argparse.Namespace) -> int:
                                   "config": cfg.to_dict(), "model": mcfg.to_dict(), "data": data_prov}}))
     prov = {"data": data_prov, "command": command_line(args)}
     if init:
-        prov["init_from"] = {"path": str(args.init), "code_version": init["provenance"].get("code_version"),
-                             "command": init["provenance"].get("command"), "data": init["provenance"].get("data")}
+        init_prov = init.meta.get("provenance", {})
+        prov["init_from"] = {"path": str(args.init),
+                             **{k: init_prov.get(k) for k in ("code_version", "command", "data")}}
     last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance=prov,
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
-                 refresh=refresh, init_state=init["state_dict"] if init else None)
+                 refresh=refresh, init_state=init.net.state_dict() if init else None)
     if rank == 0:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
