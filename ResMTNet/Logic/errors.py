@@ -15,3 +15,7 @@ class NoLungsError(InputError):
 
 class Cancelled(ResMTNetError):
     """The caller asked to stop (Cancel in Slicer, Ctrl-C on the terminal)."""
+
+
+class NonFiniteLossError(ResMTNetError):
+    """A training step's loss was inf or NaN: the run stops before any checkpoint takes broken weights."""

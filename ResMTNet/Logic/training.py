@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import NonFiniteLossError
 from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
 from .model import ModelConfig, ResMTNet
@@ -315,6 +316,29 @@ def _mine(net: ResMTNet, cases: Sequence[TrainCase], dev: torch.device, floor: f
     return mined
 
 
+#: The smallest feature map (voxels a side) that bfloat16 training on a CPU is safe with. PyTorch 2.13's CPU
+#: (oneDNN) bfloat16 backward pass of a 3x3x3 convolution reads uninitialised memory for the weight
+#: gradient when a feature map is 1 or 2 voxels deep: the gradient comes back as garbage, often inf or NaN,
+#: and differs from run to run (Testing/test_training.py holds the case). The forward pass is exact, so
+#: inference is unaffected; 3 voxels and more were clean in every shape tried.
+MIN_BF16_FEATURE_VOXELS = 3
+
+
+def training_precision(device: torch.device, cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[torch.dtype, str]:
+    """The autocast precision of a training run and why: :func:`compute_precision` when ``cfg.amp``, except
+    bfloat16 on the CPU for windows so small that the deepest stage's maps hit the defect above."""
+    if not cfg.amp:
+        return torch.float32, "float32 (mixed precision off)"
+    dtype = compute_precision(device)
+    if dtype == torch.bfloat16:
+        deepest = cfg.patch // 2 ** len(model_cfg.stage_channels)
+        if deepest < MIN_BF16_FEATURE_VOXELS:
+            return torch.float32, (f"float32: a {cfg.patch}-voxel window leaves the deepest stage {deepest} voxel(s) "
+                                   f"a side, where the CPU's bfloat16 convolution gradients are unreliable")
+        return dtype, "bfloat16 autocast on this CPU"
+    return dtype, {torch.float16: "float16 autocast with gradient scaling on CUDA"}.get(dtype, "float32")
+
+
 def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
           resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
@@ -348,10 +372,10 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
     params = list(net.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp_dtype = compute_precision(dev) if cfg.amp else torch.float32
+    amp_dtype, precision_note = training_precision(dev, cfg, model_cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
-    if amp_dtype == torch.bfloat16:
-        log("mixed precision: bfloat16 autocast on this CPU")
+    if rank == 0:
+        log(f"precision: {precision_note}")
     start_epoch, best_score, history = 0, -1.0, []
     mined: dict[str, np.ndarray] = {}  # hard negatives found by the network itself, by case id
     last = out_dir / "last.pt"
@@ -403,6 +427,11 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
                 out = ddp_net(x)
             losses = multitask_losses(out, t)
             loss = criterion(losses)
+            if not torch.isfinite(loss):
+                parts = {k: float(v.detach()) for k, v in losses.items()}
+                raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {float(loss.detach())} "
+                                         f"({parts}); the last good checkpoint is "
+                                         f"{last if last.exists() else 'none yet'}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
