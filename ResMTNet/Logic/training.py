@@ -319,7 +319,7 @@ def _mine(net: ResMTNet, cases: Sequence[TrainCase], dev: torch.device, floor: f
 #: The smallest feature map (voxels a side) that bfloat16 training on a CPU is safe with. PyTorch 2.13's CPU
 #: (oneDNN) bfloat16 backward pass of a 3x3x3 convolution reads uninitialised memory for the weight
 #: gradient when a feature map is 1 or 2 voxels deep: the gradient comes back as garbage, often inf or NaN,
-#: and differs from run to run (Testing/test_training.py holds the case). The forward pass is exact, so
+#: and differs from run to run (Testing/test_training_loop.py holds the case). The forward pass is exact, so
 #: inference is unaffected; 3 voxels and more were clean in every shape tried.
 MIN_BF16_FEATURE_VOXELS = 3
 
@@ -336,7 +336,9 @@ def training_precision(device: torch.device, cfg: TrainConfig, model_cfg: ModelC
             return torch.float32, (f"float32: a {cfg.patch}-voxel window leaves the deepest stage {deepest} voxel(s) "
                                    f"a side, where the CPU's bfloat16 convolution gradients are unreliable")
         return dtype, "bfloat16 autocast on this CPU"
-    return dtype, {torch.float16: "float16 autocast with gradient scaling on CUDA"}.get(dtype, "float32")
+    if dtype == torch.float16:
+        return dtype, "float16 autocast with gradient scaling on CUDA"
+    return dtype, "float32 (this CPU has no native bfloat16)"
 
 
 def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
@@ -427,10 +429,10 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
                 out = ddp_net(x)
             losses = multitask_losses(out, t)
             loss = criterion(losses)
-            if not torch.isfinite(loss):
-                parts = {k: float(v.detach()) for k, v in losses.items()}
-                raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {float(loss.detach())} "
-                                         f"({parts}); the last good checkpoint is "
+            values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach())}
+            if not math.isfinite(values["total"]):
+                raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {values['total']} "
+                                         f"({values}); the last good checkpoint is "
                                          f"{last if last.exists() else 'none yet'}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -438,9 +440,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             scaler.step(opt)
             scaler.update()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             if show:
                 steps.set_postfix(loss=f"{sums['total'] / (s + 1):.3f}")
         means = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
