@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from resmtnet.model import ModelConfig, ResMTNet
+from resmtnet.model import InputWindows, ModelConfig, ResMTNet
 from resmtnet.model_io import load_model, read_checkpoint, save_checkpoint
+from resmtnet.prepare import normalize_hu
 from resmtnet.targets import encode
 from resmtnet.train_cli import tiny_model_config
 from resmtnet.training import MultiTaskLoss, multitask_losses
@@ -22,6 +24,32 @@ def test_output_shapes_follow_the_output_stride():
     assert out["offset"].shape == (2, 3, 8, 12, 16)
     assert out["log_diameter"].shape == (2, 1, 8, 12, 16)
     assert out["malignancy"].shape == (2, 1, 8, 12, 16)
+
+
+def test_input_windows_add_the_ct_clipped_to_each_window_as_channels():
+    hu = np.array([-1200.0, -1000.0, -850.0, -700.0, -550.0, -400.0, 40.0, 600.0], np.float32)
+    x = torch.from_numpy(normalize_hu(hu)).reshape(1, 1, 1, 1, -1)
+    out = InputWindows(((-1000.0, -400.0), (-160.0, 240.0)))(x)
+    assert out.shape == (1, 3, 1, 1, 8)
+    torch.testing.assert_close(out[:, :1], x)  # the wide window goes through unchanged
+    lung = [-1.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.0, 1.0]  # -1000 .. -400 HU onto -1 .. 1
+    soft = [-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 0.0, 1.0]  # -160 .. 240 HU
+    torch.testing.assert_close(out[0, 1, 0, 0], torch.tensor(lung), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0, 2, 0, 0], torch.tensor(soft), atol=1e-5, rtol=0)
+    assert InputWindows(())(x) is x
+    with pytest.raises(ValueError, match="upper HU bound"):
+        InputWindows(((-400.0, -1000.0),))
+
+
+def test_a_network_with_input_windows_takes_one_channel_and_widens_its_stem():
+    cfg = replace(tiny_model_config(1.5), input_windows=((-1000.0, -400.0),))
+    net = ResMTNet(cfg)
+    assert net.encoder.stem[0].in_channels == 2
+    assert net(torch.zeros(1, 1, 32, 32, 32))["center"].shape == (1, 1, 8, 8, 8)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # checkpoints written before input windows existed describe a one-channel stem
+    old = {k: v for k, v in cfg.to_dict().items() if k != "input_windows"}
+    assert ModelConfig.from_dict(old).input_windows == ()
 
 
 def _fixed_batch(cfg: ModelConfig, n: int = 2, p: int = 32):
@@ -57,8 +85,9 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(weighting):
     assert after < before
 
 
-def test_checkpoint_reloaded_in_another_process_gives_identical_outputs(tmp_path):
-    cfg = tiny_model_config(1.5)
+@pytest.mark.parametrize("windows", [(), ((-1000.0, -400.0),)], ids=["wide-window", "with-lung-window"])
+def test_checkpoint_reloaded_in_another_process_gives_identical_outputs(tmp_path, windows):
+    cfg = replace(tiny_model_config(1.5), input_windows=windows)
     net = ResMTNet(cfg).eval()
     with torch.no_grad():
         for p in net.parameters():  # move off the initialisation so a default-built net would differ
@@ -87,6 +116,7 @@ def test_checkpoint_reloaded_in_another_process_gives_identical_outputs(tmp_path
         np.testing.assert_array_equal(other[k], v.numpy())
     meta = read_checkpoint(path)
     assert meta["config"]["stage_channels"] == list(cfg.stage_channels)
+    assert meta["config"]["input_windows"] == [list(w) for w in windows]
     assert "code_version" in meta["provenance"] and meta["provenance"]["data"] == "test"
 
 

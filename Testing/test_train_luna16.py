@@ -207,6 +207,26 @@ def test_train_on_cuda_without_a_gpu_stops_before_any_data_is_made(luna, tmp_pat
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
+def test_an_input_window_trains_through_the_command_and_travels_in_the_checkpoint(luna, tmp_path, capsys):
+    """`--input-window=LO,HI` adds a channel the checkpoint remembers; a reversed window, or one given with
+    --init (whose network is fixed), stops before any data is made."""
+    root, _ = luna
+    run = tmp_path / "run"
+    assert main(_train_args(root, run, tmp_path / "cache", "--input-window=-1000,-400")) == 0
+    assert read_checkpoint(run / "last.pt")["config"]["input_windows"] == [[-1000.0, -400.0]]
+    model = load_model(run / "last.pt")
+    assert model.config.input_windows == ((-1000.0, -400.0),) and model.net.encoder.stem[0].in_channels == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--input-window=-400,-1000"))
+    assert stop.value.code == 2 and "HI must exceed LO" in capsys.readouterr().err
+    args = [a for a in _train_args(root, tmp_path / "bad", tmp_path / "cache2") if a != "--tiny"]
+    i = args.index("--spacing")
+    assert main(args[:i] + args[i + 2:] + ["--init", str(run / "last.pt"), "--input-window=-1000,-400"]) == 2
+    assert "--init and --input-window" in capsys.readouterr().err
+    assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
+
+
 def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(luna, tmp_path, capsys):
     """`--mine-negatives-at`: after that epoch the network's own false findings are mined, logged and kept in
     the checkpoint, so that a resumed run goes on with them; an epoch outside the run stops at once."""

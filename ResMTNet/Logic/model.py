@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prepare import HU_MAX, HU_MIN
+
 
 @dataclass
 class ModelConfig:
@@ -36,12 +38,17 @@ class ModelConfig:
     output_stride: int = 4
     spacing_mm: float = 1.5  # the grid the network was trained on
     center_prior: float = 0.01  # initial probability of the centre head (focal-loss practice)
+    # extra input channels: the same CT under other HU windows (lo, hi), e.g. a lung window that spreads
+    # the 300 HU between lung and ground-glass over the whole range; computed inside the network from the
+    # one normalised channel every caller feeds (see :class:`InputWindows`)
+    input_windows: tuple[tuple[float, float], ...] = ()
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["stage_channels"] = list(self.stage_channels)
         d["blocks_per_stage"] = list(self.blocks_per_stage)
+        d["input_windows"] = [list(w) for w in self.input_windows]
         return d
 
     @classmethod
@@ -49,6 +56,7 @@ class ModelConfig:
         d = dict(d)
         d["stage_channels"] = tuple(d["stage_channels"])
         d["blocks_per_stage"] = tuple(d["blocks_per_stage"])
+        d["input_windows"] = tuple((float(lo), float(hi)) for lo, hi in d.get("input_windows", ()))
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -79,12 +87,38 @@ class ResidualBlock(nn.Module):
         return F.relu(x + y, inplace=True)
 
 
+class InputWindows(nn.Module):
+    """The normalised CT (:func:`resmtnet.prepare.normalize_hu`) plus one channel per extra HU window.
+
+    A window (lo, hi) clips the HU to [lo, hi] and scales that to [-1, 1]. The first convolution could
+    learn any linear mix of the input but not this clipping: with the wide window alone, faint
+    ground-glass sits a third of a unit above the lung while vessels and walls sit a whole unit above,
+    and the stem's normalisation is dominated by the latter.
+    """
+
+    def __init__(self, windows: tuple[tuple[float, float], ...]):
+        super().__init__()
+        for lo, hi in windows:
+            if not hi > lo:
+                raise ValueError(f"input window ({lo}, {hi}): the upper HU bound must exceed the lower")
+        self.windows = tuple((float(lo), float(hi)) for lo, hi in windows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.windows:
+            return x
+        half, mid = (HU_MAX - HU_MIN) / 2, (HU_MAX + HU_MIN) / 2
+        hu = x.float() * half + mid
+        chans = [x.float()] + [(hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2) for lo, hi in self.windows]
+        return torch.cat(chans, 1).to(x.dtype)
+
+
 class ResidualEncoder(nn.Module):
     """The shared encoder: a full-resolution stem, then strided stages of residual blocks."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels)
+        self.inputs = InputWindows(cfg.input_windows)
+        self.stem = ConvNormAct(cfg.in_channels + len(cfg.input_windows), cfg.stem_channels)
         stages = []
         cin = cfg.stem_channels
         for cout, nblocks in zip(cfg.stage_channels, cfg.blocks_per_stage):
@@ -96,7 +130,7 @@ class ResidualEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
-        x = self.stem(x)
+        x = self.stem(self.inputs(x))
         for stage in self.stages:
             x = stage(x)
             feats.append(x)

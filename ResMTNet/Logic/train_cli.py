@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed")
     p.add_argument("--spacing", type=float, default=None,
                    help="model grid spacing in mm (default 1.5; with --init the checkpoint's)")
+    p.add_argument("--input-window", action="append", default=[], metavar="LO,HI", type=_hu_window,
+                   help="an extra input channel: the CT clipped to this HU window (e.g. -1000,-400, a lung "
+                        "window for faint ground-glass); repeatable; a fresh network only (not with --init)")
     p.add_argument("--tiny", action="store_true", help="a very small network (tests, smoke runs)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="fine-tune: start from this checkpoint's weights (e.g. the shipped model); the network "
@@ -76,6 +80,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--while-generating", action="store_true",
                    help="phantoms: don't wait for the whole training pool; each epoch trains on the phantoms "
                         "cached so far (another process, e.g. an earlier train command, fills the cache)")
+
+
+def _hu_window(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: two HU values, LO,HI (e.g. -1000,-400)") from None
+    if not hi > lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: HI must exceed LO")
+    return lo, hi
 
 
 def tiny_model_config(spacing: float):
@@ -133,6 +147,9 @@ def _read_init(args: argparse.Namespace) -> LoadedModel | None:
 
     if args.tiny:
         raise ResMTNetError("--init and --tiny: the network comes from the checkpoint, leave --tiny out")
+    if args.input_window:
+        raise ResMTNetError("--init and --input-window: the network comes from the checkpoint, leave "
+                            "--input-window out")
     init = load_model(args.init)
     if args.spacing is not None and abs(float(args.spacing) - init.config.spacing_mm) > 1e-9:
         raise ResMTNetError(f"--spacing {args.spacing}: {args.init} was trained on a "
@@ -198,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         mcfg = init.config
     else:
         mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
+        mcfg = replace(mcfg, input_windows=tuple(args.input_window))
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
