@@ -12,6 +12,9 @@ cost sits at high resolution, so the heads stay 1x1 except malignancy's, which l
   head's hidden features through a residual link, so what the network learns about size informs the
   malignancy estimate, as size does for radiologists.
 
+Optionally the stem also sees the CT under extra HU windows (:class:`InputWindows`, e.g. a lung window
+for faint ground-glass), made inside the network from its one input channel.
+
 The network is built from a plain :class:`ModelConfig`, which travels inside every checkpoint.
 """
 
@@ -107,8 +110,9 @@ class InputWindows(nn.Module):
         if not self.windows:
             return x
         half, mid = (HU_MAX - HU_MIN) / 2, (HU_MAX + HU_MIN) / 2
-        hu = x.float() * half + mid
-        chans = [x.float()] + [(hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2) for lo, hi in self.windows]
+        x32 = x.float()
+        hu = x32 * half + mid
+        chans = [x32] + [(hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2) for lo, hi in self.windows]
         return torch.cat(chans, 1).to(x.dtype)
 
 

@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=float, default=None,
                    help="model grid spacing in mm (default 1.5; with --init the checkpoint's)")
     p.add_argument("--input-window", action="append", default=[], metavar="LO,HI", type=_hu_window,
-                   help="an extra input channel: the CT clipped to this HU window (e.g. -1000,-400, a lung "
-                        "window for faint ground-glass); repeatable; a fresh network only (not with --init)")
+                   help="an extra input channel: the CT clipped to this HU window (e.g. a lung window for faint "
+                        "ground-glass, written --input-window=-1000,-400: with the '=', or the value reads as an "
+                        "option); repeatable; a fresh network only (not with --init)")
     p.add_argument("--tiny", action="store_true", help="a very small network (tests, smoke runs)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="fine-tune: start from this checkpoint's weights (e.g. the shipped model); the network "
