@@ -35,6 +35,13 @@ def _train_args(root, out, cache, *extra, steps=2):
             "--threads", "1", *extra]
 
 
+def _init_args(root, out, cache, checkpoint, *extra):
+    """`_train_args` for fine-tuning from ``checkpoint``: no --tiny, no --spacing (both come from it)."""
+    a = _train_args(root, out, cache)
+    i = a.index("--spacing")
+    return [x for x in a[:i] + a[i + 2:] if x != "--tiny"] + ["--init", str(checkpoint), *extra]
+
+
 def _concat_csv(parts, path):
     with open(path, "w", newline="") as out:
         w = csv.writer(out)
@@ -220,9 +227,8 @@ def test_an_input_window_trains_through_the_command_and_travels_in_the_checkpoin
     with pytest.raises(SystemExit) as stop:
         main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--input-window=-400,-1000"))
     assert stop.value.code == 2 and "HI must exceed LO" in capsys.readouterr().err
-    args = [a for a in _train_args(root, tmp_path / "bad", tmp_path / "cache2") if a != "--tiny"]
-    i = args.index("--spacing")
-    assert main(args[:i] + args[i + 2:] + ["--init", str(run / "last.pt"), "--input-window=-1000,-400"]) == 2
+    assert main(_init_args(root, tmp_path / "bad", tmp_path / "cache2", run / "last.pt",
+                           "--input-window=-1000,-400")) == 2
     assert "--init and --input-window" in capsys.readouterr().err
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
 
@@ -264,15 +270,9 @@ def test_fine_tuning_starts_from_the_given_checkpoint_and_may_mine_before_its_fi
     base = tmp_path / "base"
     assert main(_train_args(root, base, cache)) == 0
     base_ck = read_checkpoint(base / "last.pt")
-
-    def args(out, *extra):
-        a = _train_args(root, out, cache)
-        i = a.index("--spacing")
-        return [x for x in a[:i] + a[i + 2:] if x != "--tiny"] + list(extra)  # both come from the checkpoint
-
     run = tmp_path / "fine"
-    assert main(args(run, "--init", str(base / "last.pt"), "--lr", "1e-9", "--mine-negatives-at", "0",
-                     "--mine-floor", "0.002")) == 0
+    assert main(_init_args(root, run, cache, base / "last.pt", "--lr", "1e-9", "--mine-negatives-at", "0",
+                           "--mine-floor", "0.002")) == 0
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [x["mined"]["after_epoch"] for x in lines if "mined" in x] == [0]
     ck = read_checkpoint(run / "last.pt")
@@ -282,11 +282,11 @@ def test_fine_tuning_starts_from_the_given_checkpoint_and_may_mine_before_its_fi
     for k, v in ck["state_dict"].items():
         torch.testing.assert_close(v, base_ck["state_dict"][k], atol=1e-5, rtol=0, msg=k)
     capsys.readouterr()
-    assert main(args(tmp_path / "bad", "--init", str(base / "last.pt"), "--spacing", "2")) == 2
+    assert main(_init_args(root, tmp_path / "bad", cache, base / "last.pt", "--spacing", "2")) == 2
     assert "trained on a 3.0 mm grid" in capsys.readouterr().err
-    assert main(args(tmp_path / "bad", "--init", str(base / "last.pt"), "--tiny")) == 2
+    assert main(_init_args(root, tmp_path / "bad", cache, base / "last.pt", "--tiny")) == 2
     assert "--tiny" in capsys.readouterr().err
-    assert main(args(tmp_path / "bad", "--init", str(tmp_path / "missing.pt"))) == 2
+    assert main(_init_args(root, tmp_path / "bad", cache, tmp_path / "missing.pt")) == 2
     assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     # without --init, mining before the first epoch would mine an untrained network's noise
     assert main(_train_args(root, tmp_path / "bad", cache, "--mine-negatives-at", "0")) == 2
