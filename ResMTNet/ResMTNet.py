@@ -160,8 +160,8 @@ class ResMTNetParameterNode:
     threshold - minimum nodule probability of a reported finding.
     minDiameterMm - smallest reported diameter.
     colorBy - colour fiducials and segments by malignancy or by Lung-RADS size category.
-    testTimeAugmentation - also run the network on the mirror images and average (default; about 4x the
-      network's time, fewer false findings).
+    testTimeAugmentation - also run the network on the mirror images and average (default; about 8x the
+      network's time with the shipped weights, fewer false findings).
     outputSegmentation, outputTable - filled by a run; created when not chosen.
     """
 

@@ -95,12 +95,33 @@ def test_test_time_augmentation_keeps_findings_in_place(model):
     move the 4.6 mm nodule's finding off it (cells are 6 mm)."""
     ph = generate_phantom(12, max_nodules=3)
     det = detect_ct(ph.ct, model=model, tta=True)
-    assert det.info["test_time_augmentation"] is True
+    assert det.info["test_time_augmentation"] is True and det.info["tta_passes"] == 8
     found = np.array([n.center_lps for n in det.nodules])
     assert len(found)
     for n in ph.nodules:
         d = np.linalg.norm(found - np.asarray(n.center_lps), axis=1)
         assert d.min() < n.diameter_mm / 2, (n, d.min())
+
+
+def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model):
+    """A threshold holds only for the passes it was found with, so the checkpoint names them: a file that
+    records one pass detects exactly as ``tta=False`` does, one that records none (exported before the
+    passes were recorded) gets the four it was calibrated with, and the shipped file records all eight."""
+    from resmtnet.inference import FOUR_MIRROR_FLIPS, TTA_FLIPS
+    from resmtnet.model_io import LoadedModel
+
+    def with_decode(decode: dict) -> LoadedModel:
+        return LoadedModel(model.net, {**model.meta, "decode": decode}, model.path)
+
+    ph = generate_phantom(12, max_nodules=3)
+    one_pass = detect_ct(ph.ct, model=with_decode({"threshold": model.threshold, "tta_flips": [[]]}), tta=True)
+    plain = detect_ct(ph.ct, model=model, tta=False)
+    assert one_pass.info["tta_passes"] == 1 and plain.info["tta_passes"] == 1
+    assert one_pass.nodules and [n.to_dict() for n in one_pass.nodules] == [n.to_dict() for n in plain.nodules]
+    assert with_decode({"threshold": 0.3}).tta_flips == FOUR_MIRROR_FLIPS
+    assert {frozenset(f) for f in TTA_FLIPS} == {frozenset(s) for s in
+                                                  ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))}
+    assert model.tta_flips == TTA_FLIPS
 
 
 def _lidc_truth(lidc_dir) -> tuple[np.ndarray, float]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from resmtnet.cli import main
 from resmtnet.datasets import Luna16Source
+from resmtnet.inference import TTA_FLIPS
 from resmtnet.model_io import load_model, read_checkpoint
 from resmtnet.nodules import NODULES_CSV_COLUMNS, Nodule, write_nodules_csv
 from test_datasets import make_luna16_folder
@@ -180,11 +181,13 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
     assert "optimizer" not in ck and set(ck["state_dict"]) == set(read_checkpoint(run / "last.pt")["state_dict"])
     cal = ck["provenance"]["threshold_calibration"]
     assert cal["fp_per_scan_target"] == 2.0 and cal["tta"] is True and cal["min_diameter_mm"] == 5.0
+    assert cal["tta_passes"] == len(TTA_FLIPS) == 8
     assert 0.0 <= cal["fp_per_scan"] <= 2.0 and 0.0 <= cal["sensitivity"] <= 1.0
     assert "--export" in ck["provenance"]["command"] and ck["provenance"]["data"]["source"] == "luna16"
     assert set(ck["metrics"]["validation"]) >= {"cpm", "sens_at_2fp"}
     model = load_model(export)
     assert model.threshold == ck["decode"]["threshold"] and 0.0 < model.threshold <= 1.0
+    assert model.tta_flips == TTA_FLIPS  # detection runs the passes the threshold was found with
     # the exported network is the trained one, weight for weight
     last = read_checkpoint(run / "best.pt" if (run / "best.pt").exists() else run / "last.pt")["state_dict"]
     for k, v in model.net.state_dict().items():

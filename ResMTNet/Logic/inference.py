@@ -61,8 +61,14 @@ def _starts(n: int, window: int, step: int) -> list[int]:
     return sorted(set(s))
 
 
-#: test-time augmentation: the axes (z, y, x of the model grid) flipped in each extra pass
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))
+#: test-time augmentation: the axes (z, y, x of the model grid) flipped in each pass — the scan and all seven
+#: of its mirror images. A checkpoint's threshold is calibrated with a given set of passes, so exports record
+#: theirs (``decode["tta_flips"]``) and detection runs the set its checkpoint records.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2))
+
+#: the four passes (the scan and its three single-axis mirror images) that checkpoints recording no set
+#: were calibrated with
+FOUR_MIRROR_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))
 
 
 @torch.no_grad()

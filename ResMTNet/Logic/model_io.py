@@ -65,6 +65,19 @@ class LoadedModel:
     def threshold(self) -> float:
         return float(self.meta.get("decode", {}).get("threshold", DEFAULT_THRESHOLD))
 
+    @property
+    def tta_flips(self) -> tuple[tuple[int, ...], ...]:
+        """The test-time augmentation passes the threshold was calibrated with (axes flipped in each pass).
+
+        Checkpoints that record none predate the eight-pass default and were calibrated with four passes.
+        """
+        from .inference import FOUR_MIRROR_FLIPS
+
+        flips = self.meta.get("decode", {}).get("tta_flips")
+        if flips is None:
+            return FOUR_MIRROR_FLIPS
+        return tuple(tuple(int(a) for a in f) for f in flips)
+
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "config": self.config.to_dict(),
                 "provenance": self.meta.get("provenance", {}), "decode": self.meta.get("decode", {}),

@@ -269,6 +269,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
             min_diameter_mm: float = 0.0, device: torch.device | str = "cpu") -> None:
+    from .inference import TTA_FLIPS
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
 
@@ -278,9 +279,10 @@ def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, comman
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": command,
-                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta,
+                 "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, "tta_passes": len(TTA_FLIPS),
                                            "min_diameter_mm": min_diameter_mm, **at}})
-    save_checkpoint(dst, model.net, provenance=prov, decode={"threshold": round(thr, 4)},
-                    metrics={"validation": metrics})
+    # detection must run the passes the threshold was found with, so they travel in the file
+    save_checkpoint(dst, model.net, provenance=prov, metrics={"validation": metrics},
+                    decode={"threshold": round(thr, 4), "tta_flips": [list(f) for f in TTA_FLIPS]})
     print(f"exported {dst} ({dst.stat().st_size / 2 ** 20:.1f} MB): threshold {thr:.3f} "
           f"({at['fp_per_scan']:.2f} FP/scan, sensitivity {at['sensitivity']:.3f} on validation, with TTA); {metrics}")

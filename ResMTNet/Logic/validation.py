@@ -19,11 +19,12 @@ from .training_data import TrainCase
 
 def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: float = 0.05, tta: bool = False
                   ) -> list[Finding]:
+    from .inference import TTA_FLIPS
     from .pipeline import find_peaks
     from .prepare import ModelGrid
 
     grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
-    lm = LoadedModel(net, {}, None)
+    lm = LoadedModel(net, {"decode": {"tta_flips": TTA_FLIPS}}, None)  # calibrate with today's default passes
     peaks = find_peaks(lm, case.image.astype(np.float32), device, floor=floor, tta=tta)
     return [Finding(case.case_id, tuple(float(v) for v in grid.voxel_to_world(p.position_vox)), p.probability,
                     p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
@@ -87,7 +88,7 @@ def calibrate(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float, dev
 
     ``tta`` should match how detection runs by default (with test-time augmentation): averaging the
     mirrored passes lowers the probabilities a little, so a threshold found without it would let more
-    false findings through.
+    false findings through. The passes are :data:`~resmtnet.inference.TTA_FLIPS`; an export records them.
     """
     res = _evaluate_cases(net, cases, device, tta=tta, min_diameter_mm=min_diameter_mm)
     thr, at = threshold_at(res, fp_per_scan)
