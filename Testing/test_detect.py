@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from resmtnet.ctio import read_ct, write_volume
+from resmtnet.errors import ResMTNetError
 from resmtnet.inference import compute_precision, pick_device
 from resmtnet.model_io import load_model
 from resmtnet.phantom import generate_phantom
@@ -119,6 +120,9 @@ def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model):
     assert one_pass.info["tta_passes"] == 1 and plain.info["tta_passes"] == 1
     assert one_pass.nodules and [n.to_dict() for n in one_pass.nodules] == [n.to_dict() for n in plain.nodules]
     assert with_decode({"threshold": 0.3}).tta_flips == FOUR_MIRROR_FLIPS
+    for bad in ([], [[3]], [[0, 0]], "xyz"):  # a hand-edited file says what is wrong instead of failing later
+        with pytest.raises(ResMTNetError, match="tta_flips"):
+            _ = with_decode({"threshold": 0.3, "tta_flips": bad}).tta_flips
     assert {frozenset(f) for f in TTA_FLIPS} == {frozenset(s) for s in
                                                   ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))}
     assert model.tta_flips == TTA_FLIPS

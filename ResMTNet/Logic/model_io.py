@@ -76,7 +76,14 @@ class LoadedModel:
         flips = self.meta.get("decode", {}).get("tta_flips")
         if flips is None:
             return FOUR_MIRROR_FLIPS
-        return tuple(tuple(int(a) for a in f) for f in flips)
+        try:
+            passes = tuple(tuple(int(a) for a in f) for f in flips)
+        except (TypeError, ValueError):
+            passes = ()
+        if not passes or any(len(set(p)) != len(p) or not set(p) <= {0, 1, 2} for p in passes):
+            raise ResMTNetError(f"{self.path or 'the model'}: decode.tta_flips must list passes, each a list of "
+                                f"distinct axes 0-2 to flip (got {flips!r})")
+        return passes
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "config": self.config.to_dict(),
