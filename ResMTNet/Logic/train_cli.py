@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "centre a share of the negative windows on its findings away from every nodule")
     p.add_argument("--mine-floor", type=float, default=0.15, metavar="P",
                    help="mined findings need at least this probability (default 0.15)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                        "default 0: off); validation, mining, the checkpoints and the export use the average")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
@@ -184,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
                             f"({args.epochs - 1})")
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
+    if not 0.0 <= args.ema < 1.0:
+        raise ResMTNetError(f"--ema {args.ema}: must lie between 0 (off) and 1 (e.g. 0.999)")
     init = _read_init(args)
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
@@ -221,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
                       loader_workers=loader_workers, mine_negatives_at=tuple(sorted(set(args.mine_negatives_at))),
-                      mine_floor=args.mine_floor)
+                      mine_floor=args.mine_floor, ema_decay=args.ema)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0

@@ -7,6 +7,7 @@ rank), gradients are averaged, and rank 0 validates and writes checkpoints.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -61,6 +62,9 @@ class TrainConfig:
     # every nodule become the cases' negatives (replacing the ones mined before)
     mine_negatives_at: tuple[int, ...] = ()
     mine_floor: float = 0.15
+    # an exponential moving average of the weights (0: off): validation, mining and the checkpoints' weights
+    # are the average's, the optimiser keeps stepping the network itself (see :class:`WeightAverage`)
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -282,6 +286,35 @@ class MultiTaskLoss(torch.nn.Module):
 # ------------------------------------------------------------------------------------------- the loop
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (Polyak averaging, as YOLO and timm keep one).
+
+    The optimiser's own weights jump with every noisy batch of four windows; their average over the last few
+    hundred steps scores more steadily, and so does the pick of the best epoch by a small validation set.
+    The decay ramps up as ``(1 + n) / (10 + n)`` over the first updates, so the average starts close to the
+    network instead of being dragged back to its random start. Buffers are copied, not averaged.
+    """
+
+    def __init__(self, net: ResMTNet, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight average decay {decay}: must lie between 0 and 1")
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.updates = 0
+
+    def decay_now(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, net: ResMTNet) -> None:
+        self.updates += 1
+        weight = 1.0 - self.decay_now()
+        for avg, cur in zip(self.net.parameters(), net.parameters()):
+            avg.lerp_(cur.detach(), weight)
+        for avg, cur in zip(self.net.buffers(), net.buffers()):
+            avg.copy_(cur)
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -381,10 +414,16 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     start_epoch, best_score, history = 0, -1.0, []
     mined: dict[str, np.ndarray] = {}  # hard negatives found by the network itself, by case id
     last = out_dir / "last.pt"
+    average: WeightAverage | None = None
     if resume and last.exists():
         ck = read_checkpoint(last)
-        net.load_state_dict(ck["state_dict"])
         st = ck.get("train_state", {})
+        # with a weight average the checkpoint's weights are the average's; the optimiser's are kept beside
+        net.load_state_dict(st.get("online_state_dict", ck["state_dict"]))
+        if cfg.ema_decay:
+            average = WeightAverage(net, cfg.ema_decay)
+            average.net.load_state_dict(ck["state_dict"])
+            average.updates = int(st.get("ema_updates", 0))
         if "optimizer" in st:
             opt.load_state_dict(st["optimizer"])
         if "criterion" in st:
@@ -396,6 +435,9 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         log(f"resumed from {last} at epoch {start_epoch}")
     elif init_state is not None:
         net.load_state_dict(init_state)
+    if cfg.ema_decay and average is None:
+        average = WeightAverage(net, cfg.ema_decay)
+    scored = average.net if average is not None else net  # the weights validated, mined with and saved
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
     stream = None
@@ -404,7 +446,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     for epoch in range(start_epoch, cfg.epochs):
         pool = refresh() if refresh is not None else cases
         if epoch in cfg.mine_negatives_at:
-            mined = _mine(net, pool, dev, cfg.mine_floor, epoch, log, show)
+            mined = _mine(scored, pool, dev, cfg.mine_floor, epoch, log, show)
             stream = None
         if stream is None or refresh is not None:
             stream = None  # let the workers of the last epoch's stream go first
@@ -440,6 +482,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             scaler.step(opt)
             scaler.update()
+            if average is not None:
+                average.update(net)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if show:
@@ -449,17 +493,21 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
                                   "loss": {k: round(v, 4) for k, v in means.items()}}
         if rank == 0:
             if val_fn is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                record["val"] = val_fn(net)
+                record["val"] = val_fn(scored)
             history.append(record)
             log(json.dumps(record))
             score = float(record.get("val", {}).get("score", -1.0))
             state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "criterion": criterion.state_dict(),
                      "best_score": max(best_score, score), "history": history, "mined_negatives": mined}
+            if average is not None:
+                state.update(online_state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                             ema_updates=average.updates)
             prov = {"train_config": cfg.to_dict(), **(provenance or {})}
-            save_checkpoint(last, net, provenance=prov, metrics=record.get("val", {}), extra={"train_state": state})
+            save_checkpoint(last, scored, provenance=prov, metrics=record.get("val", {}),
+                            extra={"train_state": state})
             if score > best_score:
                 best_score = score
-                save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
+                save_checkpoint(out_dir / "best.pt", scored, provenance=prov, metrics=record.get("val", {}))
         if distributed:
             torch.distributed.barrier()
     if distributed:
