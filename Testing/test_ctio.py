@@ -127,6 +127,22 @@ def test_phantom_set_annotations_land_on_their_nodules(tmp_path):
         assert labels.array[voxel_of(labels, lps)] == i + 1
 
 
+def test_phantoms_are_generated_in_worker_processes_after_torch_has_run(tmp_path):
+    """A process that has run a network then generates phantoms in two workers. Forked workers inherited
+    torch's thread-pool locks and hung on their first parallel step (`resmtnet evaluate --phantoms` did,
+    loading its model first); the pool now starts them fresh. A hang fails here by the timeout."""
+    code = ("import sys, torch\n"
+            "from resmtnet.model_io import load_model\n"
+            "from resmtnet.phantom import write_phantom_set\n"
+            "load_model().net(torch.zeros(1, 1, 32, 32, 32))\n"
+            "paths = write_phantom_set(sys.argv[1], 2, seed=7, workers=2, small=True)\n"
+            "print(len(paths))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "2"
+    assert sorted(p.name for p in tmp_path.glob("*.nrrd")) == ["phantom-s7-0000.nrrd", "phantom-s7-0001.nrrd"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad input: one case per problem, each message naming it
 

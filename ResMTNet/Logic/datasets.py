@@ -598,9 +598,9 @@ class TrainCaseCache:
                 if progress:
                     progress(done, total)
         else:
-            from concurrent.futures import ProcessPoolExecutor
+            from .processes import process_pool
 
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 futs = [pool.submit(_build_train_case_file, self.source, cid, self.spacing,
                                     self.crop_to_lungs, str(self.path(cid))) for cid in mine]
                 for f in futs:

@@ -649,9 +649,11 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
             if progress:
                 progress((i + 1) / n, f"phantom {i + 1}/{n}")
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(workers) as pool:
+        from .processes import process_pool
+
+        with process_pool(workers) as pool:
             futs = {pool.submit(_write_one, out, seed, i, masks, fmt, small): i for i in range(n)}
             for done, fut in enumerate(as_completed(futs), start=1):
                 rows_by_index[futs[fut]] = fut.result()

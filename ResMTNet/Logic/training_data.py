@@ -105,9 +105,9 @@ class PhantomCases:
                 if progress:
                     progress(done, len(self.items))
             return
-        from concurrent.futures import ProcessPoolExecutor
+        from .processes import process_pool
 
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             futs = [pool.submit(_build_and_save, cid, s, self.spacing, self.max_nodules, str(self.path(cid)))
                     for cid, s in todo]
             for f in futs:
