@@ -236,6 +236,26 @@ def test_an_input_window_trains_through_the_command_and_travels_in_the_checkpoin
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
 
 
+def test_a_weight_average_trains_through_the_command_and_is_what_the_export_holds(luna, tmp_path, capsys):
+    """`--ema DECAY`: the run records it, its checkpoints and its export hold the averaged weights (the
+    optimiser's own kept beside them in last.pt); a decay outside [0, 1) stops before any data is made."""
+    root, _ = luna
+    run, export = tmp_path / "run", tmp_path / "model.pt"
+    assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0", "--ema", "0.9", "--export", str(export),
+                            steps=3)) == 0
+    last = read_checkpoint(run / "last.pt")
+    assert last["provenance"]["train_config"]["ema_decay"] == 0.9 and last["train_state"]["ema_updates"] == 3
+    online = last["train_state"]["online_state_dict"]
+    assert any(not torch.equal(v, online[k]) for k, v in last["state_dict"].items())
+    best = read_checkpoint(run / "best.pt" if (run / "best.pt").exists() else run / "last.pt")["state_dict"]
+    for k, v in load_model(export).net.state_dict().items():
+        assert torch.equal(v, best[k].float()), k
+    capsys.readouterr()
+    assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--ema", "1")) == 2
+    assert "--ema 1" in capsys.readouterr().err
+    assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
+
+
 def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(luna, tmp_path, capsys):
     """`--mine-negatives-at`: after that epoch the network's own false findings are mined, logged and kept in
     the checkpoint, so that a resumed run goes on with them; an epoch outside the run stops at once."""
