@@ -293,3 +293,21 @@ def test_validation_scores_nodules_under_the_minimum_as_excluded_marks():
     c = res.to_dict()["counts"]
     assert c["nodules"] == 1 and c["detected_nodules"] == 1 and c["false_positives"] == 0
     assert c["ignored_on_excluded_marks"] == 1
+
+
+def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, capsys):
+    """`resmtnet evaluate --phantoms`: a real phantom generated, the shipped model run over it, and its
+    nodules of 4 mm and more scored; froc.json says how detection ran."""
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--phantoms", "1", "--phantom-seed", "7", "--no-tta", "--bootstrap", "0",
+                 "-o", str(out)]) == 0
+    with open(out / "phantoms" / "annotations.csv", newline="") as f:
+        truth = list(csv.DictReader(f))
+    d = json.loads((out / "froc.json").read_text())
+    assert d["inputs"]["test_time_augmentation"] is False and d["inputs"]["tta_passes"] == 1
+    assert d["counts"]["nodules"] == sum(float(r["diameter_mm"]) >= 4.0 for r in truth) > 0
+    assert d["counts"]["detected_nodules"] >= 1
+    with open(out / "detections" / "phantom-s7-0000" / "nodules.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["seriesuid"] == "phantom-s7-0000" for r in rows)
+    assert "CPM" in capsys.readouterr().out

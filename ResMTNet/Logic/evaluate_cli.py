@@ -89,17 +89,19 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_phantoms(args: argparse.Namespace) -> int:
     from . import froc
     from .errors import InputError
+    from .model_io import load_model
     from .phantom_eval import evaluate_on_phantoms
 
     if args.phantoms < 1:
         raise InputError("--phantoms must be at least 1")
     outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
-    result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=args.model, device=args.device,
+    model = load_model(args.model)
+    result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=model, device=args.device,
                                   min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap, tta=args.tta,
                                   progress=lambda m: print(m, flush=True))
     extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
                         "model": args.model or "shipped", "min_diameter_mm": args.min_diameter,
-                        "test_time_augmentation": args.tta}}
+                        "test_time_augmentation": args.tta, "tta_passes": len(model.tta_flips) if args.tta else 1}}
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
                                  f"{args.min_diameter:g} mm scored, smaller ones excluded"))

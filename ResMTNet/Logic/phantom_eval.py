@@ -8,19 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .froc import EvaluationResult, Finding, Mark, evaluate
+
+if TYPE_CHECKING:
+    from .model_io import LoadedModel
 
 #: the smallest phantom nodule that counts (issue 3's protocol); smaller ones are excluded marks
 PHANTOM_MIN_DIAMETER_MM = 4.0
 
 
-def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | None = None, device: str = "auto",
-                         min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM, workers: int = 2, n_bootstrap: int = 1000,
-                         tta: bool = True, progress: Callable[[str], None] | None = None) -> EvaluationResult:
+def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | LoadedModel | None = None,
+                         device: str = "auto", min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM, workers: int = 2,
+                         n_bootstrap: int = 1000, tta: bool = True, progress: Callable[[str], None] | None = None
+                         ) -> EvaluationResult:
     from .ctio import read_ct
     from .datasets import read_truth_csv
-    from .model_io import load_model
+    from .model_io import LoadedModel, load_model
     from .nodules import write_nodules_csv
     from .phantom import write_phantom_set
     from .pipeline import detect_ct
@@ -31,7 +36,7 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         write_phantom_set(phantom_dir, n, seed, workers=workers,
                           progress=(lambda f, m: progress(m)) if progress else None)
     truths = read_truth_csv(phantom_dir / "annotations.csv")
-    loaded = load_model(model)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
     findings: list[Finding] = []
     marks: list[Mark] = []
     series = []
