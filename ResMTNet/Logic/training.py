@@ -414,16 +414,11 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     start_epoch, best_score, history = 0, -1.0, []
     mined: dict[str, np.ndarray] = {}  # hard negatives found by the network itself, by case id
     last = out_dir / "last.pt"
-    average: WeightAverage | None = None
-    if resume and last.exists():
-        ck = read_checkpoint(last)
-        st = ck.get("train_state", {})
+    ck = read_checkpoint(last) if resume and last.exists() else None
+    st = ck.get("train_state", {}) if ck is not None else {}
+    if ck is not None:
         # with a weight average the checkpoint's weights are the average's; the optimiser's are kept beside
         net.load_state_dict(st.get("online_state_dict", ck["state_dict"]))
-        if cfg.ema_decay:
-            average = WeightAverage(net, cfg.ema_decay)
-            average.net.load_state_dict(ck["state_dict"])
-            average.updates = int(st.get("ema_updates", 0))
         if "optimizer" in st:
             opt.load_state_dict(st["optimizer"])
         if "criterion" in st:
@@ -435,8 +430,10 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         log(f"resumed from {last} at epoch {start_epoch}")
     elif init_state is not None:
         net.load_state_dict(init_state)
-    if cfg.ema_decay and average is None:
-        average = WeightAverage(net, cfg.ema_decay)
+    average = WeightAverage(net, cfg.ema_decay) if cfg.ema_decay else None
+    if average is not None and ck is not None:
+        average.net.load_state_dict(ck["state_dict"])
+        average.updates = int(st.get("ema_updates", 0))
     scored = average.net if average is not None else net  # the weights validated, mined with and saved
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
