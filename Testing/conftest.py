@@ -1,10 +1,17 @@
-"""Suite-wide fixtures: where the shared real CT lies, and reproducible torch."""
+"""Suite-wide fixtures: where the shared real CT lies, and reproducible torch.
+
+The test process keeps freed memory as the ``resmtnet`` commands do (:mod:`resmtnet.allocator`): the
+training and detection tests run about a third faster.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from resmtnet.allocator import keep_freed_memory
+
+keep_freed_memory()
 
 REPO = Path(__file__).resolve().parents[1]
 LIDC_DIR = REPO.parent / "shared" / "data" / "LIDC-IDRI-0001"
