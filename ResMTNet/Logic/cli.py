@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from .allocator import keep_freed_memory
 from .errors import ResMTNetError
 
 # name → (module inside this package, one-line help)
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what was asked for, as given: provenance records it
-    from .allocator import keep_freed_memory
-
     keep_freed_memory()
     try:
         return int(args._module.run(args) or 0)
