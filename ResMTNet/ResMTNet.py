@@ -499,12 +499,16 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         self.core()  # registered here, on the main thread; the worker then imports its submodules
 
         def detect(progress=None, cancel=None):
+            import resmtnet.allocator
             import resmtnet.pipeline  # torch is imported here, on the worker thread
 
-            # model: a checkpoint path, or None for the shipped weights
-            return resmtnet.pipeline.detect_ct(ct, model=checkpointPath or None, device=device,
-                                               threshold=threshold, min_diameter_mm=minDiameterMm,
-                                               progress=progress, cancel=cancel, tta=tta)
+            # Freed memory stays in Slicer's process while the detector runs (about a third faster: no
+            # page faults on its large buffers) and goes back to the system when it ends.
+            with resmtnet.allocator.freed_memory_kept():
+                # model: a checkpoint path, or None for the shipped weights
+                return resmtnet.pipeline.detect_ct(ct, model=checkpointPath or None, device=device,
+                                                   threshold=threshold, min_diameter_mm=minDiameterMm,
+                                                   progress=progress, cancel=cancel, tta=tta)
 
         return detect
 

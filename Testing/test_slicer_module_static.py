@@ -425,6 +425,55 @@ def test_cancel_stops_the_real_detector_within_two_seconds(phantom, untrained_ch
     assert not job.isRunning()
 
 
+def _method_source(class_name: str, method: str) -> str:
+    """Source of one method of a class of the module file, dedented to a plain function."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == method:
+                    return textwrap.dedent(ast.get_source_segment(MODULE_FILE.read_text(), item))
+    raise AssertionError(f"{class_name}.{method} not found")
+
+
+def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_checkpoint, tmp_path):
+    """The Logic's detection, run for real in fresh interpreters (glibc's settings are per process): a
+    second detection in the same process faults far fewer pages in than the detector called bare, with
+    glibc's defaults, as Slicer's process has them."""
+    from resmtnet.ctio import write_volume
+
+    ct_path = tmp_path / "phantom.nrrd"
+    write_volume(phantom.ct, ct_path)
+    head = textwrap.dedent("""
+        import resource, sys, types
+        import resmtnet
+        from resmtnet.ctio import read_ct
+        from resmtnet.pipeline import detect_ct
+    """) + _method_source("ResMTNetLogic", "detectFunction")
+    body = textwrap.dedent(f"""
+
+        ct = read_ct({str(ct_path)!r})
+        if sys.argv[1] == "module":
+            detect = detectFunction(types.SimpleNamespace(core=lambda: resmtnet), ct, {str(untrained_checkpoint)!r},
+                                    "cpu", 0.0)
+        else:
+            def detect(progress=None, cancel=None):
+                return detect_ct(ct, model={str(untrained_checkpoint)!r}, device="cpu", threshold=0.0)
+        faults = []
+        for _ in range(2):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            found = len(detect(progress=None, cancel=None).nodules)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(found, faults[1])
+    """)
+    counts = {}
+    for mode in ("module", "bare"):
+        run = subprocess.run([sys.executable, "-c", head + body, mode], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        found, counts[mode] = (int(v) for v in run.stdout.split())
+        assert found > 0
+    assert counts["module"] < 0.3 * counts["bare"], counts
+
+
 # ------------------------------------------------------------------------------------------------
 # Packaging
 
