@@ -236,6 +236,25 @@ def test_an_input_window_trains_through_the_command_and_travels_in_the_checkpoin
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
 
 
+def test_block_counts_train_through_the_command_and_travel_in_the_checkpoint(luna, tmp_path, capsys):
+    """`--blocks N,N,N,N` sets the residual blocks of each encoder stage; the checkpoint rebuilds that network.
+    Counts that are not four whole numbers of 0 or more, or given with --init, stop before any data is made."""
+    root, _ = luna
+    run = tmp_path / "run"
+    assert main(_train_args(root, run, tmp_path / "cache", "--blocks", "1,0,2,1")) == 0
+    model = load_model(run / "last.pt")
+    assert model.config.blocks_per_stage == (1, 0, 2, 1)
+    assert [len(stage) - 1 for stage in model.net.encoder.stages] == [1, 0, 2, 1]  # a strided conv, then blocks
+    capsys.readouterr()
+    for bad in ("1,1,2", "1,-1,2,2", "a,b,c,d"):
+        with pytest.raises(SystemExit) as stop:
+            main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--blocks", bad))
+        assert stop.value.code == 2 and "--blocks" in capsys.readouterr().err
+    assert main(_init_args(root, tmp_path / "bad", tmp_path / "cache2", run / "last.pt", "--blocks", "1,1,2,2")) == 2
+    assert "--init and --blocks" in capsys.readouterr().err
+    assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
+
+
 def test_a_weight_average_trains_through_the_command_and_is_what_the_export_holds(luna, tmp_path, capsys):
     """`--ema DECAY`: the run records it, its checkpoints and its export hold the averaged weights (the
     optimiser's own kept beside them in last.pt); a decay outside [0, 1) stops before any data is made."""

@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an extra input channel: the CT clipped to this HU window (e.g. a lung window for faint "
                         "ground-glass, written --input-window=-1000,-400: with the '=', or the value reads as an "
                         "option); repeatable; a fresh network only (not with --init)")
+    p.add_argument("--blocks", type=_block_counts, default=None, metavar="N,N,N,N",
+                   help="residual blocks in each of the encoder's four strided stages (default 0,1,2,2)")
     p.add_argument("--tiny", action="store_true", help="a very small network (tests, smoke runs)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="fine-tune: start from this checkpoint's weights (e.g. the shipped model); the network "
@@ -94,6 +96,16 @@ def _hu_window(text: str) -> tuple[float, float]:
     if not hi > lo:
         raise argparse.ArgumentTypeError(f"{text!r}: HI must exceed LO")
     return lo, hi
+
+
+def _block_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: four whole numbers, e.g. 1,1,2,2") from None
+    if len(counts) != 4 or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: four counts of 0 or more, one per stage (e.g. 1,1,2,2)")
+    return counts
 
 
 def tiny_model_config(spacing: float):
@@ -151,6 +163,8 @@ def _read_init(args: argparse.Namespace) -> LoadedModel | None:
 
     if args.tiny:
         raise ResMTNetError("--init and --tiny: the network comes from the checkpoint, leave --tiny out")
+    if args.blocks:
+        raise ResMTNetError("--init and --blocks: the network comes from the checkpoint, leave --blocks out")
     if args.input_window:
         raise ResMTNetError("--init and --input-window: the network comes from the checkpoint, leave "
                             "--input-window out")
@@ -222,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         mcfg = tiny_model_config(spacing) if args.tiny else ModelConfig(spacing_mm=spacing)
         mcfg = replace(mcfg, input_windows=tuple(args.input_window))
+        if args.blocks:
+            mcfg = replace(mcfg, blocks_per_stage=args.blocks)
     cfg = TrainConfig(patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
