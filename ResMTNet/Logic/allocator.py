@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ DEFAULT_HEAP_BLOCKS_UP_TO = 32 * 2**20
 DEFAULT_TRIM_ABOVE = 64 * 2**20
 
 
+@functools.cache  # looked up once, not at every detection
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
