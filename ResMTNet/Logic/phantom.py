@@ -12,6 +12,9 @@ A phantom is built in two steps, the way a scanner sees a patient:
    matrix, slices 0.625–2.5 mm, any of :data:`DIRECTIONS`), quantum noise, and sometimes the padding
    value outside the circular field of view (-2048 or -3024) that real scanners write.
 
+Which nodules are drawn follows a :class:`PhantomMix`: the screening mix for every evaluation set, or a
+training-only mix weighted toward the nodules detection misses (small, attached, faint).
+
 Every nodule gets a LIDC-style malignancy rating 1–5 drawn from its size, margin, texture and
 calcification (large, spiculated, solid → high; small, smooth, calcified → low) plus reader noise.
 Everything is drawn from one seed, so a phantom is reproducible.
@@ -42,12 +45,31 @@ DIRECTIONS: list[tuple[float, ...]] = [
 DIRECTION_WEIGHTS = [0.4, 0.2, 0.2, 0.1, 0.1]
 
 NODULE_TYPES = ["solid", "part-solid", "ground-glass", "calcified"]
-NODULE_TYPE_WEIGHTS = [0.55, 0.15, 0.15, 0.15]
 MARGINS = ["smooth", "lobulated", "spiculated"]
 LOCATIONS = ["parenchyma", "pleural", "vascular"]
-LOCATION_WEIGHTS = [0.5, 0.3, 0.2]
 
 LUNG_HU = -890.0
+
+
+@dataclass(frozen=True)
+class PhantomMix:
+    """How a phantom's nodules are drawn: the share of each texture and each location, and the size range.
+
+    ``screening`` is the mix every evaluation set uses. ``subtle`` is a training-only mix of what the
+    network finds hardest: small nodules touching the pleura or a vessel, and faint ground-glass and
+    part-solid ones. Evaluation never uses it, so a model trained on it is still scored on ``screening``.
+    """
+
+    name: str
+    type_weights: tuple[float, float, float, float]  # NODULE_TYPES
+    location_weights: tuple[float, float, float]  # LOCATIONS
+    diameter_range_mm: tuple[float, float]  # before the skew toward small nodules
+
+
+PHANTOM_MIXES: dict[str, PhantomMix] = {
+    "screening": PhantomMix("screening", (0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0)),
+    "subtle": PhantomMix("subtle", (0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
+}
 
 
 @dataclass
@@ -260,9 +282,9 @@ def _malignancy_rating(rng: np.random.Generator, diameter: float, margin: str, k
     return int(np.clip(round(s), 1, 5))
 
 
-def _draw_diameter(rng: np.random.Generator, small: bool) -> float:
+def _draw_diameter(rng: np.random.Generator, small: bool, mix: PhantomMix) -> float:
     # skewed toward small nodules, as in screening; small (coarse-voxel) phantoms keep them visible
-    lo, hi = (6.0, 20.0) if small else (3.0, 30.0)
+    lo, hi = (6.0, 20.0) if small else mix.diameter_range_mm
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi)) * 0.85 + np.log(lo) * 0.15 + rng.normal(0, 0.1)))
 
 
@@ -331,13 +353,17 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
 
 
 def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, ...] | None = None,
-                     max_nodules: int | None = None) -> Phantom:
+                     max_nodules: int | None = None, mix: str = "screening") -> Phantom:
     """One synthetic chest CT with its nodules, drawn from ``seed``.
 
     ``small`` gives a reduced body on coarse voxels (about 1.5–2 mm) that generates in about a second,
     for tests. ``direction`` forces one of :data:`DIRECTIONS` (otherwise drawn). ``max_nodules`` raises
-    or lowers the number of nodules drawn (1 to 6 by default; training sets use more per scan).
+    or lowers the number of nodules drawn (1 to 6 by default; training sets use more per scan). ``mix``
+    names the :data:`PHANTOM_MIXES` entry the nodules are drawn from.
     """
+    if mix not in PHANTOM_MIXES:
+        raise ValueError(f"unknown phantom mix {mix!r} (one of {', '.join(PHANTOM_MIXES)})")
+    nodule_mix = PHANTOM_MIXES[mix]
     rng = np.random.default_rng(seed)
     scale = 0.72 if small else 1.0
     step = 1.5 if small else 1.0
@@ -478,13 +504,13 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
     tries = 0
     while len(nodules) < n_nod and tries < 300 and len(lung_pts):
         tries += 1
-        diameter = _draw_diameter(rng, small)
+        diameter = _draw_diameter(rng, small, nodule_mix)
         R = diameter / 2
-        kind = str(rng.choice(NODULE_TYPES, p=NODULE_TYPE_WEIGHTS))
+        kind = str(rng.choice(NODULE_TYPES, p=nodule_mix.type_weights))
         margin_ = str(rng.choice(MARGINS, p=[0.45, 0.3, 0.25]))
         if kind == "calcified":
             margin_ = "smooth"
-        location = str(rng.choice(LOCATIONS, p=LOCATION_WEIGHTS))
+        location = str(rng.choice(LOCATIONS, p=nodule_mix.location_weights))
         if location == "vascular" and vessel_pts:
             vp = vessel_pts[rng.integers(0, len(vessel_pts))]
             v = rng.normal(size=3)

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=None, help="ten-fold split by patient: validate on this fold (0-9)")
     p.add_argument("--phantoms", type=int, default=220, help="number of training phantoms (default 220)")
     p.add_argument("--phantom-seed", type=int, default=1000)
+    p.add_argument("--subtle-phantoms", type=int, default=0, metavar="N",
+                   help="phantoms: N more training phantoms from the 'subtle' nodule mix (small nodules on the "
+                        "pleura or a vessel, faint ground-glass); evaluation always uses the screening mix")
+    p.add_argument("--subtle-seed", type=int, default=3000, help="seed of the --subtle-phantoms set")
     p.add_argument("--val-phantoms", type=int, default=12)
     p.add_argument("--val-seed", type=int, default=2000)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
@@ -201,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
                             f"({args.epochs - 1})")
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
+    if args.subtle_phantoms < 0:
+        raise ResMTNetError(f"--subtle-phantoms {args.subtle_phantoms}: must be 0 or more")
     if not 0.0 <= args.ema < 1.0:
         raise ResMTNetError(f"--ema {args.ema}: must lie between 0 (off) and 1 (e.g. 0.999)")
     init = _read_init(args)
@@ -210,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
         tr = PhantomCases(args.cache, args.phantom_seed, args.phantoms, spacing, args.max_nodules)
+        if args.subtle_phantoms:
+            tr = tr + PhantomCases(args.cache, args.subtle_seed, args.subtle_phantoms, spacing, args.max_nodules,
+                                   mix="subtle")
         va = PhantomCases(args.cache, args.val_seed, args.val_phantoms, spacing, args.max_nodules)
         if rank == 0:
             va.ensure(args.workers, _printer("validation phantoms"))
@@ -219,13 +228,14 @@ def run(args: argparse.Namespace) -> int:
             # other ranks wait for rank 0's cache by polling the files it writes
             import time
 
-            while not all(tr.path(cid).exists() for cid, _ in tr.items):
+            while not all(tr.path(cid).exists() for cid, _, _ in tr.items):
                 time.sleep(2)
         train_cases, val_cases = tr.load(available_only=args.while_generating), va.load()
         refresh = (lambda: tr.load(available_only=True)) if args.while_generating else None
         data_prov = {"source": "synthetic phantoms (resmtnet.phantom)", "phantom_seed": args.phantom_seed,
                      "phantoms": args.phantoms, "val_seed": args.val_seed, "val_phantoms": args.val_phantoms,
-                     "max_nodules": args.max_nodules}
+                     "max_nodules": args.max_nodules, "subtle_phantoms": args.subtle_phantoms,
+                     "subtle_seed": args.subtle_seed if args.subtle_phantoms else None}
     else:
         train_cases, val_cases, data_prov = _cases_from_source(args, spacing)
         refresh = None

@@ -7,6 +7,7 @@ case sources in :mod:`resmtnet.datasets` feed the same cache through :func:`case
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -63,10 +64,10 @@ def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters:
                      malignancy=np.asarray(malignancy, np.int16).reshape(-1), negatives=neg.astype(np.float32))
 
 
-def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int) -> TrainCase:
+def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix: str = "screening") -> TrainCase:
     from .phantom import generate_phantom
 
-    ph = generate_phantom(seed, max_nodules=max_nodules)
+    ph = generate_phantom(seed, max_nodules=max_nodules, mix=mix)
     n = ph.nodules
     return case_from_ct(case_id, ph.ct, np.array([x.center_lps for x in n]).reshape(-1, 3),
                         np.array([x.diameter_mm for x in n]), np.array([x.malignancy for x in n]), spacing,
@@ -74,33 +75,54 @@ def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int) -> 
 
 
 class PhantomCases:
-    """Phantoms ``phantom_seed(seed, i)``, i < n, generated once and cached as ``.npz`` in ``cache_dir``."""
+    """Phantoms ``phantom_seed(seed, i)``, i < n, generated once and cached as ``.npz`` in ``cache_dir``.
 
-    def __init__(self, cache_dir: str | Path, seed: int, n: int, spacing: float, max_nodules: int = 8):
-        from .phantom import phantom_seed
+    ``mix`` names the nodule mix (:data:`resmtnet.phantom.PHANTOM_MIXES`); a set of another mix has its own
+    case ids and cache files. ``a + b`` is both sets, in that order.
+    """
 
+    def __init__(self, cache_dir: str | Path, seed: int, n: int, spacing: float, max_nodules: int = 8,
+                 mix: str = "screening"):
+        from .phantom import PHANTOM_MIXES, phantom_seed
+
+        if mix not in PHANTOM_MIXES:
+            raise ValueError(f"unknown phantom mix {mix!r} (one of {', '.join(PHANTOM_MIXES)})")
         self.cache_dir = Path(cache_dir)
         self.spacing = spacing
         self.max_nodules = max_nodules
-        self.items = [(f"phantom-s{seed}-{i:04d}", phantom_seed(seed, i)) for i in range(n)]
-        key = json.dumps({"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 2})
-        self.tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+        prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
+        self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
+
+    def _tag(self, mix: str) -> str:
+        # the screening mix keeps the key it had before mixes existed, so its cache stays valid
+        key = {"kind": "phantom", "spacing": self.spacing, "max_nodules": self.max_nodules, "v": 2}
+        if mix != "screening":
+            key["mix"] = mix
+        return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
+
+    def __add__(self, other: PhantomCases) -> PhantomCases:
+        if (other.cache_dir, other.spacing, other.max_nodules) != (self.cache_dir, self.spacing, self.max_nodules):
+            raise ValueError("phantom sets to join must share cache folder, spacing and nodule count")
+        both = copy.copy(self)
+        both.items = self.items + [it for it in other.items if it[0] not in {c for c, _, _ in self.items}]
+        return both
 
     def path(self, case_id: str) -> Path:
-        return self.cache_dir / f"{case_id}-{self.tag}.npz"
+        mix = next(m for cid, _, m in self.items if cid == case_id)
+        return self.cache_dir / f"{case_id}-{self._tag(mix)}.npz"
 
     def ensure(self, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> None:
         """Generate every missing case (in ``workers`` processes)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        todo = [(cid, s) for cid, s in self.items if not self.path(cid).exists()]
+        todo = [(cid, s, m) for cid, s, m in self.items if not self.path(cid).exists()]
         done = len(self.items) - len(todo)
         if progress:
             progress(done, len(self.items))
         if not todo:
             return
         if workers <= 1:
-            for cid, s in todo:
-                _phantom_case(cid, s, self.spacing, self.max_nodules).save(self.path(cid))
+            for cid, s, m in todo:
+                _phantom_case(cid, s, self.spacing, self.max_nodules, m).save(self.path(cid))
                 done += 1
                 if progress:
                     progress(done, len(self.items))
@@ -108,8 +130,8 @@ class PhantomCases:
         from .processes import process_pool
 
         with process_pool(workers) as pool:
-            futs = [pool.submit(_build_and_save, cid, s, self.spacing, self.max_nodules, str(self.path(cid)))
-                    for cid, s in todo]
+            futs = [pool.submit(_build_and_save, cid, s, self.spacing, self.max_nodules, str(self.path(cid)), m)
+                    for cid, s, m in todo]
             for f in futs:
                 f.result()
                 done += 1
@@ -118,12 +140,13 @@ class PhantomCases:
 
     def load(self, ids: Sequence[str] | None = None, available_only: bool = False) -> list[TrainCase]:
         wanted = set(ids) if ids is not None else None
-        return [TrainCase.load(self.path(cid), cid) for cid, _ in self.items
+        return [TrainCase.load(self.path(cid), cid) for cid, _, _ in self.items
                 if (wanted is None or cid in wanted) and (not available_only or self.path(cid).exists())]
 
 
-def _build_and_save(case_id: str, seed: int, spacing: float, max_nodules: int, path: str) -> None:
+def _build_and_save(case_id: str, seed: int, spacing: float, max_nodules: int, path: str,
+                    mix: str = "screening") -> None:
     import torch
 
     torch.set_num_threads(1)
-    _phantom_case(case_id, seed, spacing, max_nodules).save(Path(path))
+    _phantom_case(case_id, seed, spacing, max_nodules, mix).save(Path(path))

@@ -1,0 +1,58 @@
+"""Phantom nodule mixes: evaluation keeps the screening mix; training may add the subtle one in its own cache."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from resmtnet.phantom import PHANTOM_MIXES, generate_phantom
+from resmtnet.training_data import PhantomCases, TrainCase
+
+
+def test_the_screening_mix_is_the_default_and_an_unknown_mix_is_refused():
+    default = generate_phantom(5, small=True)
+    named = generate_phantom(5, small=True, mix="screening")
+    np.testing.assert_array_equal(default.ct.array, named.ct.array)
+    assert default.nodules == named.nodules
+    with pytest.raises(ValueError, match="unknown phantom mix 'hard'"):
+        generate_phantom(5, small=True, mix="hard")
+    for mix in PHANTOM_MIXES.values():
+        assert sum(mix.type_weights) == pytest.approx(1.0) and sum(mix.location_weights) == pytest.approx(1.0)
+
+
+def test_the_subtle_mix_draws_more_attached_and_faint_nodules():
+    counts = {}
+    for mix in ("screening", "subtle"):
+        c = Counter()
+        for seed in range(4):
+            ph = generate_phantom(seed, small=True, max_nodules=8, mix=mix)
+            c["all"] += len(ph.nodules)
+            c["attached"] += sum(n.location != "parenchyma" for n in ph.nodules)
+            c["faint"] += sum(n.nodule_type in ("ground-glass", "part-solid") for n in ph.nodules)
+        counts[mix] = c
+    share = {m: {k: c[k] / c["all"] for k in ("attached", "faint")} for m, c in counts.items()}
+    assert share["subtle"]["attached"] > share["screening"]["attached"]
+    assert share["subtle"]["faint"] > share["screening"]["faint"]
+
+
+def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
+    screening = PhantomCases(tmp_path, 1000, 3, 1.5, 8)
+    subtle = PhantomCases(tmp_path, 3000, 1, 1.5, 8, mix="subtle")
+    both = screening + subtle
+    ids = [cid for cid, _, _ in both.items]
+    assert ids == ["phantom-s1000-0000", "phantom-s1000-0001", "phantom-s1000-0002", "phantom-subtle-s3000-0000"]
+    # the screening set keeps the cache name it had before mixes existed, so earlier caches stay valid
+    assert both.path("phantom-s1000-0000").name == "phantom-s1000-0000-6e77ba74fa.npz"
+    assert both.path("phantom-subtle-s3000-0000").name.startswith("phantom-subtle-s3000-0000-")
+    assert both.path("phantom-subtle-s3000-0000").name[-15:] != "6e77ba74fa.npz"[-15:]
+    subtle.ensure()
+    [case] = both.load(available_only=True)
+    assert isinstance(case, TrainCase) and case.case_id == "phantom-subtle-s3000-0000"
+    ph = generate_phantom(subtle.items[0][1], max_nodules=8, mix="subtle")
+    assert len(case.centers) == len(ph.nodules) >= 1
+    np.testing.assert_allclose(np.sort(case.diameters), np.sort([n.diameter_mm for n in ph.nodules]), rtol=1e-5)
+    with pytest.raises(ValueError, match="share"):
+        screening + PhantomCases(tmp_path, 3000, 1, 1.0, 8, mix="subtle")
+    with pytest.raises(ValueError, match="unknown phantom mix"):
+        PhantomCases(tmp_path, 3000, 1, 1.5, 8, mix="hard")
