@@ -24,8 +24,8 @@ RATING_TARGET = {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}
 @dataclass
 class Targets:
     heat: np.ndarray  # (Z, Y, X) float32 in [0, 1], exactly 1 at centre cells
-    offset: np.ndarray  # (3, Z, Y, X) float32, cells
-    offset_mask: np.ndarray  # (Z, Y, X) float32, 1 at centre cells
+    offset: np.ndarray  # (3, Z, Y, X) float32, cells from the cell to the centre
+    offset_mask: np.ndarray  # (Z, Y, X) float32, 1 on the 3x3x3 cells around each centre cell
     log_diameter: np.ndarray  # (Z, Y, X) float32
     size_mask: np.ndarray  # (Z, Y, X) float32, centre cells and their neighbours inside the nodule
     malignant: np.ndarray  # (Z, Y, X) float32, RATING_TARGET of the rating
@@ -63,11 +63,15 @@ def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters
         d2 = (zz - u[0]) ** 2 + (yy - u[1]) ** 2 + (xx - u[2]) ** 2
         np.maximum(heat, np.exp(-d2 / (2 * sigma * sigma)).astype(np.float32), out=heat)
         heat[tuple(k)] = 1.0
-        offset[:, k[0], k[1], k[2]] = u - k
-        offset_mask[tuple(k)] = 1.0
         near = ((np.abs(zz - k[0]) <= 1) & (np.abs(yy - k[1]) <= 1) & (np.abs(xx - k[2]) <= 1)
                 & (d2 <= max(radius_cells, 1.0) ** 2))
         near[tuple(k)] = True
+        # the 3x3x3 cells around the centre cell all learn the way to the centre, so a peak one cell off (common
+        # for small nodules, whose centre map is only a cell wide) still reports the nodule's own centre
+        cube = (np.abs(zz - k[0]) <= 1) & (np.abs(yy - k[1]) <= 1) & (np.abs(xx - k[2]) <= 1)
+        cells = np.stack([zz[cube], yy[cube], xx[cube]], axis=1)
+        offset[:, cube] = (u[None, :] - cells).T
+        offset_mask[cube] = 1.0
         logd[near] = np.log(max(diameters_mm[i], 1.0))
         size_mask[near] = 1.0
         r = int(ratings[i])
@@ -102,7 +106,7 @@ def decode(outputs: dict[str, torch.Tensor], stride: int, threshold: float = 0.0
     off = outputs["offset"].float()[0][:, idx[:, 0], idx[:, 1], idx[:, 2]].T
     logd = outputs["log_diameter"].float()[0, 0][idx[:, 0], idx[:, 1], idx[:, 2]]
     mal = torch.sigmoid(outputs["malignancy"].float()[0, 0][idx[:, 0], idx[:, 1], idx[:, 2]])
-    cells = idx.double().numpy() + off.clamp(-1, 1).double().numpy()
+    cells = idx.double().numpy() + off.clamp(-1.5, 1.5).double().numpy()
     vox = cell_to_voxel(cells, stride)
     return [Peak(vox[i], float(probs[i]), float(np.exp(float(logd[i]))), float(mal[i])) for i in range(len(idx))]
 
