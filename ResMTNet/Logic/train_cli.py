@@ -80,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
                         "default 0: off); validation, mining, the checkpoints and the export use the average")
+    p.add_argument("--offset-reach", type=int, default=0, choices=[0, 1],
+                   help="cells that learn the centre offset: 0 (default) each nodule's centre cell, 1 the 3x3x3 "
+                        "cells around it, so a peak one cell off still gives the centre")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
@@ -252,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
                       loader_workers=loader_workers, mine_negatives_at=tuple(sorted(set(args.mine_negatives_at))),
-                      mine_floor=args.mine_floor, ema_decay=args.ema)
+                      mine_floor=args.mine_floor, ema_decay=args.ema, offset_reach=args.offset_reach)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0

@@ -65,6 +65,9 @@ class TrainConfig:
     # an exponential moving average of the weights (0: off): validation, mining and the checkpoints' weights
     # are the average's, the optimiser keeps stepping the network itself (see :class:`WeightAverage`)
     ema_decay: float = 0.0
+    # cells around each centre cell that learn the centre offset: 0 the centre cell, 1 the 3x3x3 cube
+    # (:func:`resmtnet.targets.encode`)
+    offset_reach: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,7 +163,8 @@ class PatchSampler:
             x = x[0, 0].numpy()
             x, centers = self._augment(x, centers)
             xs.append(normalize_hu(x))
-            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm)
+            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm,
+                       self.cfg.offset_reach)
             tgts.append(t)
         batch_t = {k: torch.from_numpy(np.stack([getattr(t, k) for t in tgts])) for k in vars(tgts[0])}
         return torch.from_numpy(np.stack(xs))[:, None], batch_t
