@@ -60,16 +60,22 @@ class PhantomMix:
     part-solid ones. Evaluation never uses it, so a model trained on it is still scored on ``screening``.
     """
 
-    name: str
     type_weights: tuple[float, float, float, float]  # NODULE_TYPES
     location_weights: tuple[float, float, float]  # LOCATIONS
     diameter_range_mm: tuple[float, float]  # before the skew toward small nodules
 
 
 PHANTOM_MIXES: dict[str, PhantomMix] = {
-    "screening": PhantomMix("screening", (0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0)),
-    "subtle": PhantomMix("subtle", (0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
+    "screening": PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0)),
+    "subtle": PhantomMix((0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
 }
+
+
+def phantom_mix(name: str) -> PhantomMix:
+    """The :data:`PHANTOM_MIXES` entry ``name``; a clear error for any other name."""
+    if name not in PHANTOM_MIXES:
+        raise ValueError(f"unknown phantom mix {name!r} (one of {', '.join(PHANTOM_MIXES)})")
+    return PHANTOM_MIXES[name]
 
 
 @dataclass
@@ -361,9 +367,7 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
     or lowers the number of nodules drawn (1 to 6 by default; training sets use more per scan). ``mix``
     names the :data:`PHANTOM_MIXES` entry the nodules are drawn from.
     """
-    if mix not in PHANTOM_MIXES:
-        raise ValueError(f"unknown phantom mix {mix!r} (one of {', '.join(PHANTOM_MIXES)})")
-    nodule_mix = PHANTOM_MIXES[mix]
+    nodule_mix = phantom_mix(mix)
     rng = np.random.default_rng(seed)
     scale = 0.72 if small else 1.0
     step = 1.5 if small else 1.0

@@ -83,33 +83,31 @@ class PhantomCases:
 
     def __init__(self, cache_dir: str | Path, seed: int, n: int, spacing: float, max_nodules: int = 8,
                  mix: str = "screening"):
-        from .phantom import PHANTOM_MIXES, phantom_seed
+        from .phantom import phantom_mix, phantom_seed
 
-        if mix not in PHANTOM_MIXES:
-            raise ValueError(f"unknown phantom mix {mix!r} (one of {', '.join(PHANTOM_MIXES)})")
+        phantom_mix(mix)  # an unknown mix stops here, before anything is generated
         self.cache_dir = Path(cache_dir)
         self.spacing = spacing
         self.max_nodules = max_nodules
         prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
         self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
-
-    def _tag(self, mix: str) -> str:
-        # the screening mix keeps the key it had before mixes existed, so its cache stays valid
-        key = {"kind": "phantom", "spacing": self.spacing, "max_nodules": self.max_nodules, "v": 2}
+        # the screening mix keeps the cache key it had before mixes existed, so its cache stays valid
+        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 2}
         if mix != "screening":
             key["mix"] = mix
-        return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
+        self._paths = {cid: self.cache_dir / f"{cid}-{tag}.npz" for cid, _, _ in self.items}
 
     def __add__(self, other: PhantomCases) -> PhantomCases:
         if (other.cache_dir, other.spacing, other.max_nodules) != (self.cache_dir, self.spacing, self.max_nodules):
             raise ValueError("phantom sets to join must share cache folder, spacing and nodule count")
         both = copy.copy(self)
-        both.items = self.items + [it for it in other.items if it[0] not in {c for c, _, _ in self.items}]
+        both.items = self.items + [it for it in other.items if it[0] not in self._paths]
+        both._paths = {**other._paths, **self._paths}
         return both
 
     def path(self, case_id: str) -> Path:
-        mix = next(m for cid, _, m in self.items if cid == case_id)
-        return self.cache_dir / f"{case_id}-{self._tag(mix)}.npz"
+        return self._paths[case_id]
 
     def ensure(self, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> None:
         """Generate every missing case (in ``workers`` processes)."""
