@@ -21,7 +21,7 @@ The network is built from a plain :class:`ModelConfig`, which travels inside eve
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -192,3 +192,30 @@ class ResMTNet(nn.Module):
             "log_diameter": self.size_out(size_h),
             "malignancy": self.malig_out(malig_h),
         }
+
+
+def restride_state(state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig) -> dict[str, torch.Tensor]:
+    """``state`` (a network of config ``old``) as weights for the same network at ``new``'s output stride.
+
+    Only the feature pyramid depends on the output stride: it has one lateral convolution per encoder stage
+    it reads, from the output stride down. Each lateral keeps its stage's weights; a stage the old pyramid
+    did not read gets a zero lateral, so the new network starts from the old one's top-down features,
+    upsampled to the finer stride, and learns from there what the finer encoder stage adds. Every other
+    weight is the old one's (the smoothing convolution and the heads are the same shapes at any stride).
+    """
+    if replace(old, output_stride=new.output_stride) != new:
+        raise ValueError("restride_state: the two configs may differ in their output stride only")
+    fresh = ResMTNet(new).state_dict()
+    strides = [2 ** (i + 1) for i in range(len(old.stage_channels))]
+    old_first, new_first = strides.index(old.output_stride), strides.index(new.output_stride)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in fresh.items():
+        if name.startswith("pyramid.lateral."):
+            index, param = name[len("pyramid.lateral."):].split(".", 1)
+            old_index = int(index) + new_first - old_first
+            old_name = f"pyramid.lateral.{old_index}.{param}"
+            out[name] = state[old_name].clone() if old_index >= 0 else torch.zeros_like(value)
+        else:
+            out[name] = state[name].clone()
+    return out
+
