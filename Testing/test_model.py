@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from resmtnet.model import InputWindows, ModelConfig, ResMTNet
+from resmtnet.model import InputWindows, ModelConfig, ResMTNet, restride_state
 from resmtnet.model_io import load_model, read_checkpoint, save_checkpoint
 from resmtnet.prepare import normalize_hu
 from resmtnet.targets import encode
@@ -24,6 +24,36 @@ def test_output_shapes_follow_the_output_stride():
     assert out["offset"].shape == (2, 3, 8, 12, 16)
     assert out["log_diameter"].shape == (2, 1, 8, 12, 16)
     assert out["malignancy"].shape == (2, 1, 8, 12, 16)
+
+
+def test_restriding_keeps_every_weight_and_starts_the_new_stage_at_zero():
+    """A stride-4 network's weights at stride 2: its pyramid reads one more encoder stage, whose lateral starts
+    at zero, so the finer map begins as the coarser features upsampled; back at stride 4 it is the original."""
+    torch.manual_seed(0)
+    cfg4 = tiny_model_config(3.0)
+    net4 = ResMTNet(cfg4)
+    cfg2 = replace(cfg4, output_stride=2)
+    state2 = restride_state(net4.state_dict(), cfg4, cfg2)
+    net2 = ResMTNet(cfg2)
+    net2.load_state_dict(state2)  # strict: every name and shape of the stride-2 network
+    assert len(net2.pyramid.lateral) == len(net4.pyramid.lateral) + 1
+    assert not state2["pyramid.lateral.0.weight"].any() and not state2["pyramid.lateral.0.bias"].any()
+    for i, lateral in enumerate(net4.pyramid.lateral):
+        assert torch.equal(state2[f"pyramid.lateral.{i + 1}.weight"], lateral.weight)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        feats = net2.encoder(x)
+        coarse = net4.pyramid.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(net4.pyramid.lateral[:-1]), reversed(feats[1:-1])):
+            coarse = lat(f) + torch.nn.functional.interpolate(coarse, size=f.shape[2:], mode="trilinear")
+        fine = torch.nn.functional.interpolate(coarse, size=feats[0].shape[2:], mode="trilinear")
+        assert torch.allclose(net2.pyramid(feats), net2.pyramid.smooth(fine), atol=1e-6)
+        assert net2(x)["center"].shape[2:] == (16, 16, 16)
+    back = restride_state(state2, cfg2, cfg4)
+    assert back.keys() == net4.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in net4.state_dict().items())
+    with pytest.raises(ValueError, match="output stride only"):
+        restride_state(net4.state_dict(), cfg4, replace(cfg2, head_channels=12))
 
 
 def test_input_windows_add_the_ct_clipped_to_each_window_as_channels():

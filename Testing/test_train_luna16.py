@@ -255,6 +255,33 @@ def test_block_counts_train_through_the_command_and_travel_in_the_checkpoint(lun
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
 
 
+def test_an_output_stride_trains_through_the_command_fresh_and_from_a_checkpoint(luna, tmp_path, capsys):
+    """`--output-stride 2` makes a fresh network with 2-voxel output cells; with --init it re-strides the
+    checkpoint's network (its other weights kept, see `restride_state`). Other strides stop at the parser."""
+    root, _ = luna
+    run4, run2 = tmp_path / "run4", tmp_path / "run2"
+    assert main(_train_args(root, run4, tmp_path / "cache")) == 0
+    assert load_model(run4 / "last.pt").config.output_stride == 4
+    assert main(_init_args(root, run2, tmp_path / "cache", run4 / "last.pt", "--output-stride", "2")) == 0
+    fine = load_model(run2 / "last.pt")
+    assert fine.config.output_stride == 2 and len(fine.net.pyramid.lateral) == 4
+    coarse = load_model(run4 / "last.pt")
+    # two Adam steps from the checkpoint move a weight by a few thousandths; a fresh start would be ~0.1 away
+    moved = (fine.net.encoder.stem[0].weight - coarse.net.encoder.stem[0].weight).abs().max()
+    assert float(moved) < 0.02
+    with torch.no_grad():
+        x = torch.zeros(1, 1, 32, 32, 32)
+        assert fine.net(x)["center"].shape[2:] == (16, 16, 16)
+        assert coarse.net(x)["center"].shape[2:] == (8, 8, 8)
+    fresh = tmp_path / "fresh2"
+    assert main(_train_args(root, fresh, tmp_path / "cache", "--output-stride", "2")) == 0
+    assert load_model(fresh / "last.pt").config.output_stride == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--output-stride", "3"))
+    assert stop.value.code == 2 and "--output-stride" in capsys.readouterr().err
+
+
 def test_a_weight_average_trains_through_the_command_and_is_what_the_export_holds(luna, tmp_path, capsys):
     """`--ema DECAY`: the run records it, its checkpoints and its export hold the averaged weights (the
     optimiser's own kept beside them in last.pt); a decay outside [0, 1) stops before any data is made."""
