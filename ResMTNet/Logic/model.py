@@ -218,4 +218,3 @@ def restride_state(state: dict[str, torch.Tensor], old: ModelConfig, new: ModelC
         else:
             out[name] = state[name].clone()
     return out
-
