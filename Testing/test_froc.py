@@ -61,6 +61,23 @@ def test_radius_duplicates_excluded_and_scans_without_findings_by_hand():
     assert r.cpm == pytest.approx(3.0 / 7)
 
 
+def test_the_operating_point_at_a_rate_finds_the_nodules_above_its_threshold():
+    """four_scan_case's curve (0,0) → .9 TP → .8 FP (.25) → .7 FP (.5) → .4 TP (.5) → .3 FP (.75): the point
+    at 1/2 FP/scan is the last with at most that many (threshold .4: A and B found); at 1/4 it is .8 (A
+    only); under the first FP the first TP's .9; and no false positive at all allowed before the first TP
+    means no threshold reached (+inf, nothing found)."""
+    findings, marks, series = four_scan_case()
+    r = froc.evaluate(findings, marks, series, n_bootstrap=0)
+    assert froc.found_at(r, 0.5) == (0.4, [True, True, False, False])
+    assert froc.found_at(r, 0.25) == (0.8, [True, False, False, False])
+    assert froc.found_at(r, 0.1) == (0.9, [True, False, False, False])
+    assert froc.found_at(r, 8.0) == (0.3, [True, True, False, False])
+    first_fp = froc.evaluate([F("S", (0, 0, 50), 0.9), F("S", (0, 0, 0), 0.8)], [M("S", (0, 0, 0), 10)], ["S"],
+                             n_bootstrap=0)
+    assert froc.found_at(first_fp, 0.5) == (float("inf"), [False])
+    assert sum(froc.found_at(r, 0.5)[1]) / len(r.match.nodules) == r.sensitivities[RATES.index(0.5)]
+
+
 def test_scan_without_findings_changes_fp_rate():
     """Leaving out S4 (no finding) gives 3 scans: FP/scan 1/3, 2/3, 2/3(+TP), 1 → at 1/2 FP/scan the curve is
     between (1/3, .25) and (2/3, .25): .25, not .5. And D no longer counts: sensitivity in thirds."""
@@ -310,4 +327,16 @@ def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, ca
     with open(out / "detections" / "phantom-s7-0000" / "nodules.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(r["seriesuid"] == "phantom-s7-0000" for r in rows)
-    assert "CPM" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CPM" in printed
+    # which kinds of nodule the 2 FP/scan point finds: every scored nodule once per column, by its own kind,
+    # as many found as the 2 FP/scan sensitivity says (one scan: that rate is an operating point of its own)
+    scored = [r for r in truth if float(r["diameter_mm"]) >= 4.0]
+    by_kind = d["by_kind"]
+    for column in ("nodule_type", "location"):
+        cells = by_kind[column]
+        assert {k: c["nodules"] for k, c in cells.items()} == {
+            k: sum(r[column] == k for r in scored) for k in {r[column] for r in scored}}
+        found = sum(c["found"] for c in cells.values())
+        assert found == round(d["sensitivities"][d["fp_rates"].index(2.0)] * len(scored))
+    assert "by nodule type:" in printed and "by location:" in printed

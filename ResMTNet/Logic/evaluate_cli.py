@@ -90,7 +90,7 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     from . import froc
     from .errors import InputError
     from .model_io import load_model
-    from .phantom_eval import evaluate_on_phantoms
+    from .phantom_eval import evaluate_on_phantoms, sensitivity_by_kind
 
     if args.phantoms < 1:
         raise InputError("--phantoms must be at least 1")
@@ -102,9 +102,12 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
                         "model": args.model or "shipped", "min_diameter_mm": args.min_diameter,
                         "test_time_augmentation": args.tta, "tta_passes": len(model.tta_flips) if args.tta else 1}}
+    by_kind = sensitivity_by_kind(result, outdir / "phantoms" / "annotations.csv")
+    extra["by_kind"] = by_kind
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
                                  f"{args.min_diameter:g} mm scored, smaller ones excluded"))
+    print(format_by_kind(by_kind))
     print(f"wrote {json_path} and {png_path}")
     return 0
 
@@ -147,4 +150,13 @@ def format_summary(result, series_from: str = "") -> str:
     else:
         lines.append(f"diameter MAE: {mae['mae_mm']:.2f} mm over {mae['n']} detected nodules "
                      f"(mean signed error {mae['mean_signed_error_mm']:+.2f} mm)")
+    return "\n".join(lines)
+
+
+def format_by_kind(by_kind: dict) -> str:
+    """The lines `resmtnet evaluate --phantoms` prints about which kinds of nodule its 2 FP/scan point finds."""
+    lines = [f"found at {by_kind['fp_rate']:g} FP/scan (probability >= {by_kind['threshold']:.3f}):"]
+    for column in ("nodule_type", "location"):
+        cells = ", ".join(f"{kind} {c['found']}/{c['nodules']}" for kind, c in sorted(by_kind[column].items()))
+        lines.append(f"  by {column.replace('_', ' ')}: {cells}")
     return "\n".join(lines)

@@ -420,6 +420,19 @@ def sensitivity_at(curve: FrocCurve, fp_rates: Iterable[float] = FROC_FP_RATES) 
     return out
 
 
+def found_at(result: EvaluationResult, fp_rate: float) -> tuple[float, list[bool]]:
+    """The operating point at ``fp_rate`` false positives per scan and what it finds.
+
+    Returns the probability threshold of the curve's last operating point whose false positives per scan
+    do not exceed ``fp_rate`` (+inf when even the first false positive is too many), and for each included
+    nodule (in ``result.match.nodules``' order) whether its best hit reaches that threshold.
+    """
+    c = result.curve
+    within = np.nonzero(c.fps <= fp_rate)[0]  # the curve's FP/scan never fall as its threshold drops
+    thr = float(c.thresholds[within[-1]])
+    return thr, [n.best is not None and n.best.probability >= thr for n in result.match.nodules]
+
+
 def _ci95(values: np.ndarray) -> tuple[float, float]:
     """The script's interval: sorted values at floor(0.025 n) and floor(0.975 n)."""
     v = np.sort(values)

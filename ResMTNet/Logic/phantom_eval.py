@@ -6,11 +6,12 @@ non-nodules): a finding on one is neither a hit nor a false positive, and they d
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .froc import EvaluationResult, Finding, Mark, evaluate
+from .froc import EvaluationResult, Finding, Mark, evaluate, found_at
 
 if TYPE_CHECKING:
     from .model_io import LoadedModel
@@ -56,3 +57,29 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         if progress:
             progress(f"detected {i + 1}/{n}: {uid} ({len(det.nodules)} findings)")
     return evaluate(findings, marks, series, n_bootstrap=n_bootstrap, seed=0)
+
+
+#: the annotation columns of a phantom set that :func:`sensitivity_by_kind` breaks the result down by
+KIND_COLUMNS = ("nodule_type", "location")
+
+
+def sensitivity_by_kind(result: EvaluationResult, annotations_csv: str | Path, fp_rate: float = 2.0
+                        ) -> dict[str, Any]:
+    """Which kinds of nodule the operating point at ``fp_rate`` FP/scan finds: for each value of the phantom
+    annotations' ``nodule_type`` (solid, part-solid, ground-glass, calcified) and ``location`` (parenchyma,
+    pleural, vascular), nodules found and nodules scored. ``result`` must come from
+    :func:`evaluate_on_phantoms` on that set, whose marks keep each nodule's row within its scan.
+    """
+    rows: dict[str, list[dict[str, str]]] = {}
+    with open(annotations_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(r["seriesuid"], []).append(r)
+    threshold, found = found_at(result, fp_rate)
+    out: dict[str, Any] = {"fp_rate": fp_rate, "threshold": threshold, **{k: {} for k in KIND_COLUMNS}}
+    for nodule, hit in zip(result.match.nodules, found, strict=True):
+        row = rows[nodule.mark.seriesuid][nodule.mark.row]
+        for column in KIND_COLUMNS:
+            cell = out[column].setdefault(row.get(column) or "unknown", {"found": 0, "nodules": 0})
+            cell["found"] += int(hit)
+            cell["nodules"] += 1
+    return out
