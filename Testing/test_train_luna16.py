@@ -267,7 +267,7 @@ def test_an_output_stride_trains_through_the_command_fresh_and_from_a_checkpoint
     assert fine.config.output_stride == 2 and len(fine.net.pyramid.lateral) == 4
     coarse = load_model(run4 / "last.pt")
     # two Adam steps from the checkpoint move a weight by a few thousandths; a fresh start would be ~0.1 away
-    moved = (fine.net.encoder.stem[0].weight - coarse.net.encoder.stem[0].weight).abs().max()
+    moved = (fine.net.encoder.stem[0].weight - coarse.net.encoder.stem[0].weight).detach().abs().max()
     assert float(moved) < 0.02
     with torch.no_grad():
         x = torch.zeros(1, 1, 32, 32, 32)
