@@ -155,7 +155,9 @@ def format_summary(result, series_from: str = "") -> str:
 
 def format_by_kind(by_kind: dict) -> str:
     """The lines `resmtnet evaluate --phantoms` prints about which kinds of nodule its 2 FP/scan point finds."""
-    lines = [f"found at {by_kind['fp_rate']:g} FP/scan (probability >= {by_kind['threshold']:.3f}):"]
+    thr = by_kind["threshold"]
+    at = "no finding qualifies" if thr is None else f"probability >= {thr:.3f}"
+    lines = [f"found at {by_kind['fp_rate']:g} FP/scan ({at}):"]
     for column in ("nodule_type", "location"):
         cells = ", ".join(f"{kind} {c['found']}/{c['nodules']}" for kind, c in sorted(by_kind[column].items()))
         lines.append(f"  by {column.replace('_', ' ')}: {cells}")

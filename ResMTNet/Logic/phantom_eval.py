@@ -7,6 +7,7 @@ non-nodules): a finding on one is neither a hit nor a false positive, and they d
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,15 +68,17 @@ def sensitivity_by_kind(result: EvaluationResult, annotations_csv: str | Path, f
                         ) -> dict[str, Any]:
     """Which kinds of nodule the operating point at ``fp_rate`` FP/scan finds: for each value of the phantom
     annotations' ``nodule_type`` (solid, part-solid, ground-glass, calcified) and ``location`` (parenchyma,
-    pleural, vascular), nodules found and nodules scored. ``result`` must come from
-    :func:`evaluate_on_phantoms` on that set, whose marks keep each nodule's row within its scan.
+    pleural, vascular), nodules found and nodules scored; ``threshold`` is None where no finding qualifies.
+    ``result`` must come from :func:`evaluate_on_phantoms` on that set, whose marks keep each nodule's row
+    within its scan.
     """
     rows: dict[str, list[dict[str, str]]] = {}
     with open(annotations_csv, newline="") as f:
         for r in csv.DictReader(f):
             rows.setdefault(r["seriesuid"], []).append(r)
     threshold, found = found_at(result, fp_rate)
-    out: dict[str, Any] = {"fp_rate": fp_rate, "threshold": threshold, **{k: {} for k in KIND_COLUMNS}}
+    out: dict[str, Any] = {"fp_rate": fp_rate, "threshold": threshold if math.isfinite(threshold) else None,
+                           **{k: {} for k in KIND_COLUMNS}}
     for nodule, hit in zip(result.match.nodules, found, strict=True):
         row = rows[nodule.mark.seriesuid][nodule.mark.row]
         for column in KIND_COLUMNS:
