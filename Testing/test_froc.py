@@ -94,8 +94,7 @@ def test_kinds_found_at_two_fp_per_scan_by_hand(tmp_path):
     marks = [Mark("S", (0.0, 0, 0), 8, 2, row=0), Mark("S", (50.0, 0, 0), 6, 3, row=1),
              Mark("S", (100.0, 0, 0), 3, 1, excluded=True, row=2)]
     findings = [F("S", (0, 0, 1), 0.9), F("S", (0, 40, 0), 0.8), F("S", (0, 80, 0), 0.5), F("S", (0, 120, 0), 0.4),
-                F("S", (51, 0, 0), 0.3),
-                F("S", (100, 0, 0), 0.95)]
+                F("S", (51, 0, 0), 0.3), F("S", (100, 0, 0), 0.95)]
     by_kind = sensitivity_by_kind(froc.evaluate(findings, marks, ["S"], n_bootstrap=0), csv_path)
     assert by_kind["threshold"] == 0.5
     assert by_kind["nodule_type"] == {"solid": {"found": 1, "nodules": 1}, "ground-glass": {"found": 0, "nodules": 1}}

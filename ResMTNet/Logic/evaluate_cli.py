@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
+from .phantom_eval import KIND_COLUMNS, PHANTOM_MIN_DIAMETER_MM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +158,7 @@ def format_by_kind(by_kind: dict) -> str:
     thr = by_kind["threshold"]
     at = "no finding qualifies" if thr is None else f"probability >= {thr:.3f}"
     lines = [f"found at {by_kind['fp_rate']:g} FP/scan ({at}):"]
-    for column in ("nodule_type", "location"):
+    for column in KIND_COLUMNS:
         cells = ", ".join(f"{kind} {c['found']}/{c['nodules']}" for kind, c in sorted(by_kind[column].items()))
         lines.append(f"  by {column.replace('_', ' ')}: {cells}")
     return "\n".join(lines)

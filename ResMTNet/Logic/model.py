@@ -141,13 +141,18 @@ class ResidualEncoder(nn.Module):
         return feats  # strides 2, 4, 8, 16
 
 
+def first_pyramid_stage(cfg: ModelConfig) -> int:
+    """The encoder stage (0: stride 2, 1: stride 4, ...) at the output stride, the finest the pyramid reads."""
+    strides = [2 ** (i + 1) for i in range(len(cfg.stage_channels))]
+    return strides.index(cfg.output_stride)
+
+
 class FeaturePyramid(nn.Module):
     """Top-down pathway from the deepest stage back to the output stride (lateral 1x1 + upsample + add)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        strides = [2 ** (i + 1) for i in range(len(cfg.stage_channels))]
-        self.first = strides.index(cfg.output_stride)
+        self.first = first_pyramid_stage(cfg)
         used = cfg.stage_channels[self.first:]
         self.lateral = nn.ModuleList([nn.Conv3d(c, cfg.pyramid_channels, 1) for c in used])
         self.smooth = ConvNormAct(cfg.pyramid_channels, cfg.pyramid_channels)
@@ -206,13 +211,12 @@ def restride_state(state: dict[str, torch.Tensor], old: ModelConfig, new: ModelC
     if replace(old, output_stride=new.output_stride) != new:
         raise ValueError("restride_state: the two configs may differ in their output stride only")
     fresh = ResMTNet(new).state_dict()
-    strides = [2 ** (i + 1) for i in range(len(old.stage_channels))]
-    old_first, new_first = strides.index(old.output_stride), strides.index(new.output_stride)
+    shift = first_pyramid_stage(new) - first_pyramid_stage(old)  # new lateral i: old lateral i + shift
     out: dict[str, torch.Tensor] = {}
     for name, value in fresh.items():
         if name.startswith("pyramid.lateral."):
             index, param = name[len("pyramid.lateral."):].split(".", 1)
-            old_index = int(index) + new_first - old_first
+            old_index = int(index) + shift
             old_name = f"pyramid.lateral.{old_index}.{param}"
             out[name] = state[old_name].clone() if old_index >= 0 else torch.zeros_like(value)
         else:
