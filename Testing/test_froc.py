@@ -349,7 +349,11 @@ def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, ca
         truth = list(csv.DictReader(f))
     d = json.loads((out / "froc.json").read_text())
     assert d["inputs"]["test_time_augmentation"] is False and d["inputs"]["tta_passes"] == 1
-    assert d["counts"]["nodules"] == sum(float(r["diameter_mm"]) >= 4.0 for r in truth) > 0
+    # scored: 4 mm and more, at least half in the lung (the others are excluded marks)
+    scored = [r for r in truth if float(r["diameter_mm"]) >= 4.0 and float(r["lung_share"]) >= 0.5]
+    assert d["counts"]["nodules"] == len(scored) > 0
+    assert d["inputs"]["min_lung_share"] == 0.5
+    assert d["inputs"]["excluded_outside_lung"] == sum(float(r["diameter_mm"]) >= 4.0 for r in truth) - len(scored)
     assert d["counts"]["detected_nodules"] >= 1
     with open(out / "detections" / "phantom-s7-0000" / "nodules.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -358,7 +362,6 @@ def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, ca
     assert "CPM" in printed
     # which kinds of nodule the 2 FP/scan point finds: every scored nodule once per column, by its own kind,
     # as many found as the 2 FP/scan sensitivity says (one scan: that rate is an operating point of its own)
-    scored = [r for r in truth if float(r["diameter_mm"]) >= 4.0]
     by_kind = d["by_kind"]
     for column in ("nodule_type", "location"):
         cells = by_kind[column]

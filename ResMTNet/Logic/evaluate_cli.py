@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .phantom import MIN_LUNG_SHARE
 from .phantom_eval import KIND_COLUMNS, PHANTOM_MIN_DIAMETER_MM
 
 
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ph.add_argument("--min-diameter", type=float, default=PHANTOM_MIN_DIAMETER_MM,
                     help="nodules below this (mm) are excluded marks (default 4)")
+    ph.add_argument("--min-lung-share", type=float, default=MIN_LUNG_SHARE, metavar="S",
+                    help="nodules with less of themselves in the lung than this (the phantom's lung_share: drawn "
+                         "into the chest wall or mediastinum) are excluded marks (default 0.5; 0 scores them all)")
     ph.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                     help="detect with (default) or without test-time augmentation (see resmtnet detect)")
 
@@ -90,7 +94,7 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     from . import froc
     from .errors import InputError
     from .model_io import load_model
-    from .phantom_eval import evaluate_on_phantoms, sensitivity_by_kind
+    from .phantom_eval import count_outside_lung, evaluate_on_phantoms, sensitivity_by_kind
 
     if args.phantoms < 1:
         raise InputError("--phantoms must be at least 1")
@@ -98,15 +102,19 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=model, device=args.device,
                                   min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap, tta=args.tta,
-                                  progress=lambda m: print(m, flush=True))
+                                  progress=lambda m: print(m, flush=True), min_lung_share=args.min_lung_share)
+    annotations = outdir / "phantoms" / "annotations.csv"
+    outside = count_outside_lung(annotations, args.min_diameter, args.min_lung_share)
     extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
                         "model": args.model or "shipped", "min_diameter_mm": args.min_diameter,
+                        "min_lung_share": args.min_lung_share, "excluded_outside_lung": outside,
                         "test_time_augmentation": args.tta, "tta_passes": len(model.tta_flips) if args.tta else 1}}
-    by_kind = sensitivity_by_kind(result, outdir / "phantoms" / "annotations.csv")
+    by_kind = sensitivity_by_kind(result, annotations)
     extra["by_kind"] = by_kind
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
-                                 f"{args.min_diameter:g} mm scored, smaller ones excluded"))
+                                 f"{args.min_diameter:g} mm scored, smaller ones excluded, and {outside} drawn "
+                                 f"mostly outside the lungs (lung_share < {args.min_lung_share:g})"))
     print(format_by_kind(by_kind))
     print(f"wrote {json_path} and {png_path}")
     return 0

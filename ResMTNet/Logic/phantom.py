@@ -47,6 +47,10 @@ DIRECTION_WEIGHTS = [0.4, 0.2, 0.2, 0.1, 0.1]
 NODULE_TYPES = ["solid", "part-solid", "ground-glass", "calcified"]
 MARGINS = ["smooth", "lobulated", "spiculated"]
 LOCATIONS = ["parenchyma", "pleural", "vascular"]
+#: a nodule with less of its sphere in the lung than this (its centre outside the lung, in effect) is no lung
+#: nodule: the phantom evaluation does not score it (:attr:`PhantomNodule.lung_share`)
+MIN_LUNG_SHARE = 0.5
+AERATED_HU = -400.0  # lung parenchyma and airway lumen lie below it; vessels, walls, heart, wall tissue above
 
 LUNG_HU = -890.0
 
@@ -86,6 +90,12 @@ class PhantomNodule:
     nodule_type: str
     margin: str
     location: str
+    # share of the nodule's sphere that was aerated lung (under AERATED_HU) before the nodule was drawn. A
+    # juxtapleural nodule is meant to sit in the lung against the wall (>= 0.9 on a flat wall), but the
+    # placement can land one in the chest wall, the heart or the mediastinum (the lung field the placement
+    # reads overlaps the heart); under MIN_LUNG_SHARE it is no visible lung nodule, and the phantom
+    # evaluation leaves it out as LUNA16 leaves out what its readers do not call a nodule
+    lung_share: float = 1.0
 
 
 @dataclass
@@ -292,6 +302,19 @@ def _draw_diameter(rng: np.random.Generator, small: bool, mix: PhantomMix) -> fl
     # skewed toward small nodules, as in screening; small (coarse-voxel) phantoms keep them visible
     lo, hi = (6.0, 20.0) if small else mix.diameter_range_mm
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi)) * 0.85 + np.log(lo) * 0.15 + rng.normal(0, 0.1)))
+
+
+def _lung_share(lung: np.ndarray, grid: _Grid, center: np.ndarray, radius: float) -> float:
+    """Share of the sphere (``center`` LPS mm, ``radius`` mm) inside ``lung`` (bool on ``grid``); draws nothing
+    from the generator's random stream, so phantoms stay what they were."""
+    c = np.asarray(center, np.float32)
+    box = grid.box(c - radius, c + radius)
+    if box is None:
+        return 0.0
+    z, y, x = grid.coords(box)
+    inside = np.broadcast_to((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= radius * radius,
+                             lung[box].shape)
+    return float(lung[box][inside].mean()) if inside.any() else 0.0
 
 
 def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.random.Generator,
@@ -543,7 +566,8 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
         if any(np.linalg.norm(np.asarray(n.center_lps) - c) < (n.diameter_mm / 2 + R + 6) for n in nodules):
             continue
         nod = PhantomNodule(tuple(float(v) for v in c), float(diameter),
-                            _malignancy_rating(rng, diameter, margin_, kind), kind, margin_, location)
+                            _malignancy_rating(rng, diameter, margin_, kind), kind, margin_, location,
+                            lung_share=_lung_share(hu < AERATED_HU, grid, c, R))
         _render_nodule(hu, labels, grid, rng, nod, len(nodules) + 1)
         nodules.append(nod)
     # the nodule's diameter is its equivalent-sphere diameter as rendered (what readers' volumes give)
@@ -635,7 +659,7 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
 # Writing sets
 
 ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "malignancy", "nodule_type",
-                      "margin", "location"]
+                      "margin", "location", "lung_share"]
 
 
 def phantom_seed(seed: int, index: int) -> int:
@@ -655,7 +679,7 @@ def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small
     for nod in ph.nodules:
         x, y, z = nod.center_lps
         rows.append([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{nod.diameter_mm:.3f}", nod.malignancy,
-                     nod.nodule_type, nod.margin, nod.location])
+                     nod.nodule_type, nod.margin, nod.location, f"{nod.lung_share:.3f}"])
     return rows
 
 

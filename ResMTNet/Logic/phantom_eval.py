@@ -2,6 +2,9 @@
 
 Nodules below ``min_diameter_mm`` become *excluded* marks (as LUNA16 treats nodules under 3 mm and
 non-nodules): a finding on one is neither a hit nor a false positive, and they don't count as misses.
+So do nodules the generator drew mostly outside the lung (``lung_share`` under
+:data:`resmtnet.phantom.MIN_LUNG_SHARE`: in the chest wall or mediastinum, which no reader would call a lung
+nodule).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .froc import EvaluationResult, Finding, Mark, evaluate, found_at
+from .phantom import MIN_LUNG_SHARE
 
 if TYPE_CHECKING:
+    from .datasets import TruthNodule
     from .model_io import LoadedModel
 
 #: the smallest phantom nodule that counts (issue 3's protocol); smaller ones are excluded marks
@@ -23,8 +28,11 @@ PHANTOM_MIN_DIAMETER_MM = 4.0
 
 def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | LoadedModel | None = None,
                          device: str = "auto", min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM, workers: int = 2,
-                         n_bootstrap: int = 1000, tta: bool = True, progress: Callable[[str], None] | None = None
-                         ) -> EvaluationResult:
+                         n_bootstrap: int = 1000, tta: bool = True, progress: Callable[[str], None] | None = None,
+                         min_lung_share: float = MIN_LUNG_SHARE) -> EvaluationResult:
+    """Generate ``n`` phantoms of ``seed`` under ``outdir/phantoms`` (kept for the next run), detect on each as
+    `resmtnet detect` does, and score by the LUNA16 rules. Excluded marks: nodules under ``min_diameter_mm``
+    and nodules with less than ``min_lung_share`` of themselves in the lung (0 scores every nodule)."""
     from .ctio import read_ct
     from .datasets import read_truth_csv
     from .model_io import LoadedModel, load_model
@@ -34,10 +42,11 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
 
     outdir = Path(outdir)
     phantom_dir = outdir / "phantoms"
-    if not (phantom_dir / "annotations.csv").is_file():
+    if not _has_lung_share(phantom_dir / "annotations.csv"):  # none yet, or written before lung_share existed
         write_phantom_set(phantom_dir, n, seed, workers=workers,
                           progress=(lambda f, m: progress(m)) if progress else None)
     truths = read_truth_csv(phantom_dir / "annotations.csv")
+    shares = lung_shares(phantom_dir / "annotations.csv")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     findings: list[Finding] = []
     marks: list[Mark] = []
@@ -52,12 +61,45 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)
         findings += [Finding(uid, n_.center_lps, n_.probability, n_.diameter_mm, n_.malignancy, row=j)
                      for j, n_ in enumerate(det.nodules)]
-        for j, t in enumerate(truths.get(uid, [])):
-            marks.append(Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
-                              excluded=t.diameter_mm < min_diameter_mm, row=j))
+        marks += phantom_marks(uid, truths.get(uid, []), shares.get(uid, []), min_diameter_mm, min_lung_share)
         if progress:
             progress(f"detected {i + 1}/{n}: {uid} ({len(det.nodules)} findings)")
     return evaluate(findings, marks, series, n_bootstrap=n_bootstrap, seed=0)
+
+
+def phantom_marks(uid: str, truths: list[TruthNodule], shares: list[float], min_diameter_mm: float,
+                  min_lung_share: float) -> list[Mark]:
+    """A phantom's nodules as FROC marks (``row``: the nodule's place in its scan); excluded: those under
+    ``min_diameter_mm`` and those with less than ``min_lung_share`` of themselves in the lung."""
+    if len(shares) != len(truths):
+        raise ValueError(f"{uid}: {len(truths)} nodules but {len(shares)} lung shares")
+    return [Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
+                 excluded=t.diameter_mm < min_diameter_mm or share < min_lung_share, row=j)
+            for j, (t, share) in enumerate(zip(truths, shares))]
+
+
+def _has_lung_share(annotations_csv: Path) -> bool:
+    if not annotations_csv.is_file():
+        return False
+    with open(annotations_csv, newline="") as f:
+        return "lung_share" in (csv.DictReader(f).fieldnames or ())
+
+
+def count_outside_lung(annotations_csv: str | Path, min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM,
+                       min_lung_share: float = MIN_LUNG_SHARE) -> int:
+    """How many nodules of at least ``min_diameter_mm`` a phantom set has under ``min_lung_share``."""
+    with open(annotations_csv, newline="") as f:
+        return sum(1 for r in csv.DictReader(f)
+                   if float(r["diameter_mm"]) >= min_diameter_mm and float(r["lung_share"]) < min_lung_share)
+
+
+def lung_shares(annotations_csv: str | Path) -> dict[str, list[float]]:
+    """Each phantom nodule's ``lung_share`` (annotations.csv order within its scan), by seriesuid."""
+    out: dict[str, list[float]] = {}
+    with open(annotations_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            out.setdefault(r["seriesuid"], []).append(float(r["lung_share"]))
+    return out
 
 
 #: the annotation columns of a phantom set that :func:`sensitivity_by_kind` breaks the result down by
