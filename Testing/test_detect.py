@@ -186,6 +186,31 @@ def test_real_ct_nodule_holds_on_thick_slices_and_a_noisier_scan(lidc_dir, model
     assert abs(top.diameter_mm - diameter) <= 0.2 * diameter, top.to_dict()
 
 
+def test_real_ct_nodule_holds_under_a_sharp_kernel(lidc_dir, model):
+    """LIDC-IDRI-0001 was reconstructed with a soft kernel (GE STANDARD); many screening scans use a sharp
+    lung or bone kernel, with overshooting edges and more noise. Re-made that way (in-plane unsharp masking,
+    3x the detail under 1 mm, and 80 HU of noise), the readers' nodule is still first, in place and in size,
+    with no more other findings than the issue allows (phantoms were only ever made with soft kernels)."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    centre, diameter = _lidc_truth(lidc_dir)
+    ct = read_ct(lidc_dir / "dicom")
+    inside = ct.array > -1500  # the scan's circular field (the padding outside stays as it is)
+    sigma = (0.0, 1.0 / ct.spacing[1], 1.0 / ct.spacing[0])
+    sharp = ct.array + 3.0 * (ct.array - ndimage.gaussian_filter(ct.array, sigma))
+    sharp += np.random.default_rng(0).normal(0, 80, ct.array.shape).astype(np.float32)
+    det = detect_ct(dataclasses.replace(ct, array=np.where(inside, sharp, ct.array).astype(np.float32)),
+                    model=model)
+    assert det.nodules, "nothing found"
+    top = det.nodules[0]
+    assert np.linalg.norm(np.asarray(top.center_lps) - centre) < diameter / 4, top.to_dict()
+    assert abs(top.diameter_mm - diameter) <= 0.2 * diameter, top.to_dict()
+    assert top.malignancy > 0.5
+    assert len(det.nodules) - 1 <= 2, [n.to_dict() for n in det.nodules]
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_reduced_precision_inference_matches_float32(model, device):
     """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
