@@ -685,7 +685,8 @@ def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small
 
 def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = False, fmt: str = "nrrd",
                       small: bool = False, workers: int = 1, progress=None) -> list[Path]:
-    """Write ``n`` phantoms and one ``annotations.csv`` (LUNA16 columns + malignancy, type) to ``outdir``.
+    """Write ``n`` phantoms and one ``annotations.csv`` (LUNA16 columns, then malignancy, type, margin, location
+    and lung share: :data:`ANNOTATION_COLUMNS`) to ``outdir``.
 
     Files appear whole: each volume is written under a temporary name and renamed; the CSV last.
     ``workers`` > 1 generates phantoms in that many processes (same files, same order).

@@ -75,7 +75,7 @@ def phantom_marks(uid: str, truths: list[TruthNodule], shares: list[float], min_
         raise ValueError(f"{uid}: {len(truths)} nodules but {len(shares)} lung shares")
     return [Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
                  excluded=t.diameter_mm < min_diameter_mm or share < min_lung_share, row=j)
-            for j, (t, share) in enumerate(zip(truths, shares))]
+            for j, (t, share) in enumerate(zip(truths, shares, strict=True))]
 
 
 def _has_lung_share(annotations_csv: Path) -> bool:
