@@ -1,5 +1,7 @@
 """Generate synthetic chest CT phantoms: volumes + ``annotations.csv`` in LUNA16 columns (LPS world mm)
-plus each nodule's malignancy rating (1-5), type, margin and location; optional per-nodule label masks.
+plus each nodule's malignancy rating (1-5), type, margin, location and lung share (the share of it drawn in
+aerated lung: under 0.5 it sits in the wall or mediastinum, and the phantom evaluation leaves it out);
+optional per-nodule label masks.
 Seeded and reproducible: the same ``--seed`` gives the same files.
 """
 
