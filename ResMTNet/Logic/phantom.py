@@ -304,17 +304,17 @@ def _draw_diameter(rng: np.random.Generator, small: bool, mix: PhantomMix) -> fl
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi)) * 0.85 + np.log(lo) * 0.15 + rng.normal(0, 0.1)))
 
 
-def _lung_share(lung: np.ndarray, grid: _Grid, center: np.ndarray, radius: float) -> float:
-    """Share of the sphere (``center`` LPS mm, ``radius`` mm) inside ``lung`` (bool on ``grid``); draws nothing
-    from the generator's random stream, so phantoms stay what they were."""
+def _lung_share(hu: np.ndarray, grid: _Grid, center: np.ndarray, radius: float) -> float:
+    """Share of the sphere (``center`` LPS mm, ``radius`` mm) that is aerated lung in ``hu`` (on ``grid``): under
+    :data:`AERATED_HU`. Draws nothing from the generator's random stream, so phantoms stay what they were."""
     c = np.asarray(center, np.float32)
     box = grid.box(c - radius, c + radius)
     if box is None:
         return 0.0
     z, y, x = grid.coords(box)
-    inside = np.broadcast_to((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= radius * radius,
-                             lung[box].shape)
-    return float(lung[box][inside].mean()) if inside.any() else 0.0
+    near = hu[box]
+    inside = np.broadcast_to((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= radius * radius, near.shape)
+    return float((near[inside] < AERATED_HU).mean()) if inside.any() else 0.0
 
 
 def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.random.Generator,
@@ -567,7 +567,7 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
             continue
         nod = PhantomNodule(tuple(float(v) for v in c), float(diameter),
                             _malignancy_rating(rng, diameter, margin_, kind), kind, margin_, location,
-                            lung_share=_lung_share(hu < AERATED_HU, grid, c, R))
+                            lung_share=_lung_share(hu, grid, c, R))
         _render_nodule(hu, labels, grid, rng, nod, len(nodules) + 1)
         nodules.append(nod)
     # the nodule's diameter is its equivalent-sphere diameter as rendered (what readers' volumes give)
