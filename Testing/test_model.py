@@ -207,6 +207,50 @@ def test_windows_centre_more_often_on_small_faint_and_large_nodules():
     assert counts / n == pytest.approx(w / w.sum(), abs=0.035)
 
 
+def test_a_nodule_drawn_outside_the_lung_is_background_in_training_and_excluded_in_validation(tmp_path):
+    """Phantom nodules with lung_share under 0.5 sit in the chest wall or mediastinum: no reader marks them.
+    Training neither centres windows on them nor marks them in its targets; validation scores them as
+    excluded marks (as ``evaluate --phantoms`` does); the share survives the cache; old files read as 1."""
+    from resmtnet.training import PatchSampler, TrainConfig
+    from resmtnet.training_data import TrainCase
+    from resmtnet.validation import case_marks
+
+    img = np.full((96, 96, 96), -850, np.int16)
+    centers = np.array([[24, 24, 24], [70, 70, 70]], np.float32)
+    case = TrainCase("synthetic", img, np.zeros(3), 1.5, centers, np.array([8.0, 8.0], np.float32),
+                     np.array([4, 2], np.int16), np.zeros((0, 3), np.float32),
+                     lung_share=np.array([0.9, 0.3], np.float32))
+    assert case.in_lung(0.5).tolist() == [True, False] and case.in_lung(0.0).tolist() == [True, True]
+    cfg = TrainConfig(positive_fraction=1.0, scale_range=(1.0, 1.0))
+    assert cfg.min_lung_share == 0.5
+    sampler = PatchSampler([case], cfg, ModelConfig(), seed=0)
+    assert sampler.nodules == [(0, 0)]
+    # 0 teaches every nodule, as runs did before; a config written then reads back that way
+    assert PatchSampler([case], replace(cfg, min_lung_share=0.0), ModelConfig(), seed=0).nodules == [(0, 0), (0, 1)]
+    old_cfg = cfg.to_dict()
+    del old_cfg["min_lung_share"]
+    assert TrainConfig.from_dict(old_cfg).min_lung_share == 0.0
+    for _ in range(200):
+        patch, inside, diam, ratings = sampler.sample()
+        assert len(inside) == 1 and ratings.tolist() == [4]  # the wall nodule is never a target
+        assert np.abs(inside[0] - (cfg.patch - 1) / 2).max() <= 0.35 * cfg.patch + 1
+    cfg_any = TrainConfig(positive_fraction=0.0, hard_negative_fraction=0.0, patch=96, scale_range=(1.0, 1.0))
+    anywhere = PatchSampler([case], cfg_any, ModelConfig(), seed=1)
+    seen = [anywhere.sample()[3].tolist() for _ in range(20)]
+    assert [4] in seen and all(r in ([4], []) for r in seen)  # windows holding both mark only the lung nodule
+    assert [m.excluded for m in case_marks(case, min_diameter_mm=4.0, min_lung_share=0.5)] == [False, True]
+    assert [m.excluded for m in case_marks(case, min_diameter_mm=4.0)] == [False, False]
+    case.save(tmp_path / "c.npz")
+    again = TrainCase.load(tmp_path / "c.npz", "synthetic")
+    np.testing.assert_array_equal(again.lung_share, np.array([0.9, 0.3], np.float32))
+    old = {k: v for k, v in np.load(tmp_path / "c.npz").items() if k != "lung_share"}
+    np.savez(tmp_path / "old.npz", **old)
+    np.testing.assert_array_equal(TrainCase.load(tmp_path / "old.npz", "synthetic").lung_share, [1.0, 1.0])
+    # what a case made from a CT with readers' truth (LUNA16 / LIDC-IDRI) holds: every nodule is in the lung
+    assert TrainCase("real", img, np.zeros(3), 1.5, centers, np.array([8.0, 8.0], np.float32),
+                     np.array([4, 2], np.int16), np.zeros((0, 3), np.float32)).in_lung(0.5).all()
+
+
 def test_window_workers_hand_out_each_workers_batches_in_turn_and_reproducibly():
     """With loader workers, batch k comes from worker k mod n, drawn with that worker's own seed."""
     from resmtnet.training import PatchSampler, TrainConfig, batches

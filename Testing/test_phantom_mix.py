@@ -42,16 +42,19 @@ def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
     both = screening + subtle
     ids = [cid for cid, _, _ in both.items]
     assert ids == ["phantom-s1000-0000", "phantom-s1000-0001", "phantom-s1000-0002", "phantom-subtle-s3000-0000"]
-    # the screening set keeps the cache name it had before mixes existed, so earlier caches stay valid
-    assert both.path("phantom-s1000-0000").name == "phantom-s1000-0000-6e77ba74fa.npz"
+    # the screening set's cache key names no mix, as before mixes existed (v3: cases carry lung_share)
+    assert both.path("phantom-s1000-0000").name == "phantom-s1000-0000-0ff39398dd.npz"
     assert both.path("phantom-subtle-s3000-0000").name.startswith("phantom-subtle-s3000-0000-")
-    assert both.path("phantom-subtle-s3000-0000").name[-15:] != "6e77ba74fa.npz"[-15:]
+    assert both.path("phantom-subtle-s3000-0000").name[-15:] != "0ff39398dd.npz"[-15:]
     subtle.ensure()
     [case] = both.load(available_only=True)
     assert isinstance(case, TrainCase) and case.case_id == "phantom-subtle-s3000-0000"
     ph = generate_phantom(subtle.items[0][1], max_nodules=8, mix="subtle")
     assert len(case.centers) == len(ph.nodules) >= 1
     np.testing.assert_allclose(np.sort(case.diameters), np.sort([n.diameter_mm for n in ph.nodules]), rtol=1e-5)
+    by_size = np.argsort([n.diameter_mm for n in ph.nodules])  # each nodule keeps its own lung_share
+    np.testing.assert_allclose(case.lung_share[np.argsort(case.diameters)],
+                               np.array([n.lung_share for n in ph.nodules])[by_size], rtol=1e-6)
     with pytest.raises(ValueError, match="share"):
         screening + PhantomCases(tmp_path, 3000, 1, 1.0, 8, mix="subtle")
     with pytest.raises(ValueError, match="unknown phantom mix"):

@@ -174,13 +174,15 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
     root, _ = luna
     run, export = tmp_path / "run", tmp_path / "release" / "model.pt"
     assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0", "--export", str(export),
-                            "--export-fp-rate", "2", "--val-min-diameter", "5")) == 0
+                            "--export-fp-rate", "2", "--val-min-diameter", "5", "--min-lung-share", "0.4")) == 0
     printed = capsys.readouterr().out
     assert f"exported {export}" in printed
     ck = read_checkpoint(export)
     assert "optimizer" not in ck and set(ck["state_dict"]) == set(read_checkpoint(run / "last.pt")["state_dict"])
     cal = ck["provenance"]["threshold_calibration"]
     assert cal["fp_per_scan_target"] == 2.0 and cal["tta"] is True and cal["min_diameter_mm"] == 5.0
+    assert cal["min_lung_share"] == 0.4 == ck["provenance"]["data"]["val_min_lung_share"]
+    assert ck["provenance"]["train_config"]["min_lung_share"] == 0.4
     assert cal["tta_passes"] == len(TTA_FLIPS) == 8
     assert 0.0 <= cal["fp_per_scan"] <= 2.0 and 0.0 <= cal["sensitivity"] <= 1.0
     assert "--export" in ck["provenance"]["command"] and ck["provenance"]["data"]["source"] == "luna16"
@@ -299,6 +301,8 @@ def test_a_weight_average_trains_through_the_command_and_is_what_the_export_hold
     capsys.readouterr()
     assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--ema", "1")) == 2
     assert "--ema 1" in capsys.readouterr().err
+    assert main(_train_args(root, tmp_path / "bad", tmp_path / "cache2", "--min-lung-share", "1.5")) == 2
+    assert "--min-lung-share 1.5" in capsys.readouterr().err
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "bad").exists()
 
 

@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .phantom import MIN_LUNG_SHARE
+
 if TYPE_CHECKING:
     import torch
 
@@ -45,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="validation and threshold calibration score nodules of at least MM; smaller ones are "
                         "excluded marks (default: 4 on phantoms, as `resmtnet evaluate --phantoms` scores them; "
                         "0 on LUNA16 / LIDC-IDRI, whose annotations are the reference)")
+    p.add_argument("--min-lung-share", type=float, default=MIN_LUNG_SHARE, metavar="S",
+                   help="nodules with less of themselves in the lung than this (a phantom's lung_share: drawn into "
+                        "the chest wall or mediastinum) are not taught as nodules, and validation scores them as "
+                        "excluded marks, as `resmtnet evaluate --phantoms` does (default 0.5; 0 teaches every "
+                        "nodule, as files trained before 2026-11-27 were)")
     p.add_argument("--max-nodules", type=int, default=8, help="nodules drawn per training phantom (1..N)")
     p.add_argument("--cache", default="cache/phantoms", help="case cache folder")
     p.add_argument("--workers", type=int, default=2, help="processes that generate/resample cases")
@@ -214,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
     if args.subtle_phantoms < 0:
         raise ResMTNetError(f"--subtle-phantoms {args.subtle_phantoms}: must be 0 or more")
+    if not 0.0 <= args.min_lung_share <= 1.0:
+        raise ResMTNetError(f"--min-lung-share {args.min_lung_share}: must lie between 0 and 1")
     if not 0.0 <= args.ema < 1.0:
         raise ResMTNetError(f"--ema {args.ema}: must lie between 0 (off) and 1 (e.g. 0.999)")
     init = _read_init(args)
@@ -266,13 +275,15 @@ def run(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, lr=args.lr, loss_weighting=args.loss_weighting,
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
                       loader_workers=loader_workers, mine_negatives_at=tuple(sorted(set(args.mine_negatives_at))),
-                      mine_floor=args.mine_floor, ema_decay=args.ema, offset_reach=args.offset_reach)
+                      mine_floor=args.mine_floor, ema_decay=args.ema, offset_reach=args.offset_reach,
+                      min_lung_share=args.min_lung_share)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0
     data_prov["val_min_diameter_mm"] = min_d
-    val_fn = (lambda net: score_cases(net, val_cases, next(net.parameters()).device, min_diameter_mm=min_d)
-              ) if val_cases else None
+    data_prov["val_min_lung_share"] = args.min_lung_share
+    val_fn = (lambda net: score_cases(net, val_cases, next(net.parameters()).device, min_diameter_mm=min_d,
+                                      min_lung_share=args.min_lung_share)) if val_cases else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -299,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
             _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov, command_line(args), min_d, device)
+                    args.export_fp_rate, data_prov, command_line(args), min_d, device, args.min_lung_share)
     return 0
 
 
@@ -313,19 +324,21 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
-            min_diameter_mm: float = 0.0, device: torch.device | str = "cpu") -> None:
+            min_diameter_mm: float = 0.0, device: torch.device | str = "cpu", min_lung_share: float = 0.0) -> None:
     from .inference import TTA_FLIPS
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
 
     model = load_model(src, device)
     tta = True  # calibrate as detection runs by default
-    thr, at, metrics = calibrate(model.net, cases, fp_rate, device, tta=tta, min_diameter_mm=min_diameter_mm)
+    thr, at, metrics = calibrate(model.net, cases, fp_rate, device, tta=tta, min_diameter_mm=min_diameter_mm,
+                                 min_lung_share=min_lung_share)
     prov = dict(read_checkpoint(src).get("provenance", {}))
     prov.update({"data": data_prov, "exported_from": str(src),
                  "command": command,
                  "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, "tta_passes": len(TTA_FLIPS),
-                                           "min_diameter_mm": min_diameter_mm, **at}})
+                                           "min_diameter_mm": min_diameter_mm, "min_lung_share": min_lung_share,
+                                           **at}})
     # detection must run the passes the threshold was found with, so they travel in the file
     save_checkpoint(dst, model.net, provenance=prov, metrics={"validation": metrics},
                     decode={"threshold": round(thr, 4), "tta_flips": [list(f) for f in TTA_FLIPS]})

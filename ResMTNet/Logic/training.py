@@ -68,6 +68,10 @@ class TrainConfig:
     # cells around each centre cell that learn the centre offset: 0 the centre cell, 1 the 3x3x3 cube
     # (:func:`resmtnet.targets.encode`)
     offset_reach: int = 0
+    # nodules with less of themselves in the lung (TrainCase.lung_share; phantoms drawn in the chest wall or
+    # mediastinum) are not taught: no window is centred on one and no target marks it, so its spot is
+    # background. 0 teaches every nodule, as runs before 2026-11-27 did (and their configs, read back, say).
+    min_lung_share: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -78,6 +82,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d.setdefault("min_lung_share", 0.0)  # written before the option existed: every nodule was taught
         for k in ("scale_range", "mine_negatives_at"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -95,7 +100,10 @@ class PatchSampler:
         self.cfg = cfg
         self.mcfg = model_cfg
         self.rng = np.random.default_rng(seed)
-        self.nodules = [(i, j) for i, c in enumerate(self.cases) for j in range(len(c.centers))]
+        # a nodule drawn outside the lung is no lung nodule (TrainConfig.min_lung_share): no window is
+        # centred on it and no target marks it, so the network learns its spot as background
+        self.nodules = [(i, j) for i, c in enumerate(self.cases)
+                        for j in np.flatnonzero(c.in_lung(cfg.min_lung_share))]
         w = np.array([self._nodule_weight(self.cases[i], j) for i, j in self.nodules], float)
         self.nodule_p = w / w.sum() if len(w) else w
         self._dense: dict[int, np.ndarray] = {}
@@ -147,9 +155,10 @@ class PatchSampler:
                 centre = rng.uniform(0, 1, 3) * np.array(c.image.shape)
         start = np.round(centre - src / 2).astype(int)
         patch = _crop(c.image, start, src)
-        centers = (c.centers - start) * (P / src)
+        lung = c.in_lung(self.cfg.min_lung_share)
+        centers = (c.centers[lung] - start) * (P / src)
         inside = np.all((centers >= 0) & (centers < P), axis=1) if len(centers) else np.zeros(0, bool)
-        return patch, centers[inside], c.diameters[inside] * (P / src), c.malignancy[inside]
+        return patch, centers[inside], c.diameters[lung][inside] * (P / src), c.malignancy[lung][inside]
 
     def batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         P = self.cfg.patch

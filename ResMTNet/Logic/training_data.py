@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,26 @@ class TrainCase:
     diameters: np.ndarray  # (N,) mm
     malignancy: np.ndarray  # (N,) rating 1-5, 0 when unknown (LUNA16)
     negatives: np.ndarray  # (M, 3) z, y, x voxel positions of known non-nodules (hard negatives)
+    # (N,) share of each nodule drawn in aerated lung (phantoms: PhantomNodule.lung_share); 1 for real truth
+    lung_share: np.ndarray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.lung_share is None:
+            self.lung_share = np.ones(len(self.diameters), np.float32)
+
+    def in_lung(self, min_share: float) -> np.ndarray:
+        """(N,) bool: the nodules with at least ``min_share`` of themselves in the lung. A phantom nodule drawn
+        mostly outside it (in the chest wall or mediastinum: under :data:`resmtnet.phantom.MIN_LUNG_SHARE`) is
+        no lung nodule: training does not teach it as one (``TrainConfig.min_lung_share``), and validation
+        scores it as an excluded mark, as ``evaluate --phantoms`` does. 0 keeps every nodule."""
+        return np.asarray(self.lung_share) >= min_share
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(".tmp-" + path.name)
         with open(tmp, "wb") as f:
             np.savez(f, image=self.image, origin=self.origin, spacing=self.spacing, centers=self.centers,
-                     diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives)
+                     diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives,
+                     lung_share=self.lung_share)
         os.replace(tmp, path)
 
     @classmethod
@@ -46,12 +60,12 @@ class TrainCase:
         with np.load(path) as z:
             return cls(case_id=case_id, image=z["image"], origin=z["origin"], spacing=float(z["spacing"]),
                        centers=z["centers"], diameters=z["diameters"], malignancy=z["malignancy"],
-                       negatives=z["negatives"])
+                       negatives=z["negatives"], lung_share=z["lung_share"] if "lung_share" in z.files else None)
 
 
 def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters: np.ndarray,
                  malignancy: np.ndarray, spacing: float, lung_mask: np.ndarray | None = None,
-                 negatives_lps: np.ndarray | None = None) -> TrainCase:
+                 negatives_lps: np.ndarray | None = None, lung_share: np.ndarray | None = None) -> TrainCase:
     """Resample a CT with its nodules onto the model grid, cropped to the lungs (+ margin) when known."""
     bounds = mask_bounds(lung_mask, ct, CROP_MARGIN_MM) if lung_mask is not None else None
     arr, grid = to_model_grid(ct, spacing, bounds)
@@ -61,7 +75,8 @@ def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters:
     return TrainCase(case_id=case_id, image=np.clip(np.round(arr), -32768, 32767).astype(np.int16),
                      origin=grid.origin, spacing=spacing, centers=c.astype(np.float32),
                      diameters=np.asarray(diameters, np.float32).reshape(-1),
-                     malignancy=np.asarray(malignancy, np.int16).reshape(-1), negatives=neg.astype(np.float32))
+                     malignancy=np.asarray(malignancy, np.int16).reshape(-1), negatives=neg.astype(np.float32),
+                     lung_share=None if lung_share is None else np.asarray(lung_share, np.float32).reshape(-1))
 
 
 def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix: str = "screening") -> TrainCase:
@@ -71,7 +86,7 @@ def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix
     n = ph.nodules
     return case_from_ct(case_id, ph.ct, np.array([x.center_lps for x in n]).reshape(-1, 3),
                         np.array([x.diameter_mm for x in n]), np.array([x.malignancy for x in n]), spacing,
-                        lung_mask=ph.lung_mask)
+                        lung_mask=ph.lung_mask, lung_share=np.array([x.lung_share for x in n]))
 
 
 class PhantomCases:
@@ -91,8 +106,9 @@ class PhantomCases:
         self.max_nodules = max_nodules
         prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
         self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
-        # the screening mix keeps the cache key it had before mixes existed, so its cache stays valid
-        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 2}
+        # the screening mix names no mix in its key, as before mixes existed
+        # v3: cases carry each nodule's lung_share (files of v2 lack it, so they are made again)
+        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 3}
         if mix != "screening":
             key["mix"] = mix
         tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]

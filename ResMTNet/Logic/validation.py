@@ -30,21 +30,23 @@ def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: f
                     p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
 
 
-def case_marks(case: TrainCase, min_diameter_mm: float = 0.0) -> list[Mark]:
-    """The case's nodules as FROC marks; those under ``min_diameter_mm`` are excluded marks (a finding on
-    one is neither a hit nor a false positive, as LUNA16 treats its irrelevant findings)."""
+def case_marks(case: TrainCase, min_diameter_mm: float = 0.0, min_lung_share: float = 0.0) -> list[Mark]:
+    """The case's nodules as FROC marks; those under ``min_diameter_mm`` or with less than ``min_lung_share``
+    of themselves in the lung (:meth:`TrainCase.in_lung`) are excluded marks: a finding on one is neither a
+    hit nor a false positive, as LUNA16 treats its irrelevant findings and ``evaluate --phantoms`` these."""
     from .prepare import ModelGrid
 
     grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
     return [Mark(case.case_id, tuple(float(v) for v in grid.voxel_to_world(c)), float(d),
-                 float(r) if r > 0 else None, excluded=bool(d < min_diameter_mm), row=i)
-            for i, (c, d, r) in enumerate(zip(case.centers, case.diameters, case.malignancy))]
+                 float(r) if r > 0 else None, excluded=bool(d < min_diameter_mm or not lung), row=i)
+            for i, (c, d, r, lung) in enumerate(zip(case.centers, case.diameters, case.malignancy,
+                                                     case.in_lung(min_lung_share)))]
 
 
 def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str, tta: bool = False,
-                    min_diameter_mm: float = 0.0):
+                    min_diameter_mm: float = 0.0, min_lung_share: float = 0.0):
     """Detect on every case once (``tta``: with test-time augmentation) and score by the LUNA16 FROC
-    (no bootstrap); nodules under ``min_diameter_mm`` are excluded marks."""
+    (no bootstrap); nodules under ``min_diameter_mm`` or ``min_lung_share`` are excluded marks."""
     device = torch.device(device)
     was_training = net.training
     net.eval()
@@ -52,7 +54,7 @@ def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.dev
     marks: list[Mark] = []
     for c in cases:
         findings += case_findings(net, c, device, tta=tta)
-        marks += case_marks(c, min_diameter_mm)
+        marks += case_marks(c, min_diameter_mm, min_lung_share)
     if was_training:
         net.train()
     return evaluate(findings, marks, [c.case_id for c in cases], n_bootstrap=0)
@@ -77,19 +79,22 @@ def summarize(res) -> dict[str, float]:
 
 
 def score_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str = "cpu",
-                min_diameter_mm: float = 0.0) -> dict[str, float]:
+                min_diameter_mm: float = 0.0, min_lung_share: float = 0.0) -> dict[str, float]:
     """CPM (score), sensitivity at 2 FP/scan, diameter MAE and malignancy AUC over ``cases``."""
-    return summarize(_evaluate_cases(net, cases, device, min_diameter_mm=min_diameter_mm))
+    return summarize(_evaluate_cases(net, cases, device, min_diameter_mm=min_diameter_mm,
+                                     min_lung_share=min_lung_share))
 
 
 def calibrate(net: ResMTNet, cases: Sequence[TrainCase], fp_per_scan: float, device: torch.device | str = "cpu",
-              tta: bool = True, min_diameter_mm: float = 0.0) -> tuple[float, dict[str, float], dict[str, float]]:
+              tta: bool = True, min_diameter_mm: float = 0.0, min_lung_share: float = 0.0
+              ) -> tuple[float, dict[str, float], dict[str, float]]:
     """Threshold at ``fp_per_scan`` FP/scan, what it gives, and the scores — from one pass over ``cases``.
 
     ``tta`` should match how detection runs by default (with test-time augmentation): averaging the
     mirrored passes lowers the probabilities a little, so a threshold found without it would let more
     false findings through. The passes are :data:`~resmtnet.inference.TTA_FLIPS`; an export records them.
     """
-    res = _evaluate_cases(net, cases, device, tta=tta, min_diameter_mm=min_diameter_mm)
+    res = _evaluate_cases(net, cases, device, tta=tta, min_diameter_mm=min_diameter_mm,
+                          min_lung_share=min_lung_share)
     thr, at = threshold_at(res, fp_per_scan)
     return thr, at, summarize(res)
