@@ -370,3 +370,10 @@ def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, ca
         found = sum(c["found"] for c in cells.values())
         assert found == round(d["sensitivities"][d["fp_rates"].index(2.0)] * len(scored))
     assert "by nodule type:" in printed and "by location:" in printed
+    # the same folder asked for another seed: that seed's phantom is made and scored, not the one there
+    assert main(["evaluate", "--phantoms", "1", "--phantom-seed", "8", "--no-tta", "--bootstrap", "0",
+                 "-o", str(out)]) == 0
+    d = json.loads((out / "froc.json").read_text())
+    assert d["series"] == ["phantom-s8-0000"] and (out / "phantoms" / "phantom-s8-0000.nrrd").is_file()
+    with open(out / "phantoms" / "annotations.csv", newline="") as f:
+        assert {r["seriesuid"] for r in csv.DictReader(f)} == {"phantom-s8-0000"}

@@ -42,7 +42,8 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
 
     outdir = Path(outdir)
     phantom_dir = outdir / "phantoms"
-    if not _has_lung_share(phantom_dir / "annotations.csv"):  # none yet, or written before lung_share existed
+    series = [f"phantom-s{seed}-{i:04d}" for i in range(n)]
+    if not _set_holds(phantom_dir, series):
         write_phantom_set(phantom_dir, n, seed, workers=workers,
                           progress=(lambda f, m: progress(m)) if progress else None)
     truths = read_truth_csv(phantom_dir / "annotations.csv")
@@ -50,10 +51,7 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     findings: list[Finding] = []
     marks: list[Mark] = []
-    series = []
-    for i in range(n):
-        uid = f"phantom-s{seed}-{i:04d}"
-        series.append(uid)
+    for i, uid in enumerate(series):
         ct = read_ct(phantom_dir / f"{uid}.nrrd")
         det = detect_ct(ct, model=loaded, device=device, threshold=0.0, tta=tta)
         det_dir = outdir / "detections" / uid
@@ -76,6 +74,18 @@ def phantom_marks(uid: str, truths: list[TruthNodule], shares: list[float], min_
     return [Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
                  excluded=t.diameter_mm < min_diameter_mm or share < min_lung_share, row=j)
             for j, (t, share) in enumerate(zip(truths, shares, strict=True))]
+
+
+def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
+    """Whether a phantom set already written there can be scored as ``series``: it has every one of them,
+    with their truth, and that truth has ``lung_share`` (a set written before it existed is made again, as
+    is one of another seed or of fewer phantoms, whose truth is not these phantoms' own)."""
+    annotations = phantom_dir / "annotations.csv"
+    if not _has_lung_share(annotations):
+        return False
+    with open(annotations, newline="") as f:
+        listed = {r["seriesuid"] for r in csv.DictReader(f)}  # every phantom has at least one nodule
+    return all(uid in listed and (phantom_dir / f"{uid}.nrrd").is_file() for uid in series)
 
 
 def _has_lung_share(annotations_csv: Path) -> bool:
