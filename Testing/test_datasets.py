@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -101,11 +103,39 @@ def test_phantom_folder_source(tmp_path):
     ph = generate_phantom(phantom_seed(5, 1), small=True)
     assert [t.malignancy_rating for t in truths] == [n.malignancy for n in ph.nodules]
     assert [t.nodule_type for t in truths] == [n.nodule_type for n in ph.nodules]
+    assert [t.lung_share for t in truths] == pytest.approx([n.lung_share for n in ph.nodules], abs=1e-3)
     for t, n in zip(truths, ph.nodules, strict=True):
         assert np.linalg.norm(np.subtract(t.center_lps, n.center_lps)) < 0.01
         i, j, k = np.round(ct.world_to_index(np.array(t.center_lps))).astype(int)
         assert ph.labels[k, j, i] == ph.nodules.index(n) + 1
     assert src.negatives("phantom-s5-0000") == []
+    # training cases from the folder carry each nodule's lung_share (what train --min-lung-share reads)
+    (case,) = datasets.TrainCaseCache(src, tmp_path / "tc", 3.0).load(["phantom-s5-0001"])
+    np.testing.assert_allclose(case.lung_share, [t.lung_share for t in truths], atol=1e-6)
+    # a nodule outside the lung gives its case a cache file of its own (one cached before shares existed
+    # would read as all in the lung); a CSV without the column reads as every nodule in the lung
+    rows = (tmp_path / "annotations.csv").read_text().splitlines()
+    col = rows[0].split(",").index("lung_share")
+    wall = [",".join(f if k != col else "0.2" for k, f in enumerate(r.split(","))) if r.startswith("phantom-s5-0001")
+            else r for r in rows]
+    (tmp_path / "wall.csv").write_text("\n".join(wall) + "\n")
+    in_wall = PhantomFolderSource(tmp_path, tmp_path / "wall.csv")
+    assert all(t.lung_share == 0.2 for t in in_wall.truths("phantom-s5-0001"))
+    cache_wall = datasets.TrainCaseCache(in_wall, tmp_path / "tc", 3.0)
+    plain = [",".join(r.split(",")[:col]) for r in rows]
+    (tmp_path / "plain.csv").write_text("\n".join(plain) + "\n")
+    no_column = PhantomFolderSource(tmp_path, tmp_path / "plain.csv")
+    assert all(t.lung_share == 1.0 for t in no_column.truths("phantom-s5-0001"))
+    cache_plain = datasets.TrainCaseCache(no_column, tmp_path / "tc", 3.0)
+    assert TruthNodule.from_dict(TruthNodule((0.0, 0.0, 0.0), 5.0, lung_share=0.2).to_dict()).lung_share == 0.2
+
+    def key_before(source, cid):  # the cache key as it was before cases carried lung_share
+        key = json.dumps({"v": datasets.TRAIN_CACHE_FORMAT, "case": cid, "spacing": 3.0, "crop": True,
+                          "files": datasets._fingerprint(source.source_files(cid))})
+        return f"{cid}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+
+    assert cache_plain.path("phantom-s5-0001").name == key_before(no_column, "phantom-s5-0001")
+    assert cache_wall.path("phantom-s5-0001").name != key_before(in_wall, "phantom-s5-0001")
 
 
 def _patient(cid: str) -> str:

@@ -42,12 +42,14 @@ CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 @dataclass(frozen=True)
 class TruthNodule:
     """A reference nodule: centre (LPS mm), diameter (mm), malignancy rating 1–5 (None: unknown, as in
-    LUNA16) and type (solid, part-solid, ground-glass, calcified; None: unknown)."""
+    LUNA16), type (solid, part-solid, ground-glass, calcified; None: unknown) and the share of it drawn in
+    aerated lung (a phantom's ``lung_share`` column; 1 where the CSV has none: readers mark lung nodules)."""
 
     center_lps: Point
     diameter_mm: float
     malignancy_rating: int | None = None
     nodule_type: str | None = None
+    lung_share: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,7 +59,8 @@ class TruthNodule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TruthNodule:
         return cls(center_lps=tuple(float(v) for v in d["center_lps"]), diameter_mm=float(d["diameter_mm"]),
-                   malignancy_rating=d.get("malignancy_rating"), nodule_type=d.get("nodule_type"))
+                   malignancy_rating=d.get("malignancy_rating"), nodule_type=d.get("nodule_type"),
+                   lung_share=float(d.get("lung_share", 1.0)))
 
 
 @runtime_checkable
@@ -86,7 +89,8 @@ def _rating(text: str | None) -> int | None:
 
 
 def read_truth_csv(path: str | Path) -> dict[str, list[TruthNodule]]:
-    """LUNA16-style annotations grouped by seriesuid; optional ``malignancy`` (rating) and ``nodule_type``."""
+    """LUNA16-style annotations grouped by seriesuid; optional ``malignancy`` (rating), ``nodule_type`` and
+    ``lung_share`` (a phantom set's)."""
     p = Path(path)
     out: dict[str, list[TruthNodule]] = {}
     for i, r in enumerate(_read_csv(p, ANNOTATION_COLUMNS, "annotations CSV")):
@@ -97,9 +101,11 @@ def read_truth_csv(path: str | Path) -> dict[str, list[TruthNodule]]:
             raise InputError(f"{p}: line {line}: malignancy is not a rating: "
                              f"{r.get('malignancy')!r}") from None
         kind = (r.get("nodule_type") or "").strip() or None
+        share = _num(r, "lung_share", p, line) if (r.get("lung_share") or "").strip() else 1.0
         out.setdefault(r["seriesuid"].strip(), []).append(TruthNodule(
             center_lps=(_num(r, "coordX", p, line), _num(r, "coordY", p, line), _num(r, "coordZ", p, line)),
-            diameter_mm=_num(r, "diameter_mm", p, line), malignancy_rating=rating, nodule_type=kind))
+            diameter_mm=_num(r, "diameter_mm", p, line), malignancy_rating=rating, nodule_type=kind,
+            lung_share=share))
     return out
 
 
@@ -542,7 +548,7 @@ def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_l
     ratings = np.array([t.malignancy_rating or 0 for t in truths], dtype=np.int16)
     neg = np.array(source.negatives(case_id), dtype=np.float64).reshape(-1, 3)
     return case_from_ct(case_id, ct, centers, diameters, ratings, float(spacing), lung_mask=mask,
-                        negatives_lps=neg)
+                        negatives_lps=neg, lung_share=np.array([t.lung_share for t in truths], np.float32))
 
 
 def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: str) -> None:
@@ -569,8 +575,15 @@ class TrainCaseCache:
         if case_id not in self._paths:
             files = getattr(self.source, "source_files", None)
             fingerprint = _fingerprint(files(case_id)) if files else []
-            key = json.dumps({"v": TRAIN_CACHE_FORMAT, "case": case_id, "spacing": self.spacing,
-                              "crop": self.crop_to_lungs, "files": fingerprint})
+            key = {"v": TRAIN_CACHE_FORMAT, "case": case_id, "spacing": self.spacing,
+                   "crop": self.crop_to_lungs, "files": fingerprint}
+            if isinstance(self.source, AnnotatedVolumeFolder):
+                # a case with nodules outside the lung (a phantom set's lung_share) has a key of its own, so
+                # that one cached before cases carried lung_share is made again; every other key is unchanged
+                shares = [t.lung_share for t in self.source.truths(case_id)]
+                if any(s < 1.0 for s in shares):
+                    key["lung_share"] = shares
+            key = json.dumps(key)
             digest = hashlib.sha1(key.encode()).hexdigest()[:12]
             name = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[-80:]
             self._paths[case_id] = self.cache_dir / f"{name}-{digest}.npz"
