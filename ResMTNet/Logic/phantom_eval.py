@@ -47,7 +47,6 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         write_phantom_set(phantom_dir, n, seed, workers=workers,
                           progress=(lambda f, m: progress(m)) if progress else None)
     truths = read_truth_csv(phantom_dir / "annotations.csv")
-    shares = lung_shares(phantom_dir / "annotations.csv")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     findings: list[Finding] = []
     marks: list[Mark] = []
@@ -59,21 +58,19 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)
         findings += [Finding(uid, n_.center_lps, n_.probability, n_.diameter_mm, n_.malignancy, row=j)
                      for j, n_ in enumerate(det.nodules)]
-        marks += phantom_marks(uid, truths.get(uid, []), shares.get(uid, []), min_diameter_mm, min_lung_share)
+        marks += phantom_marks(uid, truths.get(uid, []), min_diameter_mm, min_lung_share)
         if progress:
             progress(f"detected {i + 1}/{n}: {uid} ({len(det.nodules)} findings)")
     return evaluate(findings, marks, series, n_bootstrap=n_bootstrap, seed=0)
 
 
-def phantom_marks(uid: str, truths: list[TruthNodule], shares: list[float], min_diameter_mm: float,
-                  min_lung_share: float) -> list[Mark]:
+def phantom_marks(uid: str, truths: list[TruthNodule], min_diameter_mm: float, min_lung_share: float
+                  ) -> list[Mark]:
     """A phantom's nodules as FROC marks (``row``: the nodule's place in its scan); excluded: those under
     ``min_diameter_mm`` and those with less than ``min_lung_share`` of themselves in the lung."""
-    if len(shares) != len(truths):
-        raise ValueError(f"{uid}: {len(truths)} nodules but {len(shares)} lung shares")
     return [Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
-                 excluded=t.diameter_mm < min_diameter_mm or share < min_lung_share, row=j)
-            for j, (t, share) in enumerate(zip(truths, shares, strict=True))]
+                 excluded=t.diameter_mm < min_diameter_mm or t.lung_share < min_lung_share, row=j)
+            for j, t in enumerate(truths)]
 
 
 def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
@@ -98,18 +95,10 @@ def _has_lung_share(annotations_csv: Path) -> bool:
 def count_outside_lung(annotations_csv: str | Path, min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM,
                        min_lung_share: float = MIN_LUNG_SHARE) -> int:
     """How many nodules of at least ``min_diameter_mm`` a phantom set has under ``min_lung_share``."""
-    with open(annotations_csv, newline="") as f:
-        return sum(1 for r in csv.DictReader(f)
-                   if float(r["diameter_mm"]) >= min_diameter_mm and float(r["lung_share"]) < min_lung_share)
+    from .datasets import read_truth_csv
 
-
-def lung_shares(annotations_csv: str | Path) -> dict[str, list[float]]:
-    """Each phantom nodule's ``lung_share`` (annotations.csv order within its scan), by seriesuid."""
-    out: dict[str, list[float]] = {}
-    with open(annotations_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            out.setdefault(r["seriesuid"], []).append(float(r["lung_share"]))
-    return out
+    return sum(t.diameter_mm >= min_diameter_mm and t.lung_share < min_lung_share
+               for truths in read_truth_csv(annotations_csv).values() for t in truths)
 
 
 #: the annotation columns of a phantom set that :func:`sensitivity_by_kind` breaks the result down by
