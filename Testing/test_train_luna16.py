@@ -196,6 +196,40 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
         assert torch.equal(v, last[k].float()), k
 
 
+def test_export_can_calibrate_its_threshold_on_phantoms_of_its_own(tmp_path, capsys):
+    """`--calibration-phantoms N`: the export's threshold is found on N phantoms of `--calibration-seed`, not
+    on the validation phantoms that chose the epoch, and the file says so. Misuse stops before any data."""
+    from resmtnet.phantom import MIN_LUNG_SHARE
+    from resmtnet.phantom_eval import PHANTOM_MIN_DIAMETER_MM
+    from resmtnet.training_data import PhantomCases
+    from resmtnet.validation import calibrate
+
+    cache, export = tmp_path / "cache", tmp_path / "model.pt"
+    base = ["train", "-o", str(tmp_path / "run"), "--phantoms", "1", "--val-phantoms", "2", "--max-nodules", "3",
+            "--cache", str(cache), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1", "--patch", "32",
+            "--tiny", "--spacing", "3", "--workers", "2", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(base + ["--calibration-phantoms", "1"]) == 2  # nothing to calibrate without --export
+    assert "needs --export" in capsys.readouterr().err
+    assert main(base + ["--calibration-phantoms", "1", "--calibration-seed", "2000", "--export", str(export)]) == 2
+    assert "--val-seed is the same" in capsys.readouterr().err
+    assert not cache.exists()
+
+    assert main(base + ["--calibration-phantoms", "1", "--calibration-seed", "5001", "--export", str(export)]) == 0
+    assert "on 1 calibration phantoms, with TTA" in capsys.readouterr().out
+    ck = read_checkpoint(export)
+    cal = ck["provenance"]["threshold_calibration"]
+    assert cal["cases"] == "calibration phantoms" and cal["n_cases"] == 1  # not the 2 validation phantoms
+    assert ck["provenance"]["data"]["calibration_seed"] == 5001
+    assert ck["provenance"]["data"]["calibration_phantoms"] == 1
+    assert set(ck["metrics"]) == {"calibration"}
+    # the threshold is the one those phantoms give, found again here
+    model = load_model(export)
+    cases = PhantomCases(cache, 5001, 1, 3.0, 3).load()
+    thr, _, _ = calibrate(model.net, cases, 1.0, "cpu", tta=True, min_diameter_mm=PHANTOM_MIN_DIAMETER_MM,
+                          min_lung_share=MIN_LUNG_SHARE)
+    assert model.threshold == round(thr, 4)
+
+
 def test_windows_cut_by_loader_workers_train_through_the_command(luna, tmp_path, capsys):
     """`--loader-workers N` runs the loop on batches from N processes and records it; a bad N stops at once."""
     root, _ = luna

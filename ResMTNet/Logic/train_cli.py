@@ -101,6 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "to PATH with its finding threshold calibrated on the validation cases")
     p.add_argument("--export-fp-rate", type=float, default=1.0,
                    help="false positives per validation scan at the calibrated threshold (default 1)")
+    p.add_argument("--calibration-phantoms", type=int, default=0, metavar="N",
+                   help="phantoms: calibrate the export's threshold on N phantoms of their own (--calibration-seed) "
+                        "instead of the validation phantoms, which also chose the epoch (default 0: validation)")
+    p.add_argument("--calibration-seed", type=int, default=5000, help="seed of the --calibration-phantoms set")
     p.add_argument("--while-generating", action="store_true",
                    help="phantoms: don't wait for the whole training pool; each epoch trains on the phantoms "
                         "cached so far (another process, e.g. an earlier train command, fills the cache)")
@@ -225,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResMTNetError(f"--min-lung-share {args.min_lung_share}: must lie between 0 and 1")
     if not 0.0 <= args.ema < 1.0:
         raise ResMTNetError(f"--ema {args.ema}: must lie between 0 (off) and 1 (e.g. 0.999)")
+    _check_calibration_set(args)
     init = _read_init(args)
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
@@ -236,8 +241,12 @@ def run(args: argparse.Namespace) -> int:
             tr = tr + PhantomCases(args.cache, args.subtle_seed, args.subtle_phantoms, spacing, args.max_nodules,
                                    mix="subtle")
         va = PhantomCases(args.cache, args.val_seed, args.val_phantoms, spacing, args.max_nodules)
+        ca = PhantomCases(args.cache, args.calibration_seed, args.calibration_phantoms, spacing, args.max_nodules) \
+            if args.calibration_phantoms else None
         if rank == 0:
             va.ensure(args.workers, _printer("validation phantoms"))
+            if ca is not None:  # made before training, so that a failure shows before the hours of training
+                ca.ensure(args.workers, _printer("calibration phantoms"))
             if not args.while_generating:
                 tr.ensure(args.workers, _printer("training phantoms"))
         if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -252,9 +261,12 @@ def run(args: argparse.Namespace) -> int:
                      "phantoms": args.phantoms, "val_seed": args.val_seed, "val_phantoms": args.val_phantoms,
                      "max_nodules": args.max_nodules, "subtle_phantoms": args.subtle_phantoms,
                      "subtle_seed": args.subtle_seed if args.subtle_phantoms else None}
+        if ca is not None:
+            data_prov.update(calibration_seed=args.calibration_seed, calibration_phantoms=args.calibration_phantoms)
     else:
         train_cases, val_cases, data_prov = _cases_from_source(args, spacing)
         refresh = None
+        ca = None
     if not train_cases:
         raise ResMTNetError("no training cases")
     init_state = None
@@ -309,8 +321,10 @@ def run(args: argparse.Namespace) -> int:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
         if args.export:
-            _export(best if best.exists() else last, Path(args.export), val_cases or train_cases[:8],
-                    args.export_fp_rate, data_prov, command_line(args), min_d, device, args.min_lung_share)
+            cal_cases = ca.load() if ca is not None else (val_cases or train_cases[:8])
+            _export(best if best.exists() else last, Path(args.export), cal_cases,
+                    args.export_fp_rate, data_prov, command_line(args), min_d, device, args.min_lung_share,
+                    calibration_set="calibration phantoms" if ca is not None else "validation")
     return 0
 
 
@@ -323,8 +337,32 @@ def command_line(args: argparse.Namespace) -> str:
     return "resmtnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
+def _check_calibration_set(args: argparse.Namespace) -> None:
+    """``--calibration-phantoms``: only with phantoms and ``--export``, and a seed no other set of the run uses."""
+    from .errors import ResMTNetError
+
+    n = args.calibration_phantoms
+    if n < 0:
+        raise ResMTNetError(f"--calibration-phantoms {n}: must be 0 (calibrate on validation) or more")
+    if not n:
+        return
+    if args.data != "phantoms":
+        raise ResMTNetError("--calibration-phantoms works with --data phantoms only (other data calibrate on "
+                            "their validation fold)")
+    if not args.export:
+        raise ResMTNetError("--calibration-phantoms calibrates the export's threshold: it needs --export")
+    used = {"--phantom-seed": args.phantom_seed, "--val-seed": args.val_seed}
+    if args.subtle_phantoms:
+        used["--subtle-seed"] = args.subtle_seed
+    for flag, seed in used.items():
+        if seed == args.calibration_seed:
+            raise ResMTNetError(f"--calibration-seed {seed}: {flag} is the same; the calibration phantoms must be "
+                                "phantoms the run does not otherwise see")
+
+
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
-            min_diameter_mm: float = 0.0, device: torch.device | str = "cpu", min_lung_share: float = 0.0) -> None:
+            min_diameter_mm: float = 0.0, device: torch.device | str = "cpu", min_lung_share: float = 0.0,
+            calibration_set: str = "validation") -> None:
     from .inference import TTA_FLIPS
     from .model_io import load_model, read_checkpoint, save_checkpoint
     from .validation import calibrate
@@ -338,9 +376,11 @@ def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, comman
                  "command": command,
                  "threshold_calibration": {"fp_per_scan_target": fp_rate, "tta": tta, "tta_passes": len(TTA_FLIPS),
                                            "min_diameter_mm": min_diameter_mm, "min_lung_share": min_lung_share,
-                                           **at}})
+                                           "cases": calibration_set, "n_cases": len(cases), **at}})
     # detection must run the passes the threshold was found with, so they travel in the file
-    save_checkpoint(dst, model.net, provenance=prov, metrics={"validation": metrics},
+    scored_on = "validation" if calibration_set == "validation" else "calibration"
+    save_checkpoint(dst, model.net, provenance=prov, metrics={scored_on: metrics},
                     decode={"threshold": round(thr, 4), "tta_flips": [list(f) for f in TTA_FLIPS]})
     print(f"exported {dst} ({dst.stat().st_size / 2 ** 20:.1f} MB): threshold {thr:.3f} "
-          f"({at['fp_per_scan']:.2f} FP/scan, sensitivity {at['sensitivity']:.3f} on validation, with TTA); {metrics}")
+          f"({at['fp_per_scan']:.2f} FP/scan, sensitivity {at['sensitivity']:.3f} on {len(cases)} "
+          f"{'validation cases' if calibration_set == 'validation' else calibration_set}, with TTA); {metrics}")
