@@ -98,7 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--export", metavar="PATH",
                    help="after training, write the release checkpoint (best by validation, no optimizer state) "
-                        "to PATH with its finding threshold calibrated on the validation cases")
+                        "to PATH with its finding threshold calibrated on the validation cases "
+                        "(or --calibration-phantoms)")
     p.add_argument("--export-fp-rate", type=float, default=1.0,
                    help="false positives per validation scan at the calibrated threshold (default 1)")
     p.add_argument("--calibration-phantoms", type=int, default=0, metavar="N",
