@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import TMP_PREFIX, atomic_write
 from .errors import InputError
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
@@ -286,15 +287,9 @@ def write_volume(vol: CTVolume, path: str | Path, compress: bool = True, integer
     if path.suffix.lower() == ".mhd":
         # header + data pair: the header names its data file, so write both under their final names
         # in a temporary folder beside, then move the data file first and the header last
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=TMP_PREFIX) as tmp:
             sitk.WriteImage(img, str(Path(tmp) / path.name), compress)
             for f in sorted(Path(tmp).iterdir(), key=lambda f: f.suffix.lower() == ".mhd"):
                 shutil.move(str(f), str(path.parent / f.name))
         return
-    tmp = path.with_name(".tmp-" + path.name)
-    try:
-        sitk.WriteImage(img, str(tmp), compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, str(tmp), compress))

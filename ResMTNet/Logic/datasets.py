@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .atomic import atomic_write
 from .csvio import parse_float as _num
 from .csvio import read_csv_rows as _read_csv
 from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
@@ -508,17 +509,17 @@ class CachedSource:
     def _write(self, npy: Path, meta_path: Path, hu: np.ndarray, ct: CTVolume, truths: list[TruthNodule],
                key: dict[str, Any]) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tag = f".tmp-{os.getpid()}-"
-        tmp_npy = npy.with_name(tag + npy.name)
-        with open(tmp_npy, "wb") as f:
-            np.save(f, hu)
-        os.replace(tmp_npy, npy)
+
+        def write_array(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, hu)
+
+        atomic_write(npy, write_array)
         meta = {"key": key, "shape": list(hu.shape), "spacing": list(ct.spacing), "origin": list(ct.origin),
                 "direction": list(ct.direction), "seriesuid": ct.seriesuid, "source": ct.source,
                 "truths": [t.to_dict() for t in truths]}
-        tmp_meta = meta_path.with_name(tag + meta_path.name)
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp_meta, meta_path)
+        text = json.dumps(meta, indent=1)
+        atomic_write(meta_path, lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------- training cases for resmtnet.training

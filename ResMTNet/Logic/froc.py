@@ -38,8 +38,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .csvio import parse_float as _float
 from .csvio import read_csv_rows as _read_csv_rows
 from .errors import InputError
@@ -598,23 +597,7 @@ def plot_froc(result: EvaluationResult, path: str | Path, title: str = "FROC") -
     ax.grid(True, which="both", ls=":", alpha=0.6)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
 
 
 def write_results(result: EvaluationResult, outdir: str | Path, stem: str = "froc",
@@ -628,9 +611,9 @@ def write_results(result: EvaluationResult, outdir: str | Path, stem: str = "fro
     json_path, png_path = outdir / f"{stem}.json", outdir / f"{stem}.png"
     plot_froc(result, png_path)
 
-    def _write_json(p: str) -> None:
+    def _write_json(p: Path) -> None:
         with open(p, "w") as f:
             f.write(text)
 
-    _atomic_write(json_path, _write_json)
+    atomic_write(json_path, _write_json)
     return json_path, png_path

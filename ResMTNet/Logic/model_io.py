@@ -8,7 +8,6 @@ decoding threshold all come out of the file. The shipped weights live in
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .errors import ResMTNetError
 from .model import ModelConfig, ResMTNet
 
@@ -108,11 +108,7 @@ def save_checkpoint(path: str | Path, net: ResMTNet, *, provenance: dict[str, An
     }
     if extra:
         ckpt.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .colors import malignancy_color
 from .ctio import CTVolume
 from .nodules import Detection
@@ -75,8 +76,7 @@ def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None
     fig.suptitle(f"ResMTNet — {detection.seriesuid} — {len(detection.nodules)} finding(s)", color="white",
                  fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=100, facecolor="black", format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, facecolor="black", format="png"))
+    finally:
+        plt.close(fig)

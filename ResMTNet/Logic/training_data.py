@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .ctio import CTVolume
 from .prepare import mask_bounds, to_model_grid
 
@@ -48,12 +48,13 @@ class TrainCase:
         return np.asarray(self.lung_share) >= min_share
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(".tmp-" + path.name)
-        with open(tmp, "wb") as f:
-            np.savez(f, image=self.image, origin=self.origin, spacing=self.spacing, centers=self.centers,
-                     diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives,
-                     lung_share=self.lung_share)
-        os.replace(tmp, path)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, image=self.image, origin=self.origin, spacing=self.spacing, centers=self.centers,
+                         diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives,
+                         lung_share=self.lung_share)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: Path, case_id: str) -> TrainCase:
