@@ -1,6 +1,7 @@
-"""A LUNA16-shaped folder (small phantoms as .mhd with LUNA16's names) trains through `resmtnet train`
-and is scored end to end by `resmtnet evaluate`; a two-process gloo torchrun run ends with one set of
-weights in both processes."""
+"""`resmtnet train` through the command: a LUNA16-shaped folder (small phantoms as .mhd with LUNA16's names)
+trains and is scored end to end by `resmtnet evaluate`; a two-process gloo torchrun run ends with one set of
+weights in both processes; each training option travels into the checkpoint and the export (one export
+test calibrates on generated phantoms instead of the folder)."""
 
 from __future__ import annotations
 
