@@ -508,8 +508,6 @@ class CachedSource:
 
     def _write(self, npy: Path, meta_path: Path, hu: np.ndarray, ct: CTVolume, truths: list[TruthNodule],
                key: dict[str, Any]) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-
         def write_array(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, hu)
