@@ -9,11 +9,14 @@ A phantom is built in two steps, the way a scanner sees a patient:
    part-solid, ground-glass or calcified; smooth, lobulated or spiculated; free in the parenchyma,
    touching the pleura or touching a vessel.
 2. *Acquisition*: slice-thickness blur, resampling to a scanner grid (in-plane 0.5–1.0 mm on a 512
-   matrix, slices 0.625–2.5 mm, any of :data:`DIRECTIONS`), quantum noise, and sometimes the padding
-   value outside the circular field of view (-2048 or -3024) that real scanners write.
+   matrix, slices 0.625–2.5 mm or, in the ``thick`` mix, 3–5 mm, any of :data:`DIRECTIONS`), quantum
+   noise, and sometimes the padding value outside the circular field of view (-2048 or -3024) that real
+   scanners write.
 
-Which nodules are drawn follows a :class:`PhantomMix`: the screening mix for every evaluation set, or a
-training-only mix weighted toward the nodules detection misses (small, attached, faint).
+Which nodules are drawn, and which slice thicknesses the scanner takes, follows a :class:`PhantomMix`:
+the screening mix for every evaluation set, or a training-only mix: one weighted toward the nodules
+detection misses (small, attached, faint), one of thick slices (3–5 mm, as older and low-dose scans
+have).
 
 Every nodule gets a LIDC-style malignancy rating 1–5 drawn from its size, margin, texture and
 calcification (large, spiculated, solid → high; small, smooth, calcified → low) plus reader noise.
@@ -57,21 +60,27 @@ LUNG_HU = -890.0
 
 @dataclass(frozen=True)
 class PhantomMix:
-    """How a phantom's nodules are drawn: the share of each texture and each location, and the size range.
+    """How a phantom is drawn: the share of each nodule texture and location, the size range, and the
+    slice thicknesses the scanner reconstructs (one drawn per phantom, which is also its slice spacing).
 
     ``screening`` is the mix every evaluation set uses. ``subtle`` is a training-only mix of what the
     network finds hardest: small nodules touching the pleura or a vessel, and faint ground-glass and
-    part-solid ones. Evaluation never uses it, so a model trained on it is still scored on ``screening``.
+    part-solid ones. ``thick`` is the screening mix's nodules seen through 3–5 mm slices, whose blur along
+    the body axis stretches a nodule's profile: a network that never saw it over-sizes nodules on such
+    scans. Evaluation never uses a training-only mix, so a model trained on one is still scored on
+    ``screening``.
     """
 
     type_weights: tuple[float, float, float, float]  # NODULE_TYPES
     location_weights: tuple[float, float, float]  # LOCATIONS
     diameter_range_mm: tuple[float, float]  # before the skew toward small nodules
+    slice_thicknesses_mm: tuple[float, ...] = (0.625, 1.0, 1.25, 1.5, 2.0, 2.5)  # full-size phantoms
 
 
 PHANTOM_MIXES: dict[str, PhantomMix] = {
     "screening": PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0)),
     "subtle": PhantomMix((0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
+    "thick": PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0), (3.0, 4.0, 5.0)),
 }
 
 
@@ -578,11 +587,13 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
             nod.diameter_mm = float((6 * vol / math.pi) ** (1 / 3))
     truth_lung |= labels > 0
 
-    return _acquire(rng, grid, hu, labels, truth_lung, nodules, small, direction, seed)
+    return _acquire(rng, grid, hu, labels, truth_lung, nodules, small, direction, seed,
+                    nodule_mix.slice_thicknesses_mm)
 
 
 def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.ndarray, lung: np.ndarray,
-             nodules: list[PhantomNodule], small: bool, direction: tuple[float, ...] | None, seed: int) -> Phantom:
+             nodules: list[PhantomNodule], small: bool, direction: tuple[float, ...] | None, seed: int,
+             thicknesses: tuple[float, ...]) -> Phantom:
     """Scanner simulation: slice blur, resampling to the scanner grid, noise, FOV padding."""
     if small:
         inplane = float(rng.uniform(1.4, 2.0))
@@ -590,7 +601,7 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
         matrix = None
     else:
         inplane = float(rng.uniform(0.5, 1.0))
-        thickness = float(rng.choice([0.625, 1.0, 1.25, 1.5, 2.0, 2.5]))
+        thickness = float(rng.choice(list(thicknesses)))
         matrix = 512
     if direction is None:
         direction = DIRECTIONS[int(rng.choice(len(DIRECTIONS), p=DIRECTION_WEIGHTS))]

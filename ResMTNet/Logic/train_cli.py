@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="phantoms: N more training phantoms from the 'subtle' nodule mix (small nodules on the "
                         "pleura or a vessel, faint ground-glass); evaluation always uses the screening mix")
     p.add_argument("--subtle-seed", type=int, default=3000, help="seed of the --subtle-phantoms set")
+    p.add_argument("--thick-phantoms", type=int, default=0, metavar="N",
+                   help="phantoms: N more training phantoms from the 'thick' mix (screening nodules, 3-5 mm "
+                        "slices); evaluation always uses the screening mix")
+    p.add_argument("--thick-seed", type=int, default=6000, help="seed of the --thick-phantoms set")
     p.add_argument("--val-phantoms", type=int, default=12)
     p.add_argument("--val-seed", type=int, default=2000)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
@@ -224,8 +228,9 @@ def run(args: argparse.Namespace) -> int:
                             f"({args.epochs - 1})")
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
-    if args.subtle_phantoms < 0:
-        raise ResMTNetError(f"--subtle-phantoms {args.subtle_phantoms}: must be 0 or more")
+    for mix in TRAINING_ONLY_MIXES:
+        if getattr(args, f"{mix}_phantoms") < 0:
+            raise ResMTNetError(f"--{mix}-phantoms {getattr(args, f'{mix}_phantoms')}: must be 0 or more")
     if not 0.0 <= args.min_lung_share <= 1.0:
         raise ResMTNetError(f"--min-lung-share {args.min_lung_share}: must lie between 0 and 1")
     if not 0.0 <= args.ema < 1.0:
@@ -238,9 +243,8 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if args.data == "phantoms":
         tr = PhantomCases(args.cache, args.phantom_seed, args.phantoms, spacing, args.max_nodules)
-        if args.subtle_phantoms:
-            tr = tr + PhantomCases(args.cache, args.subtle_seed, args.subtle_phantoms, spacing, args.max_nodules,
-                                   mix="subtle")
+        for mix, (n_mix, seed_mix) in _training_only_sets(args).items():
+            tr = tr + PhantomCases(args.cache, seed_mix, n_mix, spacing, args.max_nodules, mix=mix)
         va = PhantomCases(args.cache, args.val_seed, args.val_phantoms, spacing, args.max_nodules)
         ca = PhantomCases(args.cache, args.calibration_seed, args.calibration_phantoms, spacing, args.max_nodules) \
             if args.calibration_phantoms else None
@@ -262,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
                      "phantoms": args.phantoms, "val_seed": args.val_seed, "val_phantoms": args.val_phantoms,
                      "max_nodules": args.max_nodules, "subtle_phantoms": args.subtle_phantoms,
                      "subtle_seed": args.subtle_seed if args.subtle_phantoms else None}
+        if args.thick_phantoms:  # runs without thick phantoms keep the provenance they always had
+            data_prov.update(thick_phantoms=args.thick_phantoms, thick_seed=args.thick_seed)
         if ca is not None:
             data_prov.update(calibration_seed=args.calibration_seed, calibration_phantoms=args.calibration_phantoms)
     else:
@@ -353,13 +359,22 @@ def _check_calibration_set(args: argparse.Namespace) -> None:
     if not args.export:
         raise ResMTNetError("--calibration-phantoms calibrates the export's threshold: it needs --export")
     used = {"--phantom-seed": args.phantom_seed, "--val-seed": args.val_seed}
-    if args.subtle_phantoms:
-        used["--subtle-seed"] = args.subtle_seed
+    used.update({f"--{mix}-seed": seed for mix, (_, seed) in _training_only_sets(args).items()})
     for flag, seed in used.items():
         if seed == args.calibration_seed:
             raise ResMTNetError(f"--calibration-seed {seed}: {flag} is the same; the calibration phantoms must be "
                                 "phantoms the run does not otherwise see")
 
+
+#: training-only phantom mixes (:data:`resmtnet.phantom.PHANTOM_MIXES`), each with its --MIX-phantoms and
+#: --MIX-seed options
+TRAINING_ONLY_MIXES = ("subtle", "thick")
+
+
+def _training_only_sets(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    """The training-only mixes this run adds: mix name -> (number of phantoms, seed)."""
+    return {mix: (getattr(args, f"{mix}_phantoms"), getattr(args, f"{mix}_seed")) for mix in TRAINING_ONLY_MIXES
+            if getattr(args, f"{mix}_phantoms")}
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
             min_diameter_mm: float = 0.0, device: torch.device | str = "cpu", min_lung_share: float = 0.0,
