@@ -1,4 +1,4 @@
-"""Phantom nodule mixes: evaluation keeps the screening mix; training may add the subtle one in its own cache."""
+"""Phantom mixes: evaluation keeps the screening mix; training may add the subtle or thick one in its own cache."""
 
 from __future__ import annotations
 
@@ -35,6 +35,18 @@ def test_the_subtle_mix_draws_more_attached_and_faint_nodules():
     assert share["subtle"]["attached"] > share["screening"]["attached"]
     assert share["subtle"]["faint"] > share["screening"]["faint"]
 
+
+def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
+    """Same seed, same patient and nodules; only the scanner's slices differ (3-5 mm against 0.625-2.5 mm)."""
+    seed = 11
+    screening = generate_phantom(seed, max_nodules=2)
+    thick = generate_phantom(seed, max_nodules=2, mix="thick")
+    assert thick.nodules == screening.nodules
+    assert screening.ct.spacing[2] <= 2.5
+    assert thick.ct.spacing[2] in PHANTOM_MIXES["thick"].slice_thicknesses_mm
+    # fewer, thicker slices over the same body: the z extent is kept within one slice
+    extent = [p.ct.spacing[2] * (p.ct.array.shape[0] - 1) for p in (screening, thick)]
+    assert abs(extent[0] - extent[1]) <= thick.ct.spacing[2]
 
 def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
     screening = PhantomCases(tmp_path, 1000, 3, 1.5, 8)

@@ -199,7 +199,8 @@ def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tm
 
 def test_export_can_calibrate_its_threshold_on_phantoms_of_its_own(tmp_path, capsys):
     """`--calibration-phantoms N`: the export's threshold is found on N phantoms of `--calibration-seed`, not
-    on the validation phantoms that chose the epoch, and the file says so. Misuse stops before any data."""
+    on the validation phantoms that chose the epoch, and the file says so. Misuse stops before any data.
+    The run also trains on a `--thick-phantoms` phantom, which the file's provenance names."""
     from resmtnet.phantom import MIN_LUNG_SHARE
     from resmtnet.phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from resmtnet.training_data import PhantomCases
@@ -213,15 +214,24 @@ def test_export_can_calibrate_its_threshold_on_phantoms_of_its_own(tmp_path, cap
     assert "needs --export" in capsys.readouterr().err
     assert main(base + ["--calibration-phantoms", "1", "--calibration-seed", "2000", "--export", str(export)]) == 2
     assert "--val-seed is the same" in capsys.readouterr().err
+    assert main(base + ["--thick-phantoms", "1", "--calibration-phantoms", "1", "--calibration-seed", "6000",
+                        "--export", str(export)]) == 2
+    assert "--thick-seed is the same" in capsys.readouterr().err
+    assert main(base + ["--thick-phantoms", "-1"]) == 2
+    assert "--thick-phantoms -1: must be 0 or more" in capsys.readouterr().err
     assert not cache.exists()
 
-    assert main(base + ["--calibration-phantoms", "1", "--calibration-seed", "5001", "--export", str(export)]) == 0
+    # with a thick-slice phantom added to training (its own case id and cache file)
+    assert main(base + ["--thick-phantoms", "1", "--calibration-phantoms", "1", "--calibration-seed", "5001",
+                        "--export", str(export)]) == 0
+    assert len(list(cache.glob("phantom-thick-s6000-0000-*.npz"))) == 1
     assert "on 1 calibration phantoms, with TTA" in capsys.readouterr().out
     ck = read_checkpoint(export)
     cal = ck["provenance"]["threshold_calibration"]
     assert cal["cases"] == "calibration phantoms" and cal["n_cases"] == 1  # not the 2 validation phantoms
     assert ck["provenance"]["data"]["calibration_seed"] == 5001
     assert ck["provenance"]["data"]["calibration_phantoms"] == 1
+    assert (ck["provenance"]["data"]["thick_phantoms"], ck["provenance"]["data"]["thick_seed"]) == (1, 6000)
     assert set(ck["metrics"]) == {"calibration"}
     # the threshold is the one those phantoms give, found again here
     model = load_model(export)
