@@ -231,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     for mix in TRAINING_ONLY_MIXES:
         if getattr(args, f"{mix}_phantoms") < 0:
             raise ResMTNetError(f"--{mix}-phantoms {getattr(args, f'{mix}_phantoms')}: must be 0 or more")
+    for mix, (_, seed) in _training_only_sets(args).items():
+        if args.data == "phantoms" and seed == args.val_seed:  # the thick mix would train on the same patients
+            raise ResMTNetError(f"--{mix}-seed {seed}: --val-seed is the same; validation phantoms must be "
+                                "phantoms the run does not train on")
     if not 0.0 <= args.min_lung_share <= 1.0:
         raise ResMTNetError(f"--min-lung-share {args.min_lung_share}: must lie between 0 and 1")
     if not 0.0 <= args.ema < 1.0:
@@ -375,6 +379,7 @@ def _training_only_sets(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
     """The training-only mixes this run adds: mix name -> (number of phantoms, seed)."""
     return {mix: (getattr(args, f"{mix}_phantoms"), getattr(args, f"{mix}_seed")) for mix in TRAINING_ONLY_MIXES
             if getattr(args, f"{mix}_phantoms")}
+
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,
             min_diameter_mm: float = 0.0, device: torch.device | str = "cpu", min_lung_share: float = 0.0,
