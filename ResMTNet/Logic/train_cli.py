@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     from .errors import ResMTNetError
     from .inference import pick_device
     from .model import ModelConfig, restride_state
+    from .model_io import code_version
     from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .training import TrainConfig, train
     from .training_data import PhantomCases
@@ -320,7 +321,9 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         log(json.dumps({"start": {"train_cases": len(train_cases), "val_cases": len(val_cases),
                                   "config": cfg.to_dict(), "model": mcfg.to_dict(), "data": data_prov}}))
-    prov = {"data": data_prov, "command": command_line(args)}
+    # the code that runs is the code imported now: a checkout that moves on during the hours of training must
+    # not put its later commit into the checkpoints (save_checkpoint would read HEAD when each one is written)
+    prov = {"code_version": code_version(), "data": data_prov, "command": command_line(args)}
     if init:
         init_prov = init.meta.get("provenance", {})
         prov["init_from"] = {"path": str(args.init),
