@@ -48,6 +48,7 @@ def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
     extent = [p.ct.spacing[2] * (p.ct.array.shape[0] - 1) for p in (screening, thick)]
     assert abs(extent[0] - extent[1]) <= thick.ct.spacing[2]
 
+
 def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
     screening = PhantomCases(tmp_path, 1000, 3, 1.5, 8)
     subtle = PhantomCases(tmp_path, 3000, 1, 1.5, 8, mix="subtle")

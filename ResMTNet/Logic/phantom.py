@@ -77,10 +77,11 @@ class PhantomMix:
     slice_thicknesses_mm: tuple[float, ...] = (0.625, 1.0, 1.25, 1.5, 2.0, 2.5)  # full-size phantoms
 
 
+_SCREENING_MIX = PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0))
 PHANTOM_MIXES: dict[str, PhantomMix] = {
-    "screening": PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0)),
+    "screening": _SCREENING_MIX,
     "subtle": PhantomMix((0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
-    "thick": PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0), (3.0, 4.0, 5.0)),
+    "thick": replace(_SCREENING_MIX, slice_thicknesses_mm=(3.0, 4.0, 5.0)),
 }
 
 

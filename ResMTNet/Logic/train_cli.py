@@ -230,8 +230,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.mine_floor < 1.0:
         raise ResMTNetError(f"--mine-floor {args.mine_floor}: must lie between 0 and 1")
     for mix in TRAINING_ONLY_MIXES:
-        if getattr(args, f"{mix}_phantoms") < 0:
-            raise ResMTNetError(f"--{mix}-phantoms {getattr(args, f'{mix}_phantoms')}: must be 0 or more")
+        n_mix = getattr(args, f"{mix}_phantoms")
+        if n_mix < 0:
+            raise ResMTNetError(f"--{mix}-phantoms {n_mix}: must be 0 or more")
     for mix, (_, seed) in _training_only_sets(args).items():
         if args.data == "phantoms" and seed == args.val_seed:  # the thick mix would train on the same patients
             raise ResMTNetError(f"--{mix}-seed {seed}: --val-seed is the same; validation phantoms must be "
