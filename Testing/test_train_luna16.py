@@ -221,6 +221,8 @@ def test_export_can_calibrate_its_threshold_on_phantoms_of_its_own(tmp_path, cap
     assert "--thick-phantoms -1: must be 0 or more" in capsys.readouterr().err
     assert main(base + ["--thick-phantoms", "1", "--thick-seed", "2000"]) == 2  # the validation patients
     assert "--thick-seed 2000: --val-seed is the same" in capsys.readouterr().err
+    assert main(base + ["--train-heads", "size"]) == 2  # the rest of the network would be left untrained
+    assert "--train-heads needs --init" in capsys.readouterr().err
     assert not cache.exists()
 
     # with a thick-slice phantom added to training (its own case id and cache file)

@@ -94,3 +94,25 @@ def test_a_run_with_a_weight_average_saves_the_average_and_resumes_exactly(tmp_p
     for k, v in straight["state_dict"].items():
         assert torch.equal(v, resumed["state_dict"][k]), k
         assert torch.equal(online[k], resumed["train_state"]["online_state_dict"][k]), k
+
+
+def test_a_head_only_fine_tune_changes_those_heads_and_nothing_else(tmp_path):
+    """`train_heads`: the named heads learn, every other weight stays the starting checkpoint's, so the
+    detector (centre and offset maps) of a file re-taught to size is exactly the file it came from."""
+    from resmtnet.model import HEAD_MODULES, ResMTNet
+
+    torch.manual_seed(5)
+    start = {k: v.clone() for k, v in ResMTNet(tiny_model_config(3.0)).state_dict().items()}
+    last = train([_case(0), _case(1)], tmp_path / "run", _cfg(train_heads=("size", "malignancy")),
+                 tiny_model_config(3.0), resume=False, device="cpu", log=lambda line: None, progress_bar=False,
+                 init_state=start)
+    tuned = read_checkpoint(last)["state_dict"]
+    taught = HEAD_MODULES["size"] + HEAD_MODULES["malignancy"]
+    for k, v in tuned.items():
+        if k.split(".")[0] in taught:
+            continue
+        assert torch.equal(v, start[k]), k
+    assert any(not torch.equal(tuned[k], start[k]) for k in tuned if k.split(".")[0] in HEAD_MODULES["size"])
+    with pytest.raises(ValueError, match="unknown task head"):
+        train([_case(0)], tmp_path / "bad", _cfg(train_heads=("diameter",)), tiny_model_config(3.0),
+              resume=False, device="cpu", log=lambda line: None, progress_bar=False)

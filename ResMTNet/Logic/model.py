@@ -165,6 +165,16 @@ class FeaturePyramid(nn.Module):
         return self.smooth(x)
 
 
+#: The modules of each task head (``ResMTNet`` attributes). ``train --train-heads`` fine-tunes only the
+#: heads named and leaves the shared encoder, pyramid, head trunk and every other head as they were.
+HEAD_MODULES: dict[str, tuple[str, ...]] = {
+    "center": ("center_head",),
+    "offset": ("offset_head",),
+    "size": ("size_hidden", "size_out"),
+    "malignancy": ("malig_hidden", "malig_out"),
+}
+
+
 class ResMTNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()

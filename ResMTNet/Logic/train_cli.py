@@ -81,6 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="fine-tune: start from this checkpoint's weights (e.g. the shipped model); the network "
                         "and its grid spacing come from the checkpoint, and --mine-negatives-at may then be 0")
+    p.add_argument("--train-heads", type=_head_names, default=(), metavar="HEAD[,HEAD]",
+                   help="with --init: train only these task heads (center, offset, size, malignancy); the shared "
+                        "encoder, pyramid, head trunk and the other heads keep the checkpoint's weights (e.g. "
+                        "size,malignancy re-teaches sizing and leaves detection exactly as it was)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -123,6 +127,16 @@ def _hu_window(text: str) -> tuple[float, float]:
     if not hi > lo:
         raise argparse.ArgumentTypeError(f"{text!r}: HI must exceed LO")
     return lo, hi
+
+
+def _head_names(text: str) -> tuple[str, ...]:
+    from .model import HEAD_MODULES
+
+    heads = tuple(h.strip() for h in text.split(",") if h.strip())
+    unknown = [h for h in heads if h not in HEAD_MODULES]
+    if not heads or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: task heads are {', '.join(HEAD_MODULES)}, comma-separated")
+    return heads
 
 
 def _block_counts(text: str) -> tuple[int, ...]:
@@ -183,9 +197,12 @@ def _loader_workers(args: argparse.Namespace, device: torch.device) -> int:
 
 def _read_init(args: argparse.Namespace) -> LoadedModel | None:
     """The model of ``--init`` (network, weights, provenance), checked against the other options."""
-    if not args.init:
-        return None
     from .errors import ResMTNetError
+
+    if not args.init:
+        if args.train_heads:
+            raise ResMTNetError("--train-heads needs --init: the other parts keep a checkpoint's weights")
+        return None
     from .model_io import load_model
 
     if args.tiny:
@@ -301,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, threads=args.threads, val_every=args.val_every,
                       loader_workers=loader_workers, mine_negatives_at=tuple(sorted(set(args.mine_negatives_at))),
                       mine_floor=args.mine_floor, ema_decay=args.ema, offset_reach=args.offset_reach,
-                      min_lung_share=args.min_lung_share)
+                      min_lung_share=args.min_lung_share, train_heads=args.train_heads)
     min_d = args.val_min_diameter
     if min_d is None:
         min_d = PHANTOM_MIN_DIAMETER_MM if args.data in ("phantoms", "phantom-folder") else 0.0

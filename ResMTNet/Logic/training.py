@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .errors import NonFiniteLossError
 from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
-from .model import ModelConfig, ResMTNet
+from .model import HEAD_MODULES, ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
 from .targets import encode
 from .training_data import TrainCase
@@ -72,9 +72,13 @@ class TrainConfig:
     # mediastinum) are not taught: no window is centred on one and no target marks it, so its spot is
     # background. 0 teaches every nodule, as runs before 2026-11-27 did (and their configs, read back, say).
     min_lung_share: float = 0.5
+    # task heads to train (model.HEAD_MODULES); empty trains the whole network. A fine-tune of the size
+    # and malignancy heads leaves the detector (centre and offset maps) exactly as it was.
+    train_heads: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["train_heads"] = list(self.train_heads)
         d["scale_range"] = list(self.scale_range)
         d["mine_negatives_at"] = list(self.mine_negatives_at)
         return d
@@ -83,7 +87,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d.setdefault("min_lung_share", 0.0)  # written before the option existed: every nodule was taught
-        for k in ("scale_range", "mine_negatives_at"):
+        for k in ("scale_range", "mine_negatives_at", "train_heads"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -418,7 +422,14 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     out_dir.mkdir(parents=True, exist_ok=True)
     net = ResMTNet(model_cfg).to(dev)
     criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
-    params = list(net.parameters()) + list(criterion.parameters())
+    if cfg.train_heads:
+        unknown = sorted(set(cfg.train_heads) - set(HEAD_MODULES))
+        if unknown:
+            raise ValueError(f"unknown task head(s) {', '.join(unknown)} (one of {', '.join(HEAD_MODULES)})")
+        trained = {m for h in cfg.train_heads for m in HEAD_MODULES[h]}
+        for name, module in net.named_children():
+            module.requires_grad_(name in trained)
+    params = [p for p in net.parameters() if p.requires_grad] + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_dtype, precision_note = training_precision(dev, cfg, model_cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
