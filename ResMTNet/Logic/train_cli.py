@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-heads", type=_head_names, default=(), metavar="HEAD[,HEAD]",
                    help="with --init: train only these task heads (center, offset, size, malignancy); the shared "
                         "encoder, pyramid, head trunk and the other heads keep the checkpoint's weights (e.g. "
-                        "size,malignancy re-teaches sizing and leaves detection exactly as it was)")
+                        "size,malignancy re-teaches sizing and leaves the centre and offset maps as they were)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
