@@ -98,7 +98,7 @@ def test_a_run_with_a_weight_average_saves_the_average_and_resumes_exactly(tmp_p
 
 def test_a_head_only_fine_tune_changes_those_heads_and_nothing_else(tmp_path):
     """`train_heads`: the named heads learn, every other weight stays the starting checkpoint's, so the
-    detector (centre and offset maps) of a file re-taught to size is exactly the file it came from."""
+    centre and offset maps of a file re-taught to size are exactly those of the file it came from."""
     from resmtnet.model import HEAD_MODULES, ResMTNet
 
     torch.manual_seed(5)

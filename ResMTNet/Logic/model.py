@@ -21,6 +21,7 @@ The network is built from a plain :class:`ModelConfig`, which travels inside eve
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -173,6 +174,15 @@ HEAD_MODULES: dict[str, tuple[str, ...]] = {
     "size": ("size_hidden", "size_out"),
     "malignancy": ("malig_hidden", "malig_out"),
 }
+
+
+def head_modules(heads: Iterable[str]) -> set[str]:
+    """The ``ResMTNet`` attributes of the task heads named; a ValueError names any unknown head."""
+    heads = tuple(heads)
+    unknown = sorted(set(heads) - set(HEAD_MODULES))
+    if unknown:
+        raise ValueError(f"unknown task head(s) {', '.join(unknown)} (one of {', '.join(HEAD_MODULES)})")
+    return {m for h in heads for m in HEAD_MODULES[h]}
 
 
 class ResMTNet(nn.Module):

@@ -130,12 +130,15 @@ def _hu_window(text: str) -> tuple[float, float]:
 
 
 def _head_names(text: str) -> tuple[str, ...]:
-    from .model import HEAD_MODULES
+    from .model import head_modules
 
     heads = tuple(h.strip() for h in text.split(",") if h.strip())
-    unknown = [h for h in heads if h not in HEAD_MODULES]
-    if not heads or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: task heads are {', '.join(HEAD_MODULES)}, comma-separated")
+    try:
+        if not heads:
+            raise ValueError("no task head named")
+        head_modules(heads)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
     return heads
 
 

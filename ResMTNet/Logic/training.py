@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .errors import NonFiniteLossError
 from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
-from .model import HEAD_MODULES, ModelConfig, ResMTNet
+from .model import ModelConfig, ResMTNet, head_modules
 from .prepare import HU_MIN, normalize_hu
 from .targets import encode
 from .training_data import TrainCase
@@ -73,7 +73,7 @@ class TrainConfig:
     # background. 0 teaches every nodule, as runs before 2026-11-27 did (and their configs, read back, say).
     min_lung_share: float = 0.5
     # task heads to train (model.HEAD_MODULES); empty trains the whole network. A fine-tune of the size
-    # and malignancy heads leaves the detector (centre and offset maps) exactly as it was.
+    # and malignancy heads leaves the centre and offset maps exactly as they were.
     train_heads: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -423,10 +423,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     net = ResMTNet(model_cfg).to(dev)
     criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
     if cfg.train_heads:
-        unknown = sorted(set(cfg.train_heads) - set(HEAD_MODULES))
-        if unknown:
-            raise ValueError(f"unknown task head(s) {', '.join(unknown)} (one of {', '.join(HEAD_MODULES)})")
-        trained = {m for h in cfg.train_heads for m in HEAD_MODULES[h]}
+        trained = head_modules(cfg.train_heads)
         for name, module in net.named_children():
             module.requires_grad_(name in trained)
     params = [p for p in net.parameters() if p.requires_grad] + list(criterion.parameters())
