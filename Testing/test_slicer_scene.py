@@ -28,6 +28,7 @@ from resmtnet.selftest import (
 )
 from resmtnet.slicer_app import create_slicer_core_app
 from resmtnet.slicer_scene import (
+    ROLE_ATTRIBUTE,
     TABLE_COLUMNS,
     build_nodule_scene,
     ct_from_volume_node,
@@ -298,6 +299,25 @@ def test_chosen_output_nodes_are_filled_instead_of_new_ones(slicer_app, phantom,
         assert check_nodule_scene(scene, volume, phantom_truth, nodes) == []
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+def test_another_volumes_outputs_and_the_users_own_nodes_are_never_overwritten(slicer_app, phantom, phantom_truth):
+    scene = slicer_app.scene
+    volume_a = _scene_with_volume(slicer_app, phantom.ct)
+    volume_b = _scene_with_volume(slicer_app, phantom.ct)
+    nodes_a = build_nodule_scene(scene, volume_a, phantom_truth)
+    users = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
+    users.GetSegmentation().AddEmptySegment("mine", "mine", [0.0, 0.0, 1.0])
+    for picked in ({"segmentation": nodes_a["segmentation"]}, {"table": nodes_a["table"]},
+                   {"segmentation": users}):
+        with pytest.raises(ValueError, match="not overwritten"):
+            build_nodule_scene(scene, volume_b, phantom_truth, output_nodes=picked)
+    assert check_nodule_scene(scene, volume_a, phantom_truth, nodes_a) == []
+    assert users.GetSegmentation().GetNumberOfSegments() == 1 and users.GetAttribute(ROLE_ATTRIBUTE) is None
+    nodes_b = build_nodule_scene(scene, volume_b, phantom_truth)
+    assert nodes_b["segmentation"] is not nodes_a["segmentation"]
+    assert check_nodule_scene(scene, volume_a, phantom_truth, nodes_a) == []
+    assert check_nodule_scene(scene, volume_b, phantom_truth, nodes_b) == []
 
 
 def test_a_detection_with_no_nodules_gives_empty_outputs(slicer_app, phantom, phantom_truth):

@@ -282,15 +282,34 @@ def _tag(node: Any, role: str, volume_node: Any) -> None:
 
 def find_outputs(scene: Any, volume_node: Any, role: str | None = None) -> list[Any]:
     """Nodes this module made from ``volume_node`` (optionally only those of one role), in scene order."""
-    found = []
-    for i in range(scene.GetNumberOfNodes()):
-        node = scene.GetNthNode(i)
-        node_role = node.GetAttribute(ROLE_ATTRIBUTE)
-        if not node_role or (role is not None and node_role != role):
-            continue
-        if node.GetNodeReferenceID(INPUT_VOLUME_REFERENCE) == volume_node.GetID():
-            found.append(node)
-    return found
+    nodes = (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+    return [node for node in nodes if made_for(node, volume_node, role)]
+
+
+def made_for(node: Any, volume_node: Any, role: str | None = None) -> bool:
+    """Whether this module made ``node`` from ``volume_node`` (in ``role``, when given)."""
+    node_role = node.GetAttribute(ROLE_ATTRIBUTE)
+    return bool(node_role) and (role is None or node_role == role) \
+        and node.GetNodeReferenceID(INPUT_VOLUME_REFERENCE) == volume_node.GetID()
+
+
+def holds_nothing(node: Any) -> bool:
+    """An output node with nothing in it yet (e.g. made from the panel's node selector): filling it loses
+    nothing."""
+    if node.IsA("vtkMRMLSegmentationNode"):
+        return node.GetSegmentation().GetNumberOfSegments() == 0
+    if node.IsA("vtkMRMLTableNode"):
+        return node.GetTable().GetNumberOfColumns() == 0
+    return False
+
+
+def may_fill(node: Any, volume_node: Any, role: str) -> bool:
+    """Whether a run on ``volume_node`` may replace the content of ``node``: only a node this module made
+    from that same volume, or one that holds nothing. Another volume's results and the user's own data
+    are never overwritten."""
+    if node.GetAttribute(ROLE_ATTRIBUTE):
+        return made_for(node, volume_node, role)
+    return holds_nothing(node)
 
 
 def _remove_previous_outputs(scene: Any, volume_node: Any, keep: Sequence[Any]) -> None:
@@ -478,7 +497,9 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     per nodule from ``detection.labels``, the volume as reference geometry, closed surface made), one
     table (a row per nodule) and a colour table that is the legend, all under the volume's study.
     ``output_nodes`` may name an existing ``"segmentation"`` and/or ``"table"`` node to fill instead
-    of creating one. Returns the nodes: ``markups`` (list), ``segmentation``, ``table``, ``legend`` and
+    of creating one: one this module made from the same volume, or an empty one (:func:`may_fill`);
+    anything else raises ValueError, so that no run overwrites another volume's results or the user's data.
+    Returns the nodes: ``markups`` (list), ``segmentation``, ``table``, ``legend`` and
     the folder's subject-hierarchy item ``folder``.
     """
     check_color_by(color_by)
@@ -493,6 +514,10 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     output_nodes = dict(output_nodes or {})
     segmentation = output_nodes.get("segmentation")
     table = output_nodes.get("table")
+    for node, role in ((segmentation, ROLE_SEGMENTATION), (table, ROLE_TABLE)):
+        if node is not None and not may_fill(node, volume_node, role):
+            raise ValueError(f"{node.GetName()} holds other results (another volume's, or the user's own); "
+                             "it is not overwritten")
     _remove_previous_outputs(scene, volume_node, keep=[segmentation, table])
 
     sh = _subject_hierarchy(scene)
