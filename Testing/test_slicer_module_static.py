@@ -1,12 +1,12 @@
 """The Slicer module without Slicer: its file, its .ui, its packaging, checked by reading them.
 
-There is no Slicer application here, so ResMTNet.py cannot be imported (it needs qt, ctk and
-slicer.ScriptedLoadableModule). Instead its source is parsed: every widget it names must exist in the
-.ui with a class that has what the code uses; every SlicerParameterName must be a parameter of the
-wrapper, on a widget that Slicer's GUI connectors can bind to that parameter's type; every script and
-resource must be listed in CMake; the .s4ext, CMake and catalog entry must agree; and nothing heavy may
-be imported at load time. The Qt-free parts of the module file (the core loader and the background
-detection job) are run for real, extracted from the file.
+The module is run as Slicer runs it by Testing/test_slicer_module.py (Slicer's own base classes with
+stand-ins for Qt). What needs no Slicer at all is checked here by reading the files: every widget the
+code names exists in the .ui with a class that has what the code uses; every SlicerParameterName is a
+parameter of the wrapper, on a widget that Slicer's GUI connectors can bind to that parameter's type;
+every script and resource is listed in CMake; the .s4ext, CMake and catalog entry agree; and nothing
+heavy is imported at load time. The core loader and the in-process detection (``logic.process()``) are
+run for real, extracted from the file, in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -313,7 +311,7 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
     be mistaken for it): the core must come from the copy's Logic/, submodules included."""
     copy = tmp_path / "ResMTNet"
     shutil.copytree(MODULE_DIR / "Logic", copy / "Logic", ignore=shutil.ignore_patterns("__pycache__"))
-    source = _extract("CORE_MODULE_NAME", "loadCore", "unloadCore")
+    source = _extract("CORE_MODULE_NAME", "CORE_SUBMODULES", "loadCore", "unloadCore")
     script = textwrap.dedent(f"""
         import importlib.util, os, sys
         __file__ = {str(copy / "ResMTNet.py")!r}
@@ -322,8 +320,10 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
         core = loadCore()
         assert core is loadCore()
         assert core.__file__ == os.path.join(logic, "__init__.py"), core.__file__
-        import resmtnet.slicer_scene  # submodules and their relative imports resolve inside the copy
-        assert resmtnet.slicer_scene.__file__ == os.path.join(logic, "slicer_scene.py")
+        # the submodules the module file reads as attributes are there without another import
+        assert core.slicer_scene.__file__ == os.path.join(logic, "slicer_scene.py")
+        assert core.slicer_job.__file__ == os.path.join(logic, "slicer_job.py") and core.errors.Cancelled
+        import resmtnet.nodules  # later imports and relative imports resolve inside the copy
         assert sys.modules["resmtnet.nodules"].__file__ == os.path.join(logic, "nodules.py")
         assert "Logic" not in sys.modules and "torch" not in sys.modules
         unloadCore()
@@ -334,95 +334,6 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
                          cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("ok")
-
-
-def _job_class():
-    namespace: dict = {}
-    exec(compile("import queue, threading, traceback\n" + _extract("DetectionJob"), str(MODULE_FILE), "exec"),
-         namespace)
-    return namespace["DetectionJob"]
-
-
-def _wait_for(job, kinds, timeout):
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for kind, payload in job.drain():
-            seen.append((kind, payload))
-            if kind in kinds:
-                return seen
-        time.sleep(0.01)
-    raise AssertionError(f"no {kinds} within {timeout} s; got {seen}")
-
-
-def test_detection_job_posts_progress_then_the_result():
-    DetectionJob = _job_class()
-
-    def detect(progress, cancel):
-        for i in range(5):
-            progress(i / 4, f"step {i}")
-        return {"nodules": 3, "thread": threading.current_thread().name}
-
-    job = DetectionJob(detect)
-    job.start()
-    messages = _wait_for(job, {"done", "error"}, timeout=10)
-    assert [m[0] for m in messages] == ["progress"] * 5 + ["done"]
-    assert messages[-2][1] == (1.0, "step 4")
-    assert messages[-1][1]["thread"] != threading.current_thread().name  # it ran off this thread
-
-
-def test_detection_job_cancels_and_reports_errors():
-    from resmtnet.errors import Cancelled
-
-    DetectionJob = _job_class()
-
-    def slow_detect(progress, cancel):
-        while True:
-            progress(0.1, "working")
-            if cancel():
-                raise Cancelled("stopped")
-            time.sleep(0.02)
-
-    job = DetectionJob(slow_detect, cancelledError=Cancelled)
-    job.start()
-    _wait_for(job, {"progress"}, timeout=10)
-    job.cancel()
-    assert job.cancelRequested
-    assert _wait_for(job, {"cancelled", "error", "done"}, timeout=2)[-1][0] == "cancelled"
-
-    def broken(progress, cancel):
-        raise ValueError("not a CT")
-
-    job = DetectionJob(broken, cancelledError=Cancelled)
-    job.start()
-    kind, (error, details) = _wait_for(job, {"error", "done", "cancelled"}, timeout=10)[-1]
-    assert kind == "error" and isinstance(error, ValueError) and "ValueError: not a CT" in details
-
-
-def test_cancel_stops_the_real_detector_within_two_seconds(phantom, untrained_checkpoint):
-    """The module's job around the real pipeline: Cancel during inference ends it, with no result."""
-    from resmtnet.errors import Cancelled
-    from resmtnet.pipeline import detect_ct
-
-    DetectionJob = _job_class()
-
-    def detect(progress, cancel):
-        return detect_ct(phantom.ct, model=str(untrained_checkpoint), device="cpu", threshold=0.0,
-                         progress=progress, cancel=cancel)
-
-    job = DetectionJob(detect, cancelledError=Cancelled)
-    job.start()
-    seen = []
-    while not any(kind == "progress" and "Res-MTNet" in payload[1] for kind, payload in seen):
-        seen += _wait_for(job, {"progress"}, timeout=60)
-        assert not any(kind in ("done", "error") for kind, _ in seen), seen
-    job.cancel()
-    cancelled_at = time.monotonic()
-    last = _wait_for(job, {"cancelled", "done", "error"}, timeout=10)[-1]
-    assert last[0] == "cancelled", last
-    assert time.monotonic() - cancelled_at < 2.0
-    job._thread.join(timeout=5)
-    assert not job.isRunning()
 
 
 def _method_source(class_name: str, method: str) -> str:

@@ -1,0 +1,420 @@
+"""The Slicer module run as Slicer runs it, on Slicer's own Python base classes, in a fresh interpreter.
+
+``python Testing/slicer_harness.py SCENARIO --volume A.nrrd [--volume B.nrrd] [--checkpoint PATH]``
+
+Slicer's ScriptedLoadableModule.py, parameterNodeWrapper/, i18n.py and util.py (an unmodified extract in
+``../shared/slicer``, see its README) are loaded onto ``slicer-core``'s MRML, with the stand-ins of
+:mod:`slicer_qt_stand_ins` for ``qt``, ``ctk`` and ``slicer.app``. Then ``ResMTNet/ResMTNet.py`` is
+imported from its folder the way Slicer imports a scripted module, with no part of the core imported
+beforehand; the module and its widget are made as Slicer makes them; volumes are loaded from files as a
+user would load them; and buttons are pressed. A loop stands in for Qt's event loop: it fires the timers
+and times every callback, so the longest time the main thread was held is measured.
+
+Each scenario prints one line ``HARNESS {json}`` with what it measured and exits 0, or fails with a
+traceback (exit 1). ``bench`` runs the cancel and stall measurements and prints them as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "ResMTNet"
+SHARED_SLICER = REPO.parent / "shared" / "slicer"
+SHARED_SLICER_PYTHON = SHARED_SLICER / "Base" / "Python" / "slicer"
+HARNESS_PREFIX = "HARNESS "
+
+
+# --------------------------------------------------------------------------------------------------
+# Making the Slicer world
+
+
+class ErrorLog(logging.Handler):
+    """Records every error logged (slicer.util.errorDisplay logs its text at ERROR in testing mode), with
+    whether a wait cursor was up at that moment."""
+
+    def __init__(self, app):
+        super().__init__(logging.ERROR)
+        self.app = app
+        self.records: list[tuple[str, int]] = []
+
+    def emit(self, record):
+        self.records.append((record.getMessage(), len(self.app.overrideCursors)))
+
+
+class Harness:
+    def __init__(self):
+        if "resmtnet" in sys.modules:
+            raise AssertionError("the core was imported before the module: the test would not be a fresh session")
+        sys.path.insert(0, str(Path(__file__).parent))
+        import slicer_qt_stand_ins
+
+        self.app = slicer_qt_stand_ins.install()
+        import slicer
+
+        # Slicer's own util.py, ScriptedLoadableModule.py, parameterNodeWrapper/ and i18n.py over slicer-core's
+        slicer.__path__.insert(0, str(SHARED_SLICER_PYTHON))
+        sys.modules.pop("slicer.util", None)
+        slicer.util = importlib.import_module("slicer.util")
+        assert Path(slicer.util.__file__).parent == SHARED_SLICER_PYTHON
+        self.slicer = slicer
+        self.core_app = self._scene_like_slicers()
+        slicer.app = self.app
+        slicer.mrmlScene = self.core_app.scene
+        slicer.modules = type(sys)("slicer.modules")
+        slicer.modules.markups = type("MarkupsModule", (), {"logic": lambda self: self.core_app.logic("Markups")})()
+        slicer.modules.markups.core_app = self.core_app
+        self.errors = ErrorLog(self.app)
+        logging.getLogger().addHandler(self.errors)
+
+    def _scene_like_slicers(self):
+        """A scene with the logics Slicer's application registers (ResMTNet/Logic/slicer_app.py, loaded by
+        its path under a name of its own: the core package itself must stay unimported)."""
+        spec = importlib.util.spec_from_file_location("harness_slicer_app", MODULE_DIR / "Logic" / "slicer_app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module.create_slicer_core_app()
+
+    def load_module(self):
+        """Import ResMTNet.py and make the module and its widget as Slicer does."""
+        import slicer
+        import slicer_qt_stand_ins as qs
+
+        sys.path.insert(0, str(MODULE_DIR))
+        self.module_file = importlib.import_module("ResMTNet")
+        parent = type("qSlicerScriptedLoadableModule", (), {})()
+        parent.path = str(MODULE_DIR / "ResMTNet.py")
+        slicer.modules.resmtnet = parent
+        self.module = self.module_file.ResMTNet(parent)
+        slicer.modules.ResMTNetInstance = self.module
+        panel = qs.qSlicerScriptedLoadableModuleWidget()
+        panel.setLayout(qs.QVBoxLayout())
+        self.widget = self.module_file.ResMTNetWidget(panel)
+        self.widget.setup()
+        panel.isEntered = True  # the user opens the module
+        self.widget.enter()
+        return self.widget
+
+    def load_volume(self, path, name):
+        """As File > Add Data would (the volumes logic reads the file)."""
+        node = self.core_app.logic("Volumes").AddArchetypeScalarVolume(str(path), name, 0, None)
+        assert node is not None, path
+        return node
+
+    # ---- the event loop
+
+    def run_until(self, condition, timeout_s=120.0, what="the condition"):
+        """Run the timers until ``condition()`` holds; the main thread sleeps between events as Qt's would."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout_s} s "
+                                     f"(status: {self.widget.ui.statusLabel.text!r})")
+            self.app.processEvents()
+            time.sleep(0.002)
+
+    def press(self, button):
+        """Click a button, timing the handler (a main-thread callback like the timers')."""
+        started = time.perf_counter()
+        button.click()
+        self.app.callbackTimes.append((time.perf_counter() - started, f"{button.objectName} clicked"))
+
+    @property
+    def ui(self):
+        return self.widget.ui
+
+    def job(self):
+        return self.widget._job
+
+    def running(self):
+        return self.widget._job is not None
+
+    def wait_for_status(self, text, timeout_s=120.0):
+        self.run_until(lambda: text in self.ui.statusLabel.text or not self.running(), timeout_s,
+                       f"status {text!r}")
+        assert self.running(), f"the job ended before {text!r}: {self.ui.statusLabel.text!r}"
+
+    def node_ids(self):
+        scene = self.slicer.mrmlScene
+        return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+    def parameters(self):
+        return self.widget._parameterNode
+
+
+def process_gone(pid, timeout_s):
+    """Seconds until process ``pid`` no longer exists (reaped), or None when it outlived ``timeout_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - started
+        time.sleep(0.001)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def use_checkpoint(h, checkpoint, tta=False):
+    p = h.parameters()
+    p.modelSource = h.module_file.MODEL_CHECKPOINT
+    p.checkpointPath = Path(checkpoint)
+    p.device = "cpu"
+    p.testTimeAugmentation = tta
+
+
+def apply_and_wait(h, timeout_s=180.0):
+    """Press Apply, follow the progress bar, wait until the run has ended; returns (largest callback time
+    during the detection, what it was, progress values seen, status texts seen)."""
+    assert h.ui.applyButton.enabled and h.ui.applyButton.text == "Apply", h.ui.applyButton.toolTip
+    h.app.callbackTimes.clear()
+    h.press(h.ui.applyButton)
+    assert h.running(), f"Apply did not start a detection: {h.ui.statusLabel.text!r}; errors: {h.errors.records}"
+    assert h.ui.applyButton.text == "Cancel" and h.ui.progressBar.visible
+    progress, statuses = [], []
+
+    def ended():
+        if h.ui.progressBar.value not in progress[-1:]:
+            progress.append(h.ui.progressBar.value)
+        if h.ui.statusLabel.text not in statuses:
+            statuses.append(h.ui.statusLabel.text)
+        return not h.running()
+
+    h.run_until(ended, timeout_s, "the end of the detection")
+    # the last callback is the one that saw the result and built the nodes: not part of the detection
+    during = h.app.callbackTimes[:-1]
+    stall, what = max(during) if during else (0.0, "")
+    return {"largest_stall_s": round(stall, 4), "stall_in": what, "scene_build_s": round(h.app.callbackTimes[-1][0], 4),
+            "progress": progress, "statuses": statuses}
+
+
+def check_outputs(h, volume, expected_nodules=None):
+    """The volume's outputs in the scene agree with the panel's table and with each other."""
+    import resmtnet.slicer_scene as scene_module
+
+    scene = h.slicer.mrmlScene
+    outputs = scene_module.find_nodule_outputs(scene, volume)
+    assert outputs["segmentation"] is not None and outputs["table"] is not None, "no outputs for the volume"
+    count = outputs["segmentation"].GetSegmentation().GetNumberOfSegments()
+    assert len(outputs["markups"]) == count == outputs["table"].GetTable().GetNumberOfRows()
+    if expected_nodules is not None:
+        assert count == expected_nodules, (count, expected_nodules)
+    return {"nodules": count, "segmentation": outputs["segmentation"].GetID(),
+            "table": outputs["table"].GetID(), "markups": [n.GetID() for n in outputs["markups"]]}
+
+
+def scenario_apply(h, args):
+    """A fresh session: the widget, a volume, Apply, progress, the nodes."""
+    h.load_module()
+    assert "resmtnet" in sys.modules and not hasattr(sys.modules["resmtnet"], "pipeline"), \
+        "the module imported the detector into Slicer's process"
+    volume = h.load_volume(args.volume[0], "Chest A")
+    assert h.parameters().inputVolume is volume, "the panel did not pick the volume"
+    use_checkpoint(h, args.checkpoint)
+    run = apply_and_wait(h)
+    assert not h.errors.records, h.errors.records
+    assert "torch" not in sys.modules, "torch was imported into Slicer's process"
+    outputs = check_outputs(h, volume)
+    assert outputs["nodules"] > 0 and h.ui.resultsTableWidget.rowCount() == outputs["nodules"]
+    assert h.ui.statusLabel.text.endswith("nodule(s) found."), h.ui.statusLabel.text
+    assert run["progress"][-1] > 50 and len(run["progress"]) >= 3, run["progress"]
+    assert any("lungs" in s for s in run["statuses"]) and any("Res-MTNet" in s for s in run["statuses"]), run
+    p = h.parameters()
+    assert p.outputSegmentation.GetID() == outputs["segmentation"] and p.outputTable.GetID() == outputs["table"]
+    assert h.ui.applyButton.text == "Apply" and not h.ui.progressBar.visible
+    assert h.ui.legendLabel.text, "no colour legend in the panel"
+    h.ui.resultsTableWidget.setCurrentCell(0, 0)  # jump to the first nodule: no error
+    assert not h.errors.records, h.errors.records
+    return {**run, **outputs}
+
+
+def scenario_second_volume(h, args):
+    """A run on volume B creates B's outputs and leaves A's as they were."""
+    from resmtnet.selftest import read_table_rows
+
+    h.load_module()
+    volume_a = h.load_volume(args.volume[0], "Chest A")
+    volume_b = h.load_volume(args.volume[1], "Chest B")
+    use_checkpoint(h, args.checkpoint)
+    h.parameters().inputVolume = volume_a
+    apply_and_wait(h)
+    before = check_outputs(h, volume_a)
+    scene = h.slicer.mrmlScene
+    seg_a = scene.GetNodeByID(before["segmentation"])
+    table_a = scene.GetNodeByID(before["table"])
+    segments_a = [seg_a.GetSegmentation().GetNthSegment(i).GetName() for i in range(before["nodules"])]
+    rows_a = read_table_rows(table_a)
+    # a segmentation of the user's own, picked as the output: it must not be wiped either
+    users = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    users.GetSegmentation().AddEmptySegment("mine", "mine", [0.2, 0.4, 0.6])
+
+    h.parameters().inputVolume = volume_b
+    assert h.parameters().outputSegmentation is seg_a  # the panel still names A's outputs
+    apply_and_wait(h)
+    after_a = check_outputs(h, volume_a)
+    outputs_b = check_outputs(h, volume_b)
+    assert after_a == before, f"volume A's outputs changed: {before} -> {after_a}"
+    assert [seg_a.GetSegmentation().GetNthSegment(i).GetName() for i in range(before["nodules"])] == segments_a
+    assert read_table_rows(table_a) == rows_a
+    assert outputs_b["segmentation"] != before["segmentation"] and outputs_b["table"] != before["table"]
+    assert h.parameters().outputSegmentation.GetID() == outputs_b["segmentation"]
+
+    h.parameters().outputSegmentation = users
+    apply_and_wait(h)  # B again, with the user's segmentation picked
+    assert users.GetSegmentation().GetNumberOfSegments() == 1 and users.GetSegmentation().GetSegment("mine")
+    again_b = check_outputs(h, volume_b)
+    assert check_outputs(h, volume_a) == before
+    assert not h.errors.records, h.errors.records
+    return {"a": before, "b": outputs_b, "b_again": again_b}
+
+
+def cancel_at(h, status, args, tta):
+    """Apply, wait for ``status``, press Cancel; the child must be gone soon and nothing added."""
+    use_checkpoint(h, args.checkpoint, tta=tta)
+    nodes = h.node_ids()
+    h.app.callbackTimes.clear()
+    h.press(h.ui.applyButton)
+    h.wait_for_status(status)
+    job = h.job()
+    pid, temp_dir = job.pid, job.tempDir
+    assert pid is not None
+    pressed = time.monotonic()
+    h.press(h.ui.applyButton)  # the same button, now Cancel
+    gone = process_gone(pid, 10.0)
+    pressed_to_gone = time.monotonic() - pressed
+    assert gone is not None, "the child outlived Cancel by 10 s"
+    assert not h.running() and h.ui.applyButton.text == "Apply" and h.ui.applyButton.enabled
+    assert h.ui.statusLabel.text.startswith("Cancelled"), h.ui.statusLabel.text
+    h.run_until(lambda: not job.isRunning(), 10.0, "the end of the job's thread")
+    for _ in range(30):  # a while of event loop: nothing arrives from the cancelled run
+        h.app.processEvents()
+        time.sleep(0.01)
+    assert h.node_ids() == nodes, "a cancelled run changed the scene"
+    assert not os.path.exists(temp_dir), "temporary files left behind"
+    assert not h.errors.records, h.errors.records
+    stall, what = max(h.app.callbackTimes)
+    return {"cancel_to_gone_s": round(gone, 4), "pressed_to_gone_s": round(pressed_to_gone, 4),
+            "largest_stall_s": round(stall, 4), "stall_in": what}
+
+
+def scenario_cancel(h, args):
+    """Apply then Cancel: at the lungs stage and during inference."""
+    h.load_module()
+    h.load_volume(args.volume[0], "Chest A")
+    lungs = cancel_at(h, "finding the lungs", args, tta=False)
+    inference = cancel_at(h, "running Res-MTNet", args, tta=True)
+    for result in (lungs, inference):
+        assert result["cancel_to_gone_s"] < 1.0, result  # loosely: the benchmark measures it
+    return {"lungs": lungs, "inference": inference}
+
+
+def scenario_sigkill(h, args):
+    """The child dies mid-run (SIGKILL, as the kernel's out-of-memory killer would): an error message, the
+    scene as it was, no temporary files."""
+    h.load_module()
+    h.load_volume(args.volume[0], "Chest A")
+    use_checkpoint(h, args.checkpoint, tta=True)
+    nodes = h.node_ids()
+    h.press(h.ui.applyButton)
+    h.wait_for_status("running Res-MTNet")
+    job = h.job()
+    os.kill(job.pid, signal.SIGKILL)
+    h.run_until(lambda: not h.running(), 10.0, "the panel noticing the death")
+    assert h.node_ids() == nodes, "the scene changed"
+    assert not os.path.exists(job.tempDir)
+    assert h.ui.statusLabel.text.startswith("Failed:") and "SIGKILL" in h.ui.statusLabel.text, h.ui.statusLabel.text
+    messages = [m for m, _ in h.errors.records if "Nodule detection failed" in m]
+    assert messages and "killed by SIGKILL" in messages[0], h.errors.records
+    assert all(cursors == 0 for _, cursors in h.errors.records), "an error shown under a wait cursor"
+    assert h.ui.applyButton.text == "Apply" and h.ui.applyButton.enabled
+    return {"status": h.ui.statusLabel.text}
+
+
+def scenario_close_scene(h, args):
+    """Closing the scene during a run cancels it quietly; the panel works on in the new scene."""
+    h.load_module()
+    h.load_volume(args.volume[0], "Chest A")
+    use_checkpoint(h, args.checkpoint, tta=True)
+    h.press(h.ui.applyButton)
+    h.wait_for_status("running Res-MTNet")
+    job = h.job()
+    pid = job.pid
+    h.slicer.mrmlScene.Clear(0)  # File > Close Scene
+    assert process_gone(pid, 5.0) is not None, "the child outlived the scene"
+    for _ in range(50):
+        h.app.processEvents()
+        time.sleep(0.01)
+    assert not h.running() and not h.errors.records, h.errors.records
+    assert h.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert not os.path.exists(job.tempDir)
+    # the panel is connected to the new scene: a volume loaded now is picked, and Apply runs on it
+    volume = h.load_volume(args.volume[0], "Chest A again")
+    assert h.parameters() is not None and h.parameters().inputVolume is volume
+    use_checkpoint(h, args.checkpoint)
+    apply_and_wait(h)
+    outputs = check_outputs(h, volume)
+    h.widget.cleanup()
+    return {"after_close": outputs}
+
+
+def scenario_cleanup(h, args):
+    """The module is unloaded (cleanup) during a run: the child is stopped."""
+    h.load_module()
+    h.load_volume(args.volume[0], "Chest A")
+    use_checkpoint(h, args.checkpoint, tta=True)
+    h.press(h.ui.applyButton)
+    h.wait_for_status("Res-MTNet")
+    pid = h.job().pid
+    h.app.moduleManager().moduleAboutToBeUnloaded.emit("ResMTNet")  # Slicer calls cleanup() on this signal
+    gone = process_gone(pid, 5.0)
+    assert gone is not None and not h.running()
+    return {"cleanup_to_gone_s": round(gone, 4)}
+
+
+def scenario_selftest(h, args):
+    """The module's own self-test, as Slicer's self-test runner calls it."""
+    h.load_module()
+    started = time.monotonic()
+    h.slicer.selfTests["ResMTNet"](msec=0)
+    assert not h.errors.records, h.errors.records
+    return {"selftest_s": round(time.monotonic() - started, 1)}
+
+
+SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "cancel": scenario_cancel,
+             "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
+             "selftest": scenario_selftest}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--volume", action="append", default=[], help="a CT file to load (repeat for a second)")
+    parser.add_argument("--checkpoint", help="the model the panel is set to use")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if not SHARED_SLICER_PYTHON.is_dir():
+        print(f"{SHARED_SLICER_PYTHON} is absent", file=sys.stderr)
+        return 77
+    h = Harness()
+    started = time.monotonic()
+    result = SCENARIOS[args.scenario](h, args)
+    result["harness_s"] = round(time.monotonic() - started, 2)
+    print(HARNESS_PREFIX + json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
