@@ -365,6 +365,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("The input volume is gone from the scene: the results were dropped.")
             return
         with self.showErrors(_("The nodules were found but could not be put into the scene.")):
+            picked = [n for n in (p.outputSegmentation, p.outputTable) if n is not None]
             segmentationNode, tableNode = self.logic.outputNodesFor(volume, p.outputSegmentation, p.outputTable)
             nodes = self.logic.showResults(volume, detection, colorBy=p.colorBy,
                                            segmentationNode=segmentationNode, tableNode=tableNode)
@@ -372,8 +373,12 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputTable = nodes["table"]
             self.fillResultsTable(detection, nodes["table"], p.colorBy)
             count = len(detection.nodules)
-            self.ui.statusLabel.text = (_("No nodule found.") if count == 0 else
-                                        _("{count} nodule(s) found.").format(count=count))
+            status = (_("No nodule found.") if count == 0 else _("{count} nodule(s) found.").format(count=count))
+            keptAsTheyWere = [n.GetName() for n in picked if n not in (nodes["segmentation"], nodes["table"])]
+            if keptAsTheyWere:
+                status += " " + _("{names}: other results, left as they were; the results are in new nodes.").format(
+                    names=", ".join(keptAsTheyWere))
+            self.ui.statusLabel.text = status
 
     def fillResultsTable(self, detection, tableNode, colorBy):
         header, rows = self.logic.resultsRows(detection, colorBy)
@@ -421,6 +426,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self._torchReady = False
 
     def getParameterNode(self):
         return ResMTNetParameterNode(super().getParameterNode())
@@ -436,11 +442,14 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         extension (which picks a CUDA build when the NVIDIA driver allows). False when the user declines;
         an error naming the versions when the installed torch is too old. Never imports torch here: the
         detector's own process does."""
+        if self._torchReady:
+            return True
         if importlib.util.find_spec("torch") is None and not self.installTorch():
             return False
         problem = torchVersionProblem(installedTorchVersion(), MINIMUM_TORCH_VERSION)
         if problem:
             raise RuntimeError(problem)
+        self._torchReady = True  # checked once a session: reading package metadata takes tens of ms
         return True
 
     def installTorch(self):
@@ -580,13 +589,16 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         raise RuntimeError(_("The detection did not end within {seconds} s.").format(seconds=timeoutS))
 
     def outputNodesFor(self, volumeNode, segmentationNode=None, tableNode=None):
-        """The chosen output nodes that a run on ``volumeNode`` may fill (None for the others: new nodes are
-        made). A node is filled only when this module made it from the same volume, or when it is empty:
-        another volume's results and the user's own data stay as they are."""
+        """The output nodes a run on ``volumeNode`` fills: each chosen node that this module made from the
+        same volume, or that is empty; otherwise the volume's own outputs of an earlier run, or None (new
+        nodes are made). Another volume's results and the user's own data are never overwritten."""
         scene = self.core().slicer_scene
         chosen = []
         for node, role in ((segmentationNode, scene.ROLE_SEGMENTATION), (tableNode, scene.ROLE_TABLE)):
-            chosen.append(node if node is not None and scene.may_fill(node, volumeNode, role) else None)
+            if node is None or not scene.may_fill(node, volumeNode, role):
+                earlier = scene.find_outputs(slicer.mrmlScene, volumeNode, role)
+                node = earlier[0] if earlier else None
+            chosen.append(node)
         return tuple(chosen)
 
     def showResults(self, volumeNode, detection, colorBy="malignancy", segmentationNode=None, tableNode=None):
