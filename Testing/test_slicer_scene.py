@@ -22,6 +22,7 @@ from resmtnet.errors import InputError
 from resmtnet.nodules import Detection
 from resmtnet.selftest import (
     check_nodule_scene,
+    check_phantom_found,
     read_table_rows,
     run_phantom_scenario,
     segment_volume_mm3,
@@ -318,6 +319,29 @@ def test_another_volumes_outputs_and_the_users_own_nodes_are_never_overwritten(s
     assert nodes_b["segmentation"] is not nodes_a["segmentation"]
     assert check_nodule_scene(scene, volume_a, phantom_truth, nodes_a) == []
     assert check_nodule_scene(scene, volume_b, phantom_truth, nodes_b) == []
+
+
+def test_the_self_tests_found_check_fails_on_a_missed_or_miscoloured_nodule(slicer_app, phantom, phantom_truth):
+    volume = _scene_with_volume(slicer_app, phantom.ct)
+    nodes = build_nodule_scene(slicer_app.scene, volume, phantom_truth)
+    assert check_phantom_found(phantom, phantom_truth, nodes) == []
+    assert len([n for n in phantom.nodules if n.diameter_mm >= 4.0]) >= 2  # the check checks something
+
+    first = phantom_truth.nodules[0]
+    moved = dataclasses.replace(first, center_lps=tuple(np.asarray(first.center_lps) + [0.0, 0.0, 2.5]))
+    off = dataclasses.replace(phantom_truth, nodules=[moved] + phantom_truth.nodules[1:])
+    problems = check_phantom_found(phantom, off, build_nodule_scene(slicer_app.scene, volume, off))
+    assert len(problems) == 1 and problems[0].startswith("phantom nodule 1") and "not found" in problems[0]
+
+    nodes = build_nodule_scene(slicer_app.scene, volume, phantom_truth)
+    flipped = dataclasses.replace(first, malignancy=0.0 if first.malignancy > 0.5 else 1.0)
+    recoloured = dataclasses.replace(phantom_truth, nodules=[flipped] + phantom_truth.nodules[1:])
+    problems = check_phantom_found(phantom, recoloured, nodes)
+    assert len(problems) == 1 and "colour" in problems[0]
+
+    without = dataclasses.replace(phantom_truth, nodules=[])
+    assert len(check_phantom_found(phantom, without, build_nodule_scene(slicer_app.scene, volume, without))) \
+        == len([n for n in phantom.nodules if n.diameter_mm >= 4.0])
 
 
 def test_a_detection_with_no_nodules_gives_empty_outputs(slicer_app, phantom, phantom_truth):

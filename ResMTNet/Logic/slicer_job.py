@@ -143,13 +143,14 @@ class DetectionProcess:
 
     def _run(self) -> None:
         try:
-            self._post(*self._detect())
+            last = self._detect()
         except Exception as e:  # noqa: BLE001 - every failure must reach the main thread as a message
             import traceback
 
-            self._post("error", (f"{type(e).__name__}: {e}", traceback.format_exc()))
+            last = ("error", (f"{type(e).__name__}: {e}", traceback.format_exc()))
         finally:
             shutil.rmtree(self.tempDir, ignore_errors=True)
+        self._post(*last)  # the job's last word comes after its files are gone
 
     def _detect(self) -> tuple[str, Any]:
         from .ctio import write_volume

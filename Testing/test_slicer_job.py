@@ -1,0 +1,81 @@
+"""The detection's child process as the Slicer module drives it (resmtnet.slicer_job), without Slicer:
+real child processes, real files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
+from resmtnet.slicer_job import DetectionProcess, describe_exit
+
+
+def wait(job, timeout_s=120.0):
+    """Every message until the job's last; the last one is (kind, payload)."""
+    messages = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        messages += job.drain()
+        if messages and messages[-1][0] in ("done", "error", "cancelled"):
+            return messages
+        time.sleep(0.01)
+    raise AssertionError(f"the job did not end within {timeout_s} s: {messages}")
+
+
+def test_progress_then_the_detection_with_its_masks(phantom, untrained_checkpoint):
+    job = DetectionProcess(phantom.ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False)
+    job.start()
+    messages = wait(job)
+    kind, detection = messages[-1]
+    assert kind == "done", messages[-1]
+    fractions = [payload[0] for kind, payload in messages if kind == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    texts = {payload[1] for kind, payload in messages if kind == "progress"}
+    assert {"finding the lungs", "running Res-MTNet on CPU"} <= texts
+    assert detection.labels.shape == phantom.ct.array.shape and detection.labels.dtype == np.uint16
+    assert detection.nodules and sorted(np.unique(detection.labels))[1:] == [n.number for n in detection.nodules]
+    assert np.allclose(detection.spacing, phantom.ct.spacing) and np.allclose(detection.direction, phantom.ct.direction)
+    assert not os.path.exists(job.tempDir)
+
+
+def test_an_input_the_core_refuses_is_its_one_line_message(phantom):
+    constant = dataclasses.replace(phantom.ct, array=np.full_like(phantom.ct.array, -1000.0))
+    job = DetectionProcess(constant, sys.executable, device="cpu", tta=False)
+    job.start()
+    kind, (message, details) = wait(job)[-1]
+    assert kind == "error" and "constant" in message and "Traceback" not in message
+    assert not os.path.exists(job.tempDir)
+
+
+def test_a_killed_child_is_an_error_that_says_so(phantom, untrained_checkpoint):
+    job = DetectionProcess(phantom.ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=True)
+    job.start()
+    messages = []
+    deadline = time.monotonic() + 120
+    while not any(kind == "progress" and "Res-MTNet" in payload[1] for kind, payload in messages):
+        messages += job.drain()
+        assert not any(kind in ("done", "error") for kind, _ in messages), messages
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.01)
+    os.kill(job.pid, signal.SIGKILL)
+    kind, (message, _details) = wait(job)[-1]
+    assert kind == "error" and message == describe_exit(-signal.SIGKILL)
+    assert "SIGKILL" in message and "out of memory" in message
+    assert not os.path.exists(job.tempDir)
+
+
+def test_cancel_before_the_child_starts_starts_none(phantom):
+    job = DetectionProcess(phantom.ct, sys.executable, device="cpu")
+    job.cancel()
+    job.start()
+    assert wait(job)[-1] == ("cancelled", None)
+    assert job.pid is None and not os.path.exists(job.tempDir)
+
+
+def test_exit_descriptions():
+    assert describe_exit(3) == "the detection process ended with exit status 3"
+    assert describe_exit(-signal.SIGSEGV) == "the detection process was killed by SIGSEGV"
