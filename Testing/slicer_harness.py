@@ -177,9 +177,13 @@ def process_gone(pid, timeout_s):
 
 
 def use_checkpoint(h, checkpoint, tta=False):
+    """Set the panel to the checkpoint (None: the shipped weights), the CPU and TTA on or off."""
     p = h.parameters()
-    p.modelSource = h.module_file.MODEL_CHECKPOINT
-    p.checkpointPath = Path(checkpoint)
+    if checkpoint is None:
+        p.modelSource = h.module_file.MODEL_SHIPPED
+    else:
+        p.modelSource = h.module_file.MODEL_CHECKPOINT
+        p.checkpointPath = Path(checkpoint)
     p.device = "cpu"
     p.testTimeAugmentation = tta
 
@@ -248,6 +252,9 @@ def scenario_apply(h, args):
     assert h.ui.applyButton.text == "Apply" and not h.ui.progressBar.visible
     assert h.ui.legendLabel.text, "no colour legend in the panel"
     h.ui.resultsTableWidget.setCurrentCell(0, 0)  # jump to the first nodule: no error
+    too_old = h.module_file.torchVersionProblem("2.1.2+cu118", "2.2")
+    assert "PyTorch 2.1.2+cu118 is installed" in too_old and "2.2 or newer" in too_old, too_old
+    assert h.module_file.torchVersionProblem("2.10.0", "2.2") is None  # compared as numbers, not as text
     assert not h.errors.records, h.errors.records
     return {**run, **outputs}
 
@@ -440,7 +447,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--volume", action="append", default=[], help="a CT file to load (repeat for a second)")
-    parser.add_argument("--checkpoint", help="the model the panel is set to use")
+    parser.add_argument("--checkpoint", help="the model the panel is set to use (default: the shipped weights)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not SHARED_SLICER_PYTHON.is_dir():
