@@ -349,6 +349,9 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
                 slicer.util.errorDisplay(_("Nodule detection failed. The scene was not changed.\n\n{error}").format(
                     error=error), detailedText=details)
+        if self._job is job and not job.isRunning() and job.messages.empty():
+            self.finishJob()  # the helper thread ended without a last word: should not happen
+            self.ui.statusLabel.text = _("The detection ended without a result. The scene was not changed.")
 
     def finishJob(self):
         self._job = None
