@@ -211,10 +211,27 @@ def _nodes(scene: Any, class_name: str) -> list[Any]:
 
 
 def _write_png(pixels: Any, path: Path) -> None:
-    from PIL import Image
+    """Write (height, width, 3) uint8 ``pixels``, top row first, as an RGB PNG (VTK's writer, best compression)."""
+    import numpy as np
+    import vtk
     from resmtnet.atomic import atomic_write
+    from vtk.util.numpy_support import numpy_to_vtk
 
-    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG", optimize=True))
+    height, width, _ = pixels.shape
+    image = vtk.vtkImageData()
+    image.SetDimensions(width, height, 1)
+    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(pixels[::-1]).reshape(-1, 3), deep=True))
+
+    def write(tmp: Path) -> None:
+        writer = vtk.vtkPNGWriter()
+        writer.SetCompressionLevel(9)
+        writer.SetInputData(image)
+        writer.SetFileName(str(tmp))
+        writer.Write()
+        if writer.GetErrorCode():
+            raise OSError(f"{path}: could not be written")
+
+    atomic_write(path, write)
 
 
 def render_screenshot(detect_dir: Path, out: Path, size: int = VIEW_SIZE) -> Path:
@@ -234,7 +251,9 @@ def render_screenshot(detect_dir: Path, out: Path, size: int = VIEW_SIZE) -> Pat
     bounds = [0.0] * 6
     volume.GetRASBounds(bounds)
     middle = tuple((bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3))
-    three_d.look_from(_unit((0.3, 0.8, -0.55)), (0.0, 0.0, 1.0), middle, 900.0)
+    diagonal = sum((bounds[2 * i + 1] - bounds[2 * i]) ** 2 for i in range(3)) ** 0.5
+    # from the front, right and below, far enough to see the whole volume's box
+    three_d.look_from(_unit((0.3, 0.8, -0.55)), (0.0, 0.0, 1.0), middle, 1.5 * diagonal)
 
     gap = np.full((size, 4, 3), 255, np.uint8)
     picture = np.concatenate([axial.image(), gap, coronal.image(), gap, three_d.image()], axis=1)
