@@ -57,8 +57,9 @@ def _json_type_ok(value: Any, json_type: str) -> bool:
         return isinstance(value, str)
     if json_type == "boolean":
         return isinstance(value, bool)
-    if json_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "integer":  # JSON Schema: any number without a fractional part (1.0 too), never a boolean
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
+                                                                            and value.is_integer())
     if json_type == "array":
         return isinstance(value, list)
     raise ValueError(json_type)
@@ -170,7 +171,7 @@ def test_catalog_entry_is_valid_json_with_lf_line_endings_and_names_schema_v1_0_
     ({"tier": 6}, "tier must lie within (1, 5)"),
     ({"tier": 0}, "tier must lie within (1, 5)"),
     ({"tier": True}, "tier must be a JSON integer"),
-    ({"tier": 1.0}, "tier must be a JSON integer"),
+    ({"tier": 1.5}, "tier must be a JSON integer"),
     ({"enabled": 1}, "enabled must be a JSON boolean"),
     ({"scm_type": "svn"}, "scm_type must be one of ('git', 'local')"),
     ({"build_dependencies": "PyTorch"}, "build_dependencies must be a JSON array"),
