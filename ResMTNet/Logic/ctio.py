@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import TMP_PREFIX, atomic_write
+from .dicom_series import place_slices, plan_series
 from .errors import InputError
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
@@ -138,15 +139,18 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
         notes.append(f"{len(series)} DICOM series found: {listing}; read the one with the most slices, {sid}")
         warnings.warn(f"{folder}: {notes[-1]}", SeveralSeriesWarning, stacklevel=3)
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
+    # the slice geometry from the headers first: what to read, in which order, and where it really is
+    plan = plan_series(files, series_uid=sid, label=str(folder), folder=where)
+    notes += plan.notes
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(plan.files)
     try:
         with _quiet_itk():
             img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: DICOM series {sid} ({count} files) could not be read: "
                          f"{_reason(e)}") from e
-    return img, sid, notes
+    return place_slices(img, plan), sid, notes
 
 
 def _is_volume_name(name: str) -> bool:
