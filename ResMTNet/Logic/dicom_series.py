@@ -362,7 +362,8 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
                      "grid along the table axis (linear interpolation)")
     if off_normal.max() > OFF_GRID_MM:
         changes = [k for k in range(1, len(steps)) if abs(steps[k] - steps[k - 1]) > OFF_GRID_MM / 2]
-        where = "; ".join(f"{steps[k - 1]:.2f} to {steps[k]:.2f} mm at {slices[k].name}" for k in changes[:_SHOWN])
+        where = "; ".join(f"{steps[k - 1]:.2f} to {steps[k]:.2f} mm after {slices[k].name} at {d[k]:.2f} mm"
+                          for k in changes[:_SHOWN])
         notes.append(f"the DICOM series' slice spacing is uneven ({steps.min():.2f}–{steps.max():.2f} mm"
                      f"{'; it changes from ' + where if where else ''}): resampled onto an even grid "
                      "(linear interpolation)")
