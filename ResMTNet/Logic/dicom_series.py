@@ -70,10 +70,6 @@ class SliceHeader:
     def name(self) -> str:
         return self.path.name + (f" (instance {self.instance})" if self.instance is not None else "")
 
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.orientation[:3], self.orientation[3:])
-
 
 @dataclass
 class SeriesPlan:
@@ -103,7 +99,7 @@ def read_slice_header(path: str | Path) -> SliceHeader:
             warnings.simplefilter("ignore")  # pydicom warns on odd values; what matters is checked below
             ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
             h = _header_fields(path, ds)
-    except Exception as e:  # noqa: BLE001 - any failure to parse a file means the same here: unreadable
+    except Exception as e:  # any failure to parse a file means the same here: unreadable
         return SliceHeader(path=path, problem=f"not readable as DICOM ({type(e).__name__}: {e})")
     h.problem = _pixel_problem(path, ds, h)
     return h
@@ -176,7 +172,7 @@ def _stray_slices(folder: Path, listed: set[Path], series_uid: str) -> list[Slic
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 uid = str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesInstanceUID", "")).strip()
-        except Exception:  # noqa: BLE001 - not DICOM at all (a README, an archive): not part of the series
+        except Exception:  # not DICOM at all (a README, an archive): not part of the series
             continue
         if uid == series_uid:
             h = read_slice_header(p)
@@ -192,10 +188,6 @@ def _names(headers: Sequence[SliceHeader], positions: dict[int, float] | None = 
 
     shown = ", ".join(one(h) for h in headers[:_SHOWN])
     return shown + (f" and {len(headers) - _SHOWN} more" if len(headers) > _SHOWN else "")
-
-
-def _orientation_key(o: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.round(o / ORIENTATION_TOLERANCE) * ORIENTATION_TOLERANCE + 0.0)
 
 
 def _same_orientation(a: np.ndarray, b: np.ndarray) -> bool:
@@ -252,6 +244,8 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
         notes.append(f"left out {len(localizers)} localizer slice(s) of the DICOM series (ImageType LOCALIZER): "
                      f"{_names(localizers)}")
         slices = [h for h in slices if "LOCALIZER" not in h.image_type]
+        if not slices:
+            raise refuse(f"holds only localizer slices ({_names(localizers)}): there is no volume to read")
     no_geometry = [h for h in slices if h.position is None or h.orientation is None or h.size is None]
     if no_geometry:
         raise refuse(f"slice(s) without ImagePositionPatient, ImageOrientationPatient or Rows/Columns: "
@@ -365,8 +359,8 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
         where = "; ".join(f"{steps[k - 1]:.2f} to {steps[k]:.2f} mm after {slices[k].name} at {d[k]:.2f} mm"
                           for k in changes[:_SHOWN])
         notes.append(f"the DICOM series' slice spacing is uneven ({steps.min():.2f}–{steps.max():.2f} mm"
-                     f"{'; it changes from ' + where if where else ''}): resampled onto an even grid "
-                     "(linear interpolation)")
+                     f"{'; it changes from ' + where if where else ''}): resampled onto an even grid of about "
+                     f"{usual:.2f} mm (linear interpolation)")
     return plan
 
 
@@ -421,16 +415,23 @@ def _resample(stack: np.ndarray, pixel_xy: Sequence[float], plan: SeriesPlan) ->
     out = np.empty((size[2], size[1], size[0]), dtype=np.float32)
     jj, ii = np.meshgrid(np.arange(size[1]), np.arange(size[0]), indexing="ij")
     plane = origin + (ii[..., None] * spacing[0]) * e1 + (jj[..., None] * spacing[1]) * e2
+    # a point's coordinates along the normal, the column and the row cosines, for the first output slice;
+    # each later one adds a constant, and each input slice's origin projects the same way
+    plane_n, plane_c, plane_r = plane @ normal, plane @ col, plane @ row
+    del plane
+    slice_c, slice_r = p @ col, p @ row
     eps = 1e-4
     for z in range(size[2]):
-        pts = plane + (z * spacing[2]) * e3
-        dn = pts @ normal
+        shift = (z * spacing[2]) * e3
+        dn = plane_n + shift @ normal
         kf = np.interp(dn, d, np.arange(n))
         kf[(dn < d[0] - eps) | (dn > d[-1] + eps)] = -10.0  # outside every slice
         k0 = np.clip(np.floor(kf).astype(int), 0, n - 2)
-        w = (kf - k0)[..., None]
-        rel = pts - (p[k0] * (1 - w) + p[k0 + 1] * w)  # from the slice plane's origin at this depth
-        coords = np.stack([kf, rel @ col / pixel_xy[1], rel @ row / pixel_xy[0]])
+        w = kf - k0
+        # the slice plane at this depth (interpolated between its neighbours) and the point within it
+        j = (plane_c + shift @ col - (slice_c[k0] * (1 - w) + slice_c[k0 + 1] * w)) / pixel_xy[1]
+        i = (plane_r + shift @ row - (slice_r[k0] * (1 - w) + slice_r[k0 + 1] * w)) / pixel_xy[0]
+        coords = np.stack([kf, j, i])
         for axis_k, top in enumerate((n - 1, ny - 1, nx - 1)):  # on an edge up to rounding: on the edge
             c = coords[axis_k]
             c[(c < 0) & (c > -eps)] = 0.0
