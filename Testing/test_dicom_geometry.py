@@ -287,6 +287,21 @@ def _mixed_orientation(folder: Path) -> Path:
     return write_series(folder, slices)
 
 
+def _mixed_sizes(folder: Path) -> Path:
+    slices = intact_slices()
+    for s in slices[10:20]:
+        s["rows"] = 48
+    return write_series(folder, slices)
+
+
+def _no_position(folder: Path) -> Path:
+    write_series(folder, intact_slices())
+    ds = pydicom.dcmread(folder / "slice020.dcm")
+    del ds.ImagePositionPatient
+    ds.save_as(folder / "slice020.dcm")
+    return folder
+
+
 REFUSED = {  # case: (how to make it, what the message must say)
     "duplicate position": (_duplicate_position, [r"different slices at the same position", r"at 0\.00 mm",
                                                  r"slice020\.dcm \(instance 21\)", r"misfiled\.dcm \(instance 99\)"]),
@@ -299,6 +314,9 @@ REFUSED = {  # case: (how to make it, what the message must say)
     "slice without pixel data": (_no_pixel_data, [r"gap .*slice020\.dcm \(instance 21\) at 0\.00 mm: has no "
                                                   r"pixel data"]),
     "modality MR": (_modality_mr, [r"is Modality MR, not CT \(40 of 40 slices"]),
+    "mixed sizes": (_mixed_sizes, [r"mixes slice sizes \(30 of 56 x 64, 10 of 48 x 64; other than 56 x 64: "
+                                   r"slice010\.dcm \(instance 11\)"]),
+    "slice without position": (_no_position, [r"without ImagePositionPatient.*slice020\.dcm \(instance 21\)"]),
     "mixed orientation": (_mixed_orientation, [r"mixes slice orientations", r"20 slices \(0, 1, 0, 0, 0, -1\)",
                                                r"20 slices \(1, 0, 0, 0, 1, 0\)"]),
 }

@@ -41,8 +41,8 @@ GAP_FACTOR = 1.5
 OFF_GRID_MM = 0.2
 #: Direction cosines that agree within this are one orientation.
 ORIENTATION_TOLERANCE = 1e-3
-#: At most this many slices of a minority orientation are left out as localizers; more is a mixed series.
-MAX_STRAY_ORIENTATION_SLICES = 3
+#: At most this many slices of another size or orientation are left out as localizers; more is a mixed series.
+MAX_STRAY_SLICES = 3
 #: Element values larger than this stay on disk while headers are read (the pixel data, mostly).
 _DEFER_BYTES = 4096
 _PIXEL_DATA = 0x7FE00010
@@ -252,10 +252,10 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
                      f"{_names(no_geometry)}; slice positions cannot be known")
     sizes = Counter(h.size for h in slices)
     main_size, n_main = sizes.most_common(1)[0]
-    if n_main * 2 <= len(slices):
-        raise refuse(f"mixes slice sizes ({', '.join(f'{n} of {r} x {c}' for (r, c), n in sizes.items())}): "
-                     "it is not one volume")
     odd = [h for h in slices if h.size != main_size]
+    if n_main * 2 <= len(slices) or len(odd) > MAX_STRAY_SLICES:
+        raise refuse(f"mixes slice sizes ({', '.join(f'{n} of {r} x {c}' for (r, c), n in sizes.items())}; "
+                     f"other than {main_size[0]} x {main_size[1]}: {_names(odd)}): it is not one volume")
     if odd:
         notes.append(f"left out {len(odd)} slice(s) of another size than the series' {main_size[0]} x "
                      f"{main_size[1]} (localizers?): {_names(odd)}")
@@ -270,7 +270,7 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
             groups.append([h])
     groups.sort(key=len, reverse=True)
     strays = [h for g in groups[1:] for h in g]
-    if strays and (len(groups[0]) * 2 <= len(slices) or len(strays) > MAX_STRAY_ORIENTATION_SLICES):
+    if strays and (len(groups[0]) * 2 <= len(slices) or len(strays) > MAX_STRAY_SLICES):
         listing = "; ".join(f"{len(g)} slices {_fmt_orientation(g[0].orientation)} ({_names(g)})"
                             for g in groups[:3])
         raise refuse(f"mixes slice orientations (ImageOrientationPatient): {listing}: it is not one volume")
