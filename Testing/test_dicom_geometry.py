@@ -147,6 +147,18 @@ def test_real_series_read_exactly_as_before_without_notes(name):
     assert_same_volume(ct, itk_read(folder))
 
 
+def test_unicode_folder_with_junk_files_and_names_out_of_order_reads_as_intact(intact, tmp_path):
+    slices = intact_slices()
+    for k, s in enumerate(slices):  # file names in the reverse order of the positions
+        s["name"] = f"img{len(slices) - k:03d}.dcm"
+    folder = write_series(tmp_path / "série ü", slices)
+    (folder / "README.txt").write_text("exported series\n")
+    (folder / "junk.bin").write_bytes(bytes(range(256)) * 40)
+    ct = read_ct(folder)
+    assert ct.notes == ()
+    assert_same_volume(ct, intact)
+
+
 def test_compressed_series_passes_the_pixel_data_check(intact, tmp_path):
     folder = write_series(tmp_path / "rle", intact_slices())
     for f in folder.iterdir():
@@ -162,13 +174,14 @@ def test_compressed_series_passes_the_pixel_data_check(intact, tmp_path):
 # Handled: read with a note, positions within 1 mm of the truth and of the intact series'
 
 
-def test_gantry_tilt_15_degrees_is_resampled_onto_an_orthogonal_grid(intact, tmp_path):
-    t = np.radians(15.0)
+@pytest.mark.parametrize("degrees", [15.0, -15.0])
+def test_gantry_tilt_15_degrees_is_resampled_onto_an_orthogonal_grid(intact, tmp_path, degrees):
+    t = np.radians(degrees)
     slices = intact_slices()
     for s in slices:  # the planes tilt about x; the table still steps along z
         s["col"] = np.array([0.0, np.cos(t), np.sin(t)])
     ct = read_ct(write_series(tmp_path / "tilt", slices))
-    assert any("gantry tilt 15.0°" in n for n in ct.notes), ct.notes
+    assert any("gantry tilt 15.0°" in n and "resampled onto an orthogonal grid" in n for n in ct.notes), ct.notes
     np.testing.assert_allclose(ct.direction_matrix @ ct.direction_matrix.T, np.eye(3), atol=1e-9)
     np.testing.assert_allclose(ct.direction_matrix, np.eye(3), atol=1e-9)  # table axis z, rows along x
     assert marker_errors(ct).max() < 1.0
