@@ -18,7 +18,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import TMP_PREFIX, atomic_write
-from .dicom_series import place_slices, plan_series
 from .errors import InputError
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
@@ -123,6 +122,8 @@ class _quiet_itk:
 
 
 def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
+    from .dicom_series import place_slices, plan_series  # pydicom imported only where DICOM is read
+
     series = _find_dicom_series(folder)
     if not series:
         volumes = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_volume_name(p.name))
