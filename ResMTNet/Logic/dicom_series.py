@@ -55,7 +55,6 @@ class SliceHeader:
 
     path: Path
     sop_uid: str = ""
-    series_uid: str = ""
     instance: int | None = None
     modality: str | None = None
     image_type: tuple[str, ...] = ()
@@ -88,7 +87,8 @@ class SeriesPlan:
 
     @property
     def normal(self) -> np.ndarray:
-        return np.cross(self.row, self.col)
+        n = np.cross(self.row, self.col)
+        return n / np.linalg.norm(n)
 
 
 def read_slice_header(path: str | Path) -> SliceHeader:
@@ -99,9 +99,9 @@ def read_slice_header(path: str | Path) -> SliceHeader:
             warnings.simplefilter("ignore")  # pydicom warns on odd values; what matters is checked below
             ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
             h = _header_fields(path, ds)
+            h.problem = _pixel_problem(path, ds, h)
     except Exception as e:  # any failure to parse a file means the same here: unreadable
         return SliceHeader(path=path, problem=f"not readable as DICOM ({type(e).__name__}: {e})")
-    h.problem = _pixel_problem(path, ds, h)
     return h
 
 
@@ -120,7 +120,6 @@ def _header_fields(path: Path, ds: pydicom.Dataset) -> SliceHeader:
     return SliceHeader(
         path=path,
         sop_uid=str(ds.get("SOPInstanceUID", "")).strip(),
-        series_uid=str(ds.get("SeriesInstanceUID", "")).strip(),
         instance=int(instance) if instance not in (None, "") else None,
         modality=(str(ds.get("Modality", "")).strip().upper() or None),
         image_type=tuple(str(t).strip().upper() for t in ([image_type] if isinstance(image_type, str)
@@ -284,8 +283,9 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
                      "it is not one volume")
 
     # order along the normal
-    row, col = slices[0].orientation[:3], slices[0].orientation[3:]
+    row, col = (v / np.linalg.norm(v) for v in (slices[0].orientation[:3], slices[0].orientation[3:]))
     normal = np.cross(row, col)
+    normal /= np.linalg.norm(normal)
     slices.sort(key=lambda h: (float(h.position @ normal), h.path.name))
     along = {id(h): float(h.position @ normal) for h in slices + [b for b in broken if b.position is not None]}
     d = np.array([along[id(h)] for h in slices])
