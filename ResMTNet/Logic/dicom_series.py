@@ -84,6 +84,8 @@ class SeriesPlan:
     even: bool = True
     #: Where the slices step when that is not along their normal (a gantry tilt): the resampled grid's z axis.
     table_axis: np.ndarray | None = None
+    #: About the resampled grid's step along its z axis, mm.
+    grid_step: float | None = None
 
     @property
     def normal(self) -> np.ndarray:
@@ -350,17 +352,21 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
     axis = positions[-1] - positions[0]
     if off_plane.max() > OFF_GRID_MM:
         plan.table_axis = axis / np.linalg.norm(axis)
+    # the grid keeps the finest step between slices (a few slices very close together do not blow it up)
+    table_steps = np.diff(np.sort(positions @ (normal if plan.table_axis is None else plan.table_axis)))
+    plan.grid_step = float(max(table_steps.min(), np.median(table_steps) / 2))
+    if plan.table_axis is not None:
         tilt = float(np.degrees(np.arccos(np.clip(abs(axis @ normal) / np.linalg.norm(axis), -1, 1))))
         notes.append(f"the DICOM series' slices do not step along their normal (gantry tilt {tilt:.1f}°: slices "
                      f"up to {off_plane.max():.1f} mm off an orthogonal stack): resampled onto an orthogonal "
-                     "grid along the table axis (linear interpolation)")
+                     f"grid along the table axis, about {plan.grid_step:.2f} mm apart (linear interpolation)")
     if off_normal.max() > OFF_GRID_MM:
         changes = [k for k in range(1, len(steps)) if abs(steps[k] - steps[k - 1]) > OFF_GRID_MM / 2]
         where = "; ".join(f"{steps[k - 1]:.2f} to {steps[k]:.2f} mm after {slices[k].name} at {d[k]:.2f} mm"
                           for k in changes[:_SHOWN])
         notes.append(f"the DICOM series' slice spacing is uneven ({steps.min():.2f}–{steps.max():.2f} mm"
                      f"{'; it changes from ' + where if where else ''}): resampled onto an even grid of about "
-                     f"{usual:.2f} mm (linear interpolation)")
+                     f"{plan.grid_step:.2f} mm (linear interpolation)")
     return plan
 
 
@@ -369,8 +375,8 @@ def place_slices(img: sitk.Image, plan: SeriesPlan) -> sitk.Image:
 
     An even stack keeps ITK's voxels (its geometry checked against the headers'); an uneven or tilted one
     is resampled (linear) onto an orthogonal grid with the slices' in-plane spacing, along the normal (or the
-    table axis, for a tilt) at the median step, covering every slice; voxels no slice covers take the
-    series' lowest value (the scanner's padding, or air)."""
+    table axis, for a tilt) at about the finest step between slices, covering every slice; voxels no slice
+    covers take the series' lowest value (the scanner's padding, or air)."""
     if plan.positions is None or img.GetDimension() != 3 or img.GetSize()[2] != len(plan.files):
         return img
     n = len(plan.files)
@@ -405,10 +411,8 @@ def _resample(stack: np.ndarray, pixel_xy: Sequence[float], plan: SeriesPlan) ->
     corners = np.array([p[k] + a * (nx - 1) * pixel_xy[0] * row + b * (ny - 1) * pixel_xy[1] * col
                         for k in range(n) for a in (0, 1) for b in (0, 1)]) @ frame
     lo, hi = corners.min(axis=0), corners.max(axis=0)
-    along = np.sort(p @ e3)
-    extent3 = hi[2] - lo[2]
-    step3 = float(np.median(np.diff(along)))
-    spacing = np.array([pixel_xy[0], pixel_xy[1], extent3 / max(1, round(extent3 / step3))])
+    extent3 = hi[2] - lo[2]  # a whole number of steps of about grid_step: the first and last slice on the grid
+    spacing = np.array([pixel_xy[0], pixel_xy[1], extent3 / max(1, round(extent3 / plan.grid_step))])
     size = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
     origin = frame @ lo
     fill = float(stack.min())
