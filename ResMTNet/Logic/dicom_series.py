@@ -249,7 +249,7 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
             raise refuse(f"holds only localizer slices ({_names(localizers)}): there is no volume to read")
     no_geometry = [h for h in slices if h.position is None or h.orientation is None or h.size is None]
     if no_geometry:
-        raise refuse(f"slice(s) without ImagePositionPatient, ImageOrientationPatient or Rows/Columns: "
+        raise refuse(f"has slice(s) without ImagePositionPatient, ImageOrientationPatient or Rows/Columns: "
                      f"{_names(no_geometry)}; slice positions cannot be known")
     sizes = Counter(h.size for h in slices)
     main_size, n_main = sizes.most_common(1)[0]
@@ -332,8 +332,9 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
         more = f" and {len(gaps) - _SHOWN} more" if len(gaps) > _SHOWN else ""
         why = (f"; left out as unreadable: {'; '.join(f'{_names([h], along)}: {h.problem}' for h in broken[:_SHOWN])}"
                if broken else "")
-        raise refuse(f"has a gap in its slice positions (missing slices?) where slices are {usual:.2f} mm apart: "
-                     f"{listing}{more}{why}; positions past it would be wrong")
+        raise refuse(f"has a gap in its slice positions (along the slice normal; missing slices?) where slices are "
+                     f"{usual:.2f} mm apart: "
+                     f"{listing}{more}{why}; read as one stack, every position past it would be wrong")
     if broken:  # no gap: the file was at an end, or a second file at a position another slice holds
         notes.append(f"left out {len(broken)} unreadable file(s) of the DICOM series (the others leave no gap: "
                      f"positions unaffected): "
