@@ -122,6 +122,8 @@ class _quiet_itk:
 
 
 def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
+    from .dicom_series import place_slices, plan_series  # pydicom imported only where DICOM is read
+
     series = _find_dicom_series(folder)
     if not series:
         volumes = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_volume_name(p.name))
@@ -138,15 +140,18 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
         notes.append(f"{len(series)} DICOM series found: {listing}; read the one with the most slices, {sid}")
         warnings.warn(f"{folder}: {notes[-1]}", SeveralSeriesWarning, stacklevel=3)
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
+    # the slice geometry from the headers first: what to read, in which order, and where it really is
+    plan = plan_series(files, series_uid=sid, label=str(folder), folder=where)
+    notes += plan.notes
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(plan.files)
     try:
         with _quiet_itk():
             img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: DICOM series {sid} ({count} files) could not be read: "
                          f"{_reason(e)}") from e
-    return img, sid, notes
+    return place_slices(img, plan), sid, notes
 
 
 def _is_volume_name(name: str) -> bool:
