@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import froc
+    from .cli import print_warnings
     from .errors import InputError
 
     if args.bootstrap < 0:
@@ -78,16 +79,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         series = froc.default_series(marks, findings, include_findings=True)
         series_from = "annotations and predictions"
+    notes = _unannotated_note(froc.unannotated_series(findings, marks, series), args.annotations)
+    print_warnings(notes)
     result = froc.evaluate(findings, marks, series, n_bootstrap=args.bootstrap, seed=args.seed)
 
     outdir = Path(args.outdir) if args.outdir else Path(args.predictions).resolve().parent / "evaluation"
     extra = {"inputs": {"predictions": str(args.predictions), "annotations": str(args.annotations),
-                        "excluded": args.excluded, "series_from": series_from}}
+                        "excluded": args.excluded, "series_from": series_from}, "warnings": notes}
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
 
     print(format_summary(result, series_from))
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def _unannotated_note(unknown: list[str], annotations: str) -> list[str]:
+    """One line about scored prediction scans that the annotations never name (none: no line)."""
+    if not unknown:
+        return []
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return [f"{len(unknown)} scan(s) of the predictions have no row in {annotations} ({shown}): scored as scans "
+            "without nodules, every finding on them a false positive; check that both files are about the same scans"]
 
 
 def _run_on_phantoms(args: argparse.Namespace) -> int:
