@@ -114,12 +114,12 @@ def plain(value: Any, where: str = "checkpoint") -> Any:
     accepts: NumPy arrays become tensors, NumPy scalars Python numbers, paths strings. Anything else that is
     not plain raises TypeError naming where it sits, so a checkpoint that could not be read back is never
     written."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float, yet pickles as a NumPy scalar
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value)).clone()
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
@@ -199,7 +199,14 @@ def build_network(ckpt: dict[str, Any], path: Path | str) -> ResMTNet:
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise ResMTNetError(f"{path}: its config does not describe a Res-MTNet ({type(e).__name__}: "
                             f"{_first_line(e)})") from e
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    load_weights(net, ckpt["state_dict"], path)
+    return net
+
+
+def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Load a checkpoint's ``state`` into ``net`` (floating weights as float32); ResMTNetError (one line) naming
+    the missing, unexpected and mis-shaped entries when they do not fit."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -211,7 +218,6 @@ def build_network(ckpt: dict[str, Any], path: Path | str) -> ResMTNet:
                   f"{list(expected[wrong[0]].shape)} expected)"] if wrong else []
         raise ResMTNetError(f"{path}: its weights do not fit the network its config describes: " + "; ".join(parts))
     net.load_state_dict(state)
-    return net
 
 
 def load_model(path: str | Path | None = None, device: torch.device | str = "cpu") -> LoadedModel:
