@@ -300,6 +300,8 @@ def _check_values(p: Path, a: np.ndarray, hu: bool = True) -> None:
 
 def _non_hu_guess(lo: float, hi: float) -> str:
     """What a volume with no air at -1000 most likely holds."""
+    if lo >= 0 and hi <= 1:
+        return "it looks like values scaled to [0, 1] (a normalised export), not CT data"
     if lo >= 0 and hi <= 255:
         return "it looks like an 8-bit image export, not CT data"
     if lo >= 0 and hi <= 65535:

@@ -162,9 +162,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing: the error says it
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ResMTNetError(f"{path}: refused: the file holds Python objects other than tensors and plain values "
-                            f"({_unpickling_reason(e)}); a Res-MTNet checkpoint loads with weights_only=True, so "
-                            "nothing in this file was run") from e
+        reason = _unpickling_reason(e)
+        if "Unsupported global" in reason:
+            raise ResMTNetError(f"{path}: refused: the file holds Python objects other than tensors and plain "
+                                f"values ({reason}); a Res-MTNet checkpoint loads with weights_only=True, so nothing "
+                                "in this file was run") from e
+        raise ResMTNetError(f"{path}: not a readable Res-MTNet checkpoint: not a torch file of tensors and plain "
+                            f"values ({reason}); nothing in it was run") from e
     except Exception as e:  # noqa: BLE001 — torch raises many kinds for a bad file
         raise ResMTNetError(f"{path}: not a readable Res-MTNet checkpoint ({type(e).__name__}: "
                             f"{_first_line(e)})") from e
