@@ -456,6 +456,35 @@ MODEL_REFUSALS = [
          message=r"decode\.threshold must be a number in \[0, 1\] \(got 3\.0\)"),
 ]
 
+def _train_resuming_from(make: Callable[[Path], object]) -> Callable[[Kit], list[str]]:
+    """``train`` into a folder whose last.pt (made by ``make``) it would resume from."""
+    def build(kit: Kit) -> list[str]:
+        run = _folder(kit, "run")
+        make(run / "last.pt")
+        return ["train", "-o", str(run), "--phantoms", "1", "--epochs", "1", "--tiny", "--cache",
+                str(kit.dir / "cache"), "--no-progress"]
+    return build
+
+
+def _payload_in(kit: Kit, make: Callable[[Path], object]) -> str:
+    make(kit.dir / "model.pt")
+    return str(kit.dir / "model.pt")
+
+
+OTHER_CHECKPOINT_ENTRIES = [
+    Case("train: resume from a last.pt with a pickle payload", _train_resuming_from(_malicious_torch),
+         message=r"run/last\.pt: refused: the file holds Python objects", check=_nothing_ran),
+    Case("train: resume from a plain pickle last.pt", _train_resuming_from(_malicious_pickle),
+         message=r"run/last\.pt: refused", check=_nothing_ran),
+    Case("train --init with a pickle payload", lambda kit: [
+        "train", "-o", str(kit.dir / "run"), "--init", _payload_in(kit, _malicious_torch), "--phantoms", "1",
+        "--epochs", "1", "--cache", str(kit.dir / "cache")],
+        message="model.pt: refused", check=_nothing_ran),
+    Case("evaluate --phantoms --model with a pickle payload", lambda kit: [
+        "evaluate", "--phantoms", "1", "--model", _payload_in(kit, _malicious_pickle), "-o", kit.out],
+        message="model.pt: refused", check=_nothing_ran),
+]
+
 EVALUATE_CASES = [
     Case("evaluate: probability 7.5", _evaluate(_prediction_row("scan2,0,0,0,7.5")),
          message=r"predictions\.csv: line 3: probability 7\.5 is impossible \(must be \[0, 1\]\)"),
@@ -508,8 +537,8 @@ def _written_phantom(kit: Kit) -> Path:
     return path
 
 
-CASES: list[Case] = READ_REFUSALS + OPTION_REFUSALS + PLACE_REFUSALS + MODEL_REFUSALS + EVALUATE_CASES \
-    + RUNS_WITH_WARNINGS
+CASES: list[Case] = READ_REFUSALS + OPTION_REFUSALS + PLACE_REFUSALS + MODEL_REFUSALS + OTHER_CHECKPOINT_ENTRIES \
+    + EVALUATE_CASES + RUNS_WITH_WARNINGS
 
 
 # ---------------------------------------------------------------------------------------------------------
