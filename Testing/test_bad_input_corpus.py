@@ -125,6 +125,12 @@ def _mhd_with_short_data(path: Path) -> None:
     raw.write_bytes(raw.read_bytes()[:1000])
 
 
+def _nhdr_with_short_data(path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(_noise(dtype=np.int16)), str(path), False)  # header + raw data file
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(raw.read_bytes()[:1000])
+
+
 def _folder(kit: Kit, name: str) -> Path:
     (kit.dir / name).mkdir()
     return kit.dir / name
@@ -392,6 +398,8 @@ READ_REFUSALS = [
          message="names the data file scan.raw, which does not exist"),
     Case(".mhd with a truncated data file", _bad_file("scan.mhd", _mhd_with_short_data),
          message=r"its data file scan\.raw holds 1000 bytes, fewer than the 40960 its header declares .* truncated"),
+    Case(".nhdr with a truncated data file", _bad_file("scan.nhdr", _nhdr_with_short_data),
+         message=r"its data file scan\.raw holds 1000 bytes, fewer than the 40960 .* truncated"),
     Case("folder without DICOM", lambda kit: ["detect", str(_folder(kit, "empty")), "-o", kit.out],
          message="holds no DICOM files"),
     Case("folder of volumes", _folder_of_volumes, message=r"holds no DICOM series; it holds volume files \(a\.nrrd\)"),

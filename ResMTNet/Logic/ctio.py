@@ -209,23 +209,43 @@ def _missing_data_file(header: Path) -> str | None:
 _MHD_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
                       "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                       "MET_DOUBLE": 8}
+_NRRD_TYPE_BYTES = {**dict.fromkeys(("char", "signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8",
+                                     "uint8_t"), 1),
+                    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                     "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+                    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                     "uint32_t", "float"), 4),
+                    **dict.fromkeys(("longlong", "long long", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                     "uint64", "uint64_t", "double"), 8)}
+
+
+def _header_fields(header: Path, separator: str) -> dict[str, str]:
+    lines = header.read_text(errors="replace")[:20000].splitlines()
+    return {k.strip().lower(): v.strip() for k, sep, v in (ln.partition(separator) for ln in lines) if sep}
 
 
 def _short_data_file(header: Path) -> str | None:
-    """Why an uncompressed MetaImage's data file cannot hold the voxels its header declares, if it cannot."""
-    if header.suffix.lower() != ".mhd":
-        return None
+    """Why the raw data file of a detached header (.mhd, .nhdr) cannot hold the voxels the header declares, if
+    it cannot (compressed data and data in the header itself are left to ITK)."""
     try:
-        fields = {k.strip().lower(): v.strip() for k, sep, v in
-                  (ln.partition("=") for ln in header.read_text(errors="replace")[:20000].splitlines()) if sep}
-        if fields.get("compresseddata", "false").lower() == "true":
-            return None  # the compressed size says nothing about the voxel count
-        name = fields.get("elementdatafile", "")
+        if header.suffix.lower() == ".mhd":
+            fields = _header_fields(header, "=")
+            if fields.get("compresseddata", "false").lower() == "true":
+                return None  # the compressed size says nothing about the voxel count
+            name = fields.get("elementdatafile", "")
+            size = [int(v) for v in fields["dimsize"].split()]
+            item = _MHD_ELEMENT_BYTES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", "1"))
+            skip = int(fields.get("headersize", "0"))
+        else:
+            fields = _header_fields(header, ":")
+            if fields.get("encoding", "").lower() != "raw" or "line skip" in fields:
+                return None
+            name = fields.get("data file", fields.get("datafile", ""))
+            size = [int(v) for v in fields["sizes"].split()]
+            item = _NRRD_TYPE_BYTES[" ".join(fields["type"].lower().split())]
+            skip = int(fields.get("byte skip", "0"))
         if not name or name.upper() == "LOCAL" or " " in name or "%" in name:
             return None
-        size = [int(v) for v in fields["dimsize"].split()]
-        item = _MHD_ELEMENT_BYTES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", "1"))
-        skip = int(fields.get("headersize", "0"))
         have = (header.parent / name).stat().st_size
     except (KeyError, ValueError, OSError):
         return None  # let ITK judge what this check cannot
