@@ -107,9 +107,12 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .model_io import load_model
     from .phantom_eval import count_outside_lung, evaluate_on_phantoms, sensitivity_by_kind
+    from .preflight import check_number
 
     if args.phantoms < 1:
         raise InputError("--phantoms must be at least 1")
+    check_number("--min-diameter", args.min_diameter, low=0.0)
+    check_number("--min-lung-share", args.min_lung_share, low=0.0, high=1.0)
     outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
     model = load_model(args.model)
     result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=model, device=args.device,
