@@ -130,6 +130,39 @@ centre the views on that nodule.<br><b>Research use only: not for clinical diagn
 Res-MTNet core and Slicer module by the ResMTNet developers. Uses 3D Slicer, PyTorch (through the
 PyTorch extension) and SimpleITK.
 """)
+        # The chest phantom in Sample Data, once the application (and its Sample Data module) has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the "ResMTNet chest phantom" to Slicer's Sample Data module, generated here, nothing downloaded.
+
+    Sample Data loads a sample from its cache folder and downloads only what is missing there; this button's
+    loader first writes the phantom into that folder (a few seconds, the first time), so Sample Data finds it.
+    """
+    import SampleData
+
+    loadCore()
+    sampleData = importlib.import_module(CORE_MODULE_NAME + ".sample_data")
+    iconsDir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons")
+
+    def cachePath():
+        return os.path.join(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory(), sampleData.FILE_NAME)
+
+    def generateAndLoad(source):
+        sampleData.ensure_sample_phantom(cachePath())
+        return SampleData.SampleDataLogic().downloadFromSource(source)
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=sampleData.CATEGORY,
+        sampleName=sampleData.SAMPLE_NAME,
+        uris=pathlib.Path(cachePath()).as_uri(),
+        fileNames=sampleData.FILE_NAME,
+        nodeNames=sampleData.NODE_NAME,
+        thumbnailFileName=os.path.join(iconsDir, sampleData.NODE_NAME + ".png"),
+        loadFileType="VolumeFile",
+        customDownloader=generateAndLoad,
+    )
 
 
 #

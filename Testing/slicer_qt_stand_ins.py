@@ -787,14 +787,18 @@ class ModuleManager(QObject):
     moduleAboutToBeUnloaded = Signal()
 
 
-class StandInApp:
+class StandInApp(QObject):
     """``slicer.app``: what the base classes and the module ask of qSlicerApplication. It runs the timers
-    (``processEvents``) and records how long each timer callback held the main thread."""
+    (``processEvents``) and records how long each timer callback held the main thread. ``startupCompleted``
+    is never emitted: the harness loads the module into an application that has started (and has no Sample
+    Data module)."""
 
     applicationName = "Slicer"
     temporaryPath = None
+    startupCompleted = Signal()
 
     def __init__(self, testing=True):
+        super().__init__()
         self._testing = testing
         self.overrideCursors = []  # the stack of override cursors
         self.callbackTimes: list[tuple[float, str]] = []  # (seconds, what) for each timer callback

@@ -77,15 +77,13 @@ def test_sop_uids_and_z_positions_find_the_same_slices(case):
 
 
 @needs_case
-def test_one_point_marks_and_irrelevant_points(case):
+def test_one_point_marks(case):
     _ct, c = case
     assert len(c.small_nodules) > 0 and len(c.non_nodules) > 0
     # one-point marks are placed in the CT's extent
     pts = np.array([p for _r, p in c.small_nodules + c.non_nodules])
     assert np.isfinite(pts).all()
-    assert len(c.irrelevant_points(min_readers=3)) == len(c.small_nodules) + len(c.non_nodules)
     assert len(c.accepted(min_readers=3)) == 1 and c.accepted(min_readers=5) == []
-    assert len(c.irrelevant_points(min_readers=5)) == 1 + len(c.small_nodules) + len(c.non_nodules)
 
 
 def test_median_rating_rounds_half_toward_uncertain():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
 
 from .allocator import keep_freed_memory
 from .errors import ResMTNetError
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resmtnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def print_warnings(notes: Iterable[str]) -> None:
+    """Each note once, as ``warning: <note>`` on stderr (the one channel for what a reader wants said)."""
+    for note in dict.fromkeys(notes):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

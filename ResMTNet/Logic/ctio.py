@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,13 @@ VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
 MIN_VOXELS_PER_AXIS = 8
+#: The lowest value of a chest CT in Hounsfield units is air (-1000) or the scanner's padding below it; a
+#: volume whose lowest value lies above this holds something else (raw stored values, an 8-bit export).
+MAX_LOWEST_HU = -500.0
+#: Slices further apart than this are beyond what the model was checked on (model card: 0.625-5 mm).
+THICK_SLICE_MM = 5.0
+#: A NIfTI whose qform and sform place a voxel further apart than this (mm) has two geometries.
+NIFTI_FORM_TOLERANCE_MM = 1.0
 
 
 @dataclass
@@ -78,10 +84,6 @@ class CTVolume:
         return vol
 
 
-class SeveralSeriesWarning(UserWarning):
-    """A DICOM folder held more than one series; the one with the most slices was read."""
-
-
 def list_dicom_series(folder: str | Path) -> list[tuple[str, int]]:
     """(SeriesInstanceUID, number of files) for each series directly in ``folder``, largest first."""
     with _quiet_itk():
@@ -122,6 +124,8 @@ class _quiet_itk:
 
 
 def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
+    from .dicom_series import place_slices, plan_series  # pydicom imported only where DICOM is read
+
     series = _find_dicom_series(folder)
     if not series:
         volumes = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_volume_name(p.name))
@@ -135,18 +139,21 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
     if len(series) > 1:
         listing = "; ".join(f"{s} ({n} files{'' if d == folder else ', in ' + str(d.relative_to(folder))})"
                             for d, s, n in series)
-        notes.append(f"{len(series)} DICOM series found: {listing}; read the one with the most slices, {sid}")
-        warnings.warn(f"{folder}: {notes[-1]}", SeveralSeriesWarning, stacklevel=3)
+        notes.append(f"{folder}: {len(series)} DICOM series found: {listing}; read the one with the most slices, "
+                     f"{sid}")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
+    # the slice geometry from the headers first: what to read, in which order, and where it really is
+    plan = plan_series(files, series_uid=sid, label=str(folder), folder=where)
+    notes += plan.notes
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(plan.files)
     try:
         with _quiet_itk():
             img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: DICOM series {sid} ({count} files) could not be read: "
                          f"{_reason(e)}") from e
-    return img, sid, notes
+    return place_slices(img, plan), sid, notes
 
 
 def _is_volume_name(name: str) -> bool:
@@ -172,6 +179,9 @@ def _read_file(p: Path) -> tuple[sitk.Image, str]:
         missing = _missing_data_file(p)
         if missing:
             raise InputError(f"{p}: its header names the data file {missing}, which does not exist")
+        short = _short_data_file(p)
+        if short:
+            raise InputError(f"{p}: {short}")
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
@@ -201,9 +211,60 @@ def _missing_data_file(header: Path) -> str | None:
     return None
 
 
-def read_ct(path: str | Path) -> CTVolume:
+_MHD_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                      "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                      "MET_DOUBLE": 8}
+_NRRD_TYPE_BYTES = {**dict.fromkeys(("char", "signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8",
+                                     "uint8_t"), 1),
+                    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                     "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+                    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                     "uint32_t", "float"), 4),
+                    **dict.fromkeys(("longlong", "long long", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                     "uint64", "uint64_t", "double"), 8)}
+
+
+def _header_fields(header: Path, separator: str) -> dict[str, str]:
+    lines = header.read_text(errors="replace")[:20000].splitlines()
+    return {k.strip().lower(): v.strip() for k, sep, v in (ln.partition(separator) for ln in lines) if sep}
+
+
+def _short_data_file(header: Path) -> str | None:
+    """Why the raw data file of a detached header (.mhd, .nhdr) cannot hold the voxels the header declares, if
+    it cannot (compressed data and data in the header itself are left to ITK)."""
+    try:
+        if header.suffix.lower() == ".mhd":
+            fields = _header_fields(header, "=")
+            if fields.get("compresseddata", "false").lower() == "true":
+                return None  # the compressed size says nothing about the voxel count
+            name = fields.get("elementdatafile", "")
+            size = [int(v) for v in fields["dimsize"].split()]
+            item = _MHD_ELEMENT_BYTES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", "1"))
+            skip = int(fields.get("headersize", "0"))
+        else:
+            fields = _header_fields(header, ":")
+            if fields.get("encoding", "").lower() != "raw" or "line skip" in fields:
+                return None
+            name = fields.get("data file", fields.get("datafile", ""))
+            size = [int(v) for v in fields["sizes"].split()]
+            item = _NRRD_TYPE_BYTES[" ".join(fields["type"].lower().split())]
+            skip = int(fields.get("byte skip", "0"))
+        if not name or name.upper() == "LOCAL" or " " in name or "%" in name:
+            return None
+        have = (header.parent / name).stat().st_size
+    except (KeyError, ValueError, OSError):
+        return None  # let ITK judge what this check cannot
+    need = int(np.prod(size)) * item + max(skip, 0)
+    if have < need:
+        return (f"its data file {name} holds {have} bytes, fewer than the {need} its header declares "
+                f"({' x '.join(map(str, size))} voxels of {item} byte(s)): the file is truncated")
+    return None
+
+
+def read_ct(path: str | Path, *, hu: bool = True) -> CTVolume:
     """Read a CT volume file or DICOM series folder; raise :class:`InputError`, with a message naming
-    the problem, for anything that is not a usable CT volume."""
+    the problem, for anything that is not a usable CT volume. ``hu=False`` reads a label map or mask
+    the same way, without requiring Hounsfield units."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -213,9 +274,10 @@ def read_ct(path: str | Path) -> CTVolume:
     else:
         img, sid = _read_file(p)
     _check_image(p, img)
+    notes += _thick_slice_notes(p, img) + _nifti_form_notes(p, img)
     vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p))
     vol.notes = tuple(notes)
-    _check_values(p, vol.array)
+    _check_values(p, vol.array, hu)
     return vol
 
 
@@ -245,7 +307,7 @@ def _check_image(p: Path, img: sitk.Image) -> None:
         raise InputError(f"{p}: origin {img.GetOrigin()} is not a finite position")
 
 
-def _check_values(p: Path, a: np.ndarray) -> None:
+def _check_values(p: Path, a: np.ndarray, hu: bool = True) -> None:
     finite = np.isfinite(a)
     if not finite.all():
         bad = int(a.size - np.count_nonzero(finite))
@@ -255,6 +317,67 @@ def _check_values(p: Path, a: np.ndarray) -> None:
         if lo == 0.0:
             raise InputError(f"{p}: is empty: every voxel is 0")
         raise InputError(f"{p}: is constant: every voxel is {lo:g}, there is nothing to see")
+    if hu and lo > MAX_LOWEST_HU:
+        raise InputError(f"{p}: values are not Hounsfield units: they range from {lo:g} to {hi:g}, but a chest CT "
+                         f"in HU holds air and lung near -1000 (nothing here lies below {MAX_LOWEST_HU:g}); "
+                         f"{_non_hu_guess(lo, hi)}")
+
+
+def _non_hu_guess(lo: float, hi: float) -> str:
+    """What a volume with no air at -1000 most likely holds."""
+    if lo >= 0 and hi <= 1:
+        return "it looks like values scaled to [0, 1] (a normalised export), not CT data"
+    if lo >= 0 and hi <= 255:
+        return "it looks like an 8-bit image export, not CT data"
+    if lo >= 0 and hi <= 65535:
+        return ("it looks like the scanner's stored values without the rescale intercept (RescaleIntercept, "
+                "usually -1024): convert them to HU first")
+    return "convert the volume to HU first"
+
+
+def _thick_slice_notes(p: Path, img: sitk.Image) -> list[str]:
+    thickest = max(img.GetSpacing())
+    if thickest <= THICK_SLICE_MM:
+        return []
+    return [f"{p}: voxels are {thickest:g} mm apart along one axis (slices thicker than {THICK_SLICE_MM:g} mm): "
+            f"the model was made for 0.625-2.5 mm slices and checked up to {THICK_SLICE_MM:g} mm; findings and "
+            "sizes on these slices are unreliable"]
+
+
+def _nifti_form_notes(p: Path, img: sitk.Image) -> list[str]:
+    """A note when a NIfTI's qform and sform (both set) place the volume differently, saying which ITK used."""
+    def meta(key: str) -> str:
+        return img.GetMetaData(key) if img.HasMetaDataKey(key) else ""
+
+    try:
+        if int(meta("qform_code") or 0) <= 0 or int(meta("sform_code") or 0) <= 0:
+            return []
+        b, c, d = (float(meta(f"quatern_{k}")) for k in "bcd")
+        qfac = -1.0 if float(meta("pixdim[0]") or 1) < 0 else 1.0
+        pixdim = np.array([float(meta(f"pixdim[{i}]")) for i in (1, 2, 3)])
+        qoffset = np.array([float(meta(f"qoffset_{k}")) for k in "xyz"])
+        srow = np.array([[float(v) for v in meta(f"srow_{k}").split()] for k in "xyz"])
+    except ValueError:
+        return []
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rot = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                    [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                    [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qform = np.c_[rot @ np.diag(pixdim * [1.0, 1.0, qfac]), qoffset]
+    sform = srow[:, :4]
+    size = np.array(img.GetSize()[:3]) - 1
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
+    q_ras, s_ras = corners @ qform.T, corners @ sform.T
+    apart = float(np.max(np.linalg.norm(q_ras - s_ras, axis=1)))
+    if apart <= NIFTI_FORM_TOLERANCE_MM:
+        return []
+    # ITK's own placement of the same corners, in RAS as NIfTI has it
+    itk_ras = np.array([img.TransformContinuousIndexToPhysicalPoint([float(v) for v in c[:3]]) for c in corners])
+    itk_ras[:, :2] *= -1
+    used = "sform" if np.max(np.linalg.norm(itk_ras - s_ras, axis=1)) <= np.max(
+        np.linalg.norm(itk_ras - q_ras, axis=1)) else "qform"
+    return [f"{p}: the NIfTI header's qform and sform disagree by up to {apart:.1f} mm; the {used} was used "
+            "(ITK's choice): check the positions against the scanner's"]
 
 
 def _series_uid_from_file(p: Path, img: sitk.Image) -> str:

@@ -8,7 +8,6 @@ non-nodules as hard negatives (:class:`CaseSource`). Sources here:
 - :class:`LidcSource`: LIDC-IDRI folders, each with a DICOM series and its readers' XML
   (:mod:`resmtnet.lidc`): consensus nodules with median malignancy rating and type.
 - :class:`PhantomFolderSource`: a folder from :func:`resmtnet.phantom.write_phantom_set`.
-- :class:`CachedSource`: any source, its CTs resampled once to an isotropic spacing and kept on disk.
 
 :func:`ten_fold_split` splits case ids into ten folds by patient (no patient in two folds);
 :func:`fold_split` gives the train / validation ids of one fold.
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import warnings
@@ -29,7 +27,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .atomic import atomic_write
 from .csvio import parse_float as _num
 from .csvio import read_csv_rows as _read_csv
 from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
@@ -240,15 +237,6 @@ class Luna16Source(AnnotatedVolumeFolder):
                 return int(m.group(1))
         return None
 
-    def subset_folds(self) -> list[list[str]]:
-        """LUNA16's own ten folds: the case ids of subset0 ... subset9 (empty lists for absent subsets)."""
-        folds: list[list[str]] = [[] for _ in range(10)]
-        for cid in self.case_ids():
-            s = self.subset_of(cid)
-            if s is not None and 0 <= s < 10:
-                folds[s].append(cid)
-        return folds
-
 
 class PhantomFolderSource(AnnotatedVolumeFolder):
     """A folder written by :func:`resmtnet.phantom.write_phantom_set`: volumes + ``annotations.csv`` with
@@ -383,44 +371,7 @@ def fold_split(case_ids: Iterable[str], fold: int, patient_of: Callable[[str], s
     return train, val
 
 
-# ---------------------------------------------------------------- resampling and the cache
-
-
-def _iso(spacing_mm: float | Iterable[float]) -> tuple[float, float, float]:
-    s = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(v) for v in spacing_mm)
-    if len(s) != 3 or any(not math.isfinite(v) or v <= 0 for v in s):
-        raise ValueError(f"bad spacing {spacing_mm!r}")
-    return s  # type: ignore[return-value]
-
-
-def resample_isotropic(ct: CTVolume, spacing_mm: float | Iterable[float]) -> CTVolume:
-    """Resample ``ct`` (SimpleITK, linear) to ``spacing_mm`` keeping the world frame: same origin and
-    direction, voxel (0, 0, 0) where it was, and as many voxels as fit within the old voxel centres
-    (``floor((n - 1) * old / new) + 1`` per axis), so nothing is extrapolated. HU are kept as they are
-    (scanner padding included). For a CT with the identity direction (LUNA16, axial LIDC) this grid is
-    exactly the one :func:`resmtnet.prepare.to_model_grid` builds over the whole scan at the same spacing.
-    """
-    import SimpleITK as sitk
-
-    new = _iso(spacing_mm)
-    old = np.asarray(ct.spacing, dtype=np.float64)
-    n_old = np.asarray(ct.shape_xyz, dtype=np.float64)
-    size = np.maximum(np.floor((n_old - 1) * old / np.asarray(new) + 1e-6).astype(int) + 1, 1)
-    src = ct.to_sitk()
-    ref = sitk.Image([int(v) for v in size], sitk.sitkFloat32)
-    ref.SetSpacing(new)
-    ref.SetOrigin(ct.origin)
-    ref.SetDirection(ct.direction)
-    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(ct.array.min()), sitk.sitkFloat32)
-    return CTVolume.from_sitk(out, seriesuid=ct.seriesuid, source=ct.source)
-
-
-CACHE_FORMAT = 1
-
-
-def _safe_name(case_id: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[-80:]
-    return f"{readable}-{hashlib.sha1(case_id.encode()).hexdigest()[:10]}"
+# ---------------------------------------------------------------- source fingerprints
 
 
 def _fingerprint(files: Iterable[Path]) -> list[list[Any]]:
@@ -429,95 +380,6 @@ def _fingerprint(files: Iterable[Path]) -> list[list[Any]]:
         st = Path(p).stat()
         out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     return out
-
-
-class CachedSource:
-    """A case source whose CTs are resampled once to ``spacing_mm`` and kept in ``cache_dir``.
-
-    Each case is ``<name>-<spacing>mm.npy`` (int16 HU, rounded) and a ``.json`` beside it (geometry,
-    truths, the target spacing and the source files' paths, sizes and modification times). A load whose
-    JSON matches the source files and the spacing reads the ``.npy`` and neither reads nor resamples the
-    CT; otherwise the case is rebuilt. Writes are atomic (temporary name, then rename; the JSON last),
-    so processes sharing a cache never read half a case. ``hits`` and ``misses`` count loads.
-    Without ``source_files`` on the wrapped source, the cache trusts the case id alone.
-    """
-
-    def __init__(self, source: CaseSource, cache_dir: str | Path, spacing_mm: float | Iterable[float]):
-        self.source = source
-        self.cache_dir = Path(cache_dir)
-        self.spacing = _iso(spacing_mm)
-        self.hits = 0
-        self.misses = 0
-
-    def case_ids(self) -> list[str]:
-        return self.source.case_ids()
-
-    def negatives(self, case_id: str) -> list[Point]:
-        return self.source.negatives(case_id)
-
-    def patient_of(self, case_id: str) -> str:
-        f = getattr(self.source, "patient_of", None)
-        return f(case_id) if f else case_id
-
-    def truths(self, case_id: str) -> list[TruthNodule]:
-        return self.load(case_id)[1]
-
-    def source_files(self, case_id: str) -> list[Path]:
-        f = getattr(self.source, "source_files", None)
-        return list(f(case_id)) if f else []
-
-    def paths(self, case_id: str) -> tuple[Path, Path]:
-        sx, sy, sz = self.spacing
-        tag = f"{sx:g}" if sx == sy == sz else f"{sx:g}x{sy:g}x{sz:g}"
-        stem = f"{_safe_name(case_id)}-{tag}mm"
-        return self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
-
-    def _key(self, case_id: str) -> dict[str, Any]:
-        return {"format": CACHE_FORMAT, "case_id": case_id, "spacing": list(self.spacing),
-                "files": _fingerprint(self.source_files(case_id))}
-
-    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
-        npy, meta_path = self.paths(case_id)
-        key = self._key(case_id)
-        meta = None
-        if meta_path.is_file() and npy.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
-                meta = None
-        if meta is not None and meta.get("key") == key:
-            try:
-                arr = np.load(npy)
-            except (OSError, ValueError):
-                arr = None
-            if arr is not None and list(arr.shape) == meta["shape"]:
-                self.hits += 1
-                ct = CTVolume(array=arr.astype(np.float32), spacing=tuple(meta["spacing"]),
-                              origin=tuple(meta["origin"]), direction=tuple(meta["direction"]),
-                              seriesuid=meta["seriesuid"], source=meta["source"])
-                return ct, [TruthNodule.from_dict(t) for t in meta["truths"]]
-        self.misses += 1
-        ct, truths = self.source.load(case_id)
-        res = resample_isotropic(ct, self.spacing)
-        if res.array.min() < -32768 or res.array.max() > 32767:
-            warnings.warn(f"{case_id}: HU beyond int16 clipped in the cache", stacklevel=2)
-        hu = np.clip(np.round(res.array), -32768, 32767).astype(np.int16)
-        res.array = hu.astype(np.float32)
-        self._write(npy, meta_path, hu, res, truths, key)
-        return res, list(truths)
-
-    def _write(self, npy: Path, meta_path: Path, hu: np.ndarray, ct: CTVolume, truths: list[TruthNodule],
-               key: dict[str, Any]) -> None:
-        def write_array(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, hu)
-
-        atomic_write(npy, write_array)
-        meta = {"key": key, "shape": list(hu.shape), "spacing": list(ct.spacing), "origin": list(ct.origin),
-                "direction": list(ct.direction), "seriesuid": ct.seriesuid, "source": ct.source,
-                "truths": [t.to_dict() for t in truths]}
-        text = json.dumps(meta, indent=1)
-        atomic_write(meta_path, lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------- training cases for resmtnet.training

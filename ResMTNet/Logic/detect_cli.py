@@ -12,6 +12,8 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .slicer_scene import COLOR_BY_CHOICES
+
     p.add_argument("input", help="CT volume (.nrrd, .nii[.gz], .mhd, .mha) or DICOM series folder")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--model", help="checkpoint file (default: the shipped weights)")
@@ -19,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="finding probability threshold (default: the model's)")
     p.add_argument("--max-findings", type=int, help="keep at most N findings (most probable first)")
     p.add_argument("--min-diameter", type=float, default=0.0, help="drop findings smaller than this (mm)")
-    p.add_argument("--color-by", default="malignancy", choices=["malignancy", "size"],
-                   help="colour of fiducials and segments in the Slicer files")
+    p.add_argument("--color-by", default="malignancy", choices=COLOR_BY_CHOICES,
+                   help="colour of fiducials and segments in the Slicer files: by malignancy (green to red) or by "
+                        "Lung-RADS size category")
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: also run the network on the scan's mirror images and average "
@@ -35,20 +38,24 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .cli import print_warnings
     from .ctio import read_ct
-    from .errors import InputError, ResMTNetError
+    from .errors import ResMTNetError
+    from .inference import pick_device
+    from .model_io import load_model
     from .outputs import write_detection_outputs
     from .pipeline import detect_ct
+    from .preflight import check_detect_options, check_output_dir
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise InputError(f"--threshold {args.threshold}: must lie in [0, 1]")
-    if args.max_findings is not None and args.max_findings < 0:
-        raise InputError("--max-findings must be >= 0")
+    check_detect_options(args.threshold, args.max_findings, args.min_diameter)
     if not args.no_slicer_files and importlib.util.find_spec("slicer") is None:
         # say so before minutes of detection, not after: the Slicer files need Slicer's MRML (slicer-core)
         raise ResMTNetError("the Slicer files (.mrk.json, .seg.nrrd, .mrb) need slicer-core, which is not "
                             "installed here: install it (requirements.txt) or pass --no-slicer-files")
+    check_output_dir(args.out)
+    model = load_model(args.model, pick_device(args.device))
     ct = read_ct(args.input)
+    print_warnings(ct.notes)
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
                                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(message)
 
     try:
-        det = detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
+        det = detect_ct(ct, model=model, device=args.device, threshold=args.threshold,
                         min_diameter_mm=args.min_diameter, max_findings=args.max_findings, progress=progress,
                         tta=args.tta)
     finally:

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import froc
+    from .cli import print_warnings
     from .errors import InputError
 
     if args.bootstrap < 0:
@@ -78,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         series = froc.default_series(marks, findings, include_findings=True)
         series_from = "annotations and predictions"
+    notes = _unannotated_note(froc.unannotated_series(findings, marks, series), args.annotations)
+    print_warnings(notes)
     result = froc.evaluate(findings, marks, series, n_bootstrap=args.bootstrap, seed=args.seed)
 
     outdir = Path(args.outdir) if args.outdir else Path(args.predictions).resolve().parent / "evaluation"
     extra = {"inputs": {"predictions": str(args.predictions), "annotations": str(args.annotations),
-                        "excluded": args.excluded, "series_from": series_from}}
+                        "excluded": args.excluded, "series_from": series_from}, "warnings": notes}
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
 
     print(format_summary(result, series_from))
@@ -90,14 +93,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unannotated_note(unknown: list[str], annotations: str) -> list[str]:
+    """One line about scored prediction scans that the annotations never name (none: no line)."""
+    if not unknown:
+        return []
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return [f"{len(unknown)} scan(s) of the predictions have no row in {annotations} ({shown}): scored as scans "
+            "without nodules, every finding on them a false positive; check that both files are about the same scans"]
+
+
 def _run_on_phantoms(args: argparse.Namespace) -> int:
     from . import froc
     from .errors import InputError
     from .model_io import load_model
     from .phantom_eval import count_outside_lung, evaluate_on_phantoms, sensitivity_by_kind
+    from .preflight import check_number
 
     if args.phantoms < 1:
         raise InputError("--phantoms must be at least 1")
+    check_number("--min-diameter", args.min_diameter, low=0.0)
+    check_number("--min-lung-share", args.min_lung_share, low=0.0, high=1.0)
     outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
     model = load_model(args.model)
     result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=model, device=args.device,

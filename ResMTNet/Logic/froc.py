@@ -217,8 +217,19 @@ def _optional_float(row: dict[str, str], key: str, path: str | Path, line: int) 
     return _float(row, key, path, line)
 
 
+def _within(value: float | None, key: str, path: str | Path, line: int, low: float, high: float = math.inf
+            ) -> float | None:
+    """``value`` when it lies in [low, high] (or is None: not given); InputError naming the file and line."""
+    if value is not None and not low <= value <= high:
+        want = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise InputError(f"{path}: line {line}: {key} {value:g} is impossible (must be {want})")
+    return value
+
+
 def read_predictions_csv(path: str | Path) -> list[Finding]:
-    """Read a LUNA16 submission: ``seriesuid,coordX,coordY,coordZ,probability`` (+diameter_mm, malignancy)."""
+    """Read a LUNA16 submission: ``seriesuid,coordX,coordY,coordZ,probability`` (+diameter_mm, malignancy).
+
+    Probabilities and malignancy must lie in [0, 1], diameters be >= 0: anything else is refused."""
     rows = _read_csv_rows(path, PREDICTION_COLUMNS, "predictions CSV")
     out = []
     for i, r in enumerate(rows):
@@ -226,9 +237,9 @@ def read_predictions_csv(path: str | Path) -> list[Finding]:
         out.append(Finding(
             seriesuid=r["seriesuid"].strip(),
             center=_center(r, path, line),
-            probability=_float(r, "probability", path, line),
-            diameter_mm=_optional_float(r, "diameter_mm", path, line),
-            malignancy=_optional_float(r, "malignancy", path, line),
+            probability=_within(_float(r, "probability", path, line), "probability", path, line, 0.0, 1.0),
+            diameter_mm=_within(_optional_float(r, "diameter_mm", path, line), "diameter_mm", path, line, 0.0),
+            malignancy=_within(_optional_float(r, "malignancy", path, line), "malignancy", path, line, 0.0, 1.0),
             row=i,
         ))
     return out
@@ -253,7 +264,8 @@ def read_predictions(path: str | Path) -> list[Finding]:
 def read_annotations_csv(path: str | Path, excluded: bool = False) -> list[Mark]:
     """Read LUNA16 ``annotations.csv`` (or ``annotations_excluded.csv`` with ``excluded=True``).
 
-    An optional ``malignancy`` column holds reader ratings (1–5, a median may be fractional).
+    An optional ``malignancy`` column holds reader ratings (1–5, a median may be fractional). A negative
+    diameter is refused for included nodules; excluded marks may have one (LUNA16 writes -1: size unknown).
     """
     rows = _read_csv_rows(path, ANNOTATION_COLUMNS, "annotations CSV")
     out = []
@@ -262,8 +274,10 @@ def read_annotations_csv(path: str | Path, excluded: bool = False) -> list[Mark]
         out.append(Mark(
             seriesuid=r["seriesuid"].strip(),
             center=_center(r, path, line),
-            diameter_mm=_float(r, "diameter_mm", path, line),
-            malignancy_rating=_optional_float(r, "malignancy", path, line),
+            diameter_mm=_float(r, "diameter_mm", path, line) if excluded
+            else _within(_float(r, "diameter_mm", path, line), "diameter_mm", path, line, 0.0),
+            malignancy_rating=_within(_optional_float(r, "malignancy", path, line), "malignancy", path, line,
+                                      1.0, 5.0),
             excluded=excluded,
             row=i,
         ))
@@ -550,6 +564,16 @@ def evaluate(findings: list[Finding], marks: list[Mark], series: list[str], *, n
     result.malignancy_auc = malignancy_auc(match.nodules)
     result.diameter_error = diameter_error(match.nodules)
     return result
+
+
+def unannotated_series(findings: list[Finding], marks: list[Mark], series: list[str]) -> list[str]:
+    """Scans scored and named by the findings that no annotation row (included or excluded) names.
+
+    LUNA16 lists no row for a scan without nodules, so such a scan is legitimate; many of them usually mean
+    that predictions and annotations are about different scans."""
+    annotated = {m.seriesuid for m in marks}
+    scored = set(series)
+    return [s for s in dict.fromkeys(f.seriesuid for f in findings) if s in scored and s not in annotated]
 
 
 def default_series(marks: list[Mark], findings: list[Finding], include_findings: bool = True) -> list[str]:

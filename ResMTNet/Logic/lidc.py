@@ -1,4 +1,4 @@
-"""LIDC-IDRI reader annotations: the readers' XML (or pylidc's database) → nodules in world mm.
+"""LIDC-IDRI reader annotations: the readers' XML → nodules in world mm.
 
 An LIDC-IDRI case holds up to four radiologists' reads. Each reader marked *nodules >= 3 mm* (outlined
 slice by slice, with characteristics such as malignancy and texture rated 1–5), *nodules < 3 mm* (one
@@ -501,11 +501,6 @@ class LidcCase:
         """Nodules outlined by at least ``min_readers`` readers (LUNA16 took 3 of 4)."""
         return [n for n in self.nodules if n.n_readers >= min_readers]
 
-    def irrelevant_points(self, min_readers: int = 1) -> list[tuple[float, float, float]]:
-        """LUNA16's 'excluded' marks: nodules below ``min_readers``, nodules < 3 mm, non-nodules."""
-        pts = [n.center_lps for n in self.nodules if n.n_readers < min_readers]
-        return pts + [p for _r, p in self.small_nodules] + [p for _r, p in self.non_nodules]
-
 
 def nodules_from_marks(read: LidcRead, ct: CTVolume, slices: SliceIndex) -> LidcCase:
     placed = [p for p in (place_mark(m, ct, slices) for m in read.nodule_marks) if p is not None]
@@ -555,52 +550,6 @@ def read_lidc_case(xml_path: str | Path, dicom_folder: str | Path | None = None,
                       f"{ct.seriesuid}", stacklevel=2)
     slices = slice_index(ct, folder, read.series_uid or None)
     return ct, nodules_from_marks(read, ct, slices)
-
-
-# ---------------------------------------------------------------- pylidc (optional)
-
-
-def pylidc_available() -> bool:
-    try:
-        import pylidc  # noqa: F401
-    except Exception:  # pylidc fails with more than ImportError on new numpy/sqlalchemy
-        return False
-    return True
-
-
-def read_pylidc_case(patient_id: str, ct: CTVolume | None = None) -> tuple[CTVolume, LidcCase]:
-    """The same result from pylidc's database (when the ``pylidc`` package is installed and configured).
-
-    pylidc keeps only the >= 3 mm marks and not which reader made them, so every mark counts as its own
-    reader in the grouping and no one-point marks come back.
-    """
-    if not pylidc_available():
-        raise InputError("pylidc is not installed; read the LIDC XML files instead")
-    import pylidc as pl
-
-    from .ctio import read_ct
-
-    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == patient_id).first()
-    if scan is None:
-        raise InputError(f"pylidc's database has no scan of patient {patient_id}")
-    folder = Path(scan.get_path_to_dicom_files())
-    if ct is None:
-        ct = read_ct(folder)
-    marks = []
-    for ann in scan.annotations:
-        rois = []
-        for c in ann.contours:
-            lines = [line for line in c.coords.split("\n") if line.strip()]
-            pts = np.array([[float(v) for v in line.split(",")] for line in lines])
-            rois.append(Roi(sop_uid="", z_position=float(c.image_z_position), inclusion=bool(c.inclusion),
-                            points=pts.reshape(-1, 2)))
-        chars = {k: int(getattr(ann, k)) for k in CHARACTERISTICS if getattr(ann, k, None) is not None}
-        marks.append(ReaderMark(reader=f"pylidc-annotation-{ann.id}", mark_id=str(ann.id), rois=rois,
-                                characteristics=chars, order=len(marks)))
-    read = LidcRead(path=f"pylidc:{patient_id}", series_uid=scan.series_instance_uid,
-                    study_uid=scan.study_instance_uid, readers=[m.reader for m in marks], marks=marks,
-                    points=[])
-    return ct, nodules_from_marks(read, ct, slice_index(ct, folder, scan.series_instance_uid))
 
 
 def patient_id_of(path: str | Path) -> str | None:

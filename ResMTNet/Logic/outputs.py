@@ -37,6 +37,7 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "input": {"path": ct.source, "seriesuid": ct.seriesuid, **geometry(ct),
                   "hu_range": [float(np.min(ct.array)), float(np.max(ct.array))]},
+        "warnings": list(dict.fromkeys(ct.notes)),  # what the reader found doubtful, as the command printed it
         "model": info.get("model", {}),
         "device": info.get("device"),
         "precision": info.get("precision"),

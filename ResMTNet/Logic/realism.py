@@ -214,7 +214,7 @@ def _label_file(path: Path) -> Path | None:
 
 
 def _label_file_mask(path: Path) -> np.ndarray | None:
-    lab = read_ct(_label_file(path))
+    lab = read_ct(_label_file(path), hu=False)
     return lab.array > 0
 
 

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MALIGNANT_RATINGS = (4, 5)
-BENIGN_RATINGS = (1, 2)
 # probability-of-malignancy target per LIDC rating: 4-5 malignant, 1-2 benign, 3 (indeterminate) a soft 0.5,
 # so the many indeterminate nodules still teach the head without pulling it either way; 0 = unrated
 RATING_TARGET = {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}

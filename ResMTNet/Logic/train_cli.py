@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     from .errors import ResMTNetError
     from .inference import pick_device
     from .model import ModelConfig, restride_state
-    from .model_io import code_version
+    from .model_io import code_version, read_checkpoint
     from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .training import TrainConfig, train
     from .training_data import PhantomCases
@@ -263,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
         raise ResMTNetError(f"--ema {args.ema}: must lie between 0 (off) and 1 (e.g. 0.999)")
     _check_calibration_set(args)
     init = _read_init(args)
+    last = Path(args.out) / "last.pt"
+    if not args.no_resume and last.is_file():
+        read_checkpoint(last)  # a checkpoint this run cannot resume from stops it now, not after the data is made
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(args, device)
     spacing = init.config.spacing_mm if init else float(args.spacing or DEFAULT_SPACING_MM)

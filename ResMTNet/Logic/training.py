@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, ResMTNetError
 from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
 from .model import ModelConfig, ResMTNet, head_modules
@@ -402,7 +402,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     that another process is still filling). ``init_state``: weights to start from (fine-tuning) instead of
     a fresh initialisation; a run that resumes from ``last.pt`` takes that instead.
     """
-    from .model_io import read_checkpoint, save_checkpoint
+    from .model_io import load_weights, read_checkpoint, save_checkpoint
 
     world, rank, local = _dist_info()
     distributed = world > 1
@@ -439,11 +439,16 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     st = ck.get("train_state", {}) if ck is not None else {}
     if ck is not None:
         # with a weight average the checkpoint's weights are the average's; the optimiser's are kept beside
-        net.load_state_dict(st.get("online_state_dict", ck["state_dict"]))
-        if "optimizer" in st:
-            opt.load_state_dict(st["optimizer"])
-        if "criterion" in st:
-            criterion.load_state_dict(st["criterion"])
+        load_weights(net, st.get("online_state_dict", ck["state_dict"]), last)
+        try:
+            if "optimizer" in st:
+                opt.load_state_dict(st["optimizer"])
+            if "criterion" in st:
+                criterion.load_state_dict(st["criterion"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ResMTNetError(f"{last}: its training state does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
+                                "started with, or train into a new folder") from e
         start_epoch = int(st.get("epoch", 0))
         best_score = float(st.get("best_score", -1.0))
         history = st.get("history", [])
