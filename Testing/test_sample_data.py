@@ -125,7 +125,8 @@ def test_registered_source_generates_the_phantom_into_the_cache_and_loads_it(mon
     monkeypatch.setitem(sys.modules, "SampleData", stand_in)
     namespace = {"__file__": str(MODULE_FILE), "importlib": importlib, "os": os, "pathlib": pathlib, "sys": sys,
                  "slicer": types.SimpleNamespace(mrmlScene=slicer_app.scene)}
-    exec(compile(_module_definitions("CORE_MODULE_NAME", "loadCore", "registerSampleData"), str(MODULE_FILE),
+    exec(compile(_module_definitions("CORE_MODULE_NAME", "CORE_SUBMODULES", "loadCore", "registerSampleData"),
+                 str(MODULE_FILE),
                  "exec"), namespace)
     namespace["registerSampleData"]()
 
