@@ -332,14 +332,35 @@ def cancel_at(h, status, args, tta):
             "largest_stall_s": round(stall, 4), "stall_in": what}
 
 
+def cancel_after_the_result(h, args):
+    """Cancel pressed after the detection has finished but before the panel has seen its result: no results."""
+    use_checkpoint(h, args.checkpoint)
+    nodes = h.node_ids()
+    h.press(h.ui.applyButton)
+    job = h.job()
+    deadline = time.monotonic() + 120
+    while job.isRunning():  # the event loop is busy elsewhere: the timer does not run meanwhile
+        assert time.monotonic() < deadline, "the detection did not end"
+        time.sleep(0.01)
+    assert any(kind == "done" for kind, _ in list(job.messages.queue)), list(job.messages.queue)
+    assert h.ui.applyButton.text == "Cancel"
+    h.press(h.ui.applyButton)
+    for _ in range(30):
+        h.app.processEvents()
+        time.sleep(0.01)
+    assert h.node_ids() == nodes, "results appeared after Cancel"
+    assert h.ui.statusLabel.text.startswith("Cancelled"), h.ui.statusLabel.text
+
+
 def scenario_cancel(h, args):
-    """Apply then Cancel: at the lungs stage and during inference."""
+    """Apply then Cancel: at the lungs stage, during inference, and after the result but before it is shown."""
     h.load_module()
     h.load_volume(args.volume[0], "Chest A")
     lungs = cancel_at(h, "finding the lungs", args, tta=False)
     inference = cancel_at(h, "running Res-MTNet", args, tta=True)
     for result in (lungs, inference):
         assert result["cancel_to_gone_s"] < 1.0, result  # loosely: the benchmark measures it
+    cancel_after_the_result(h, args)
     return {"lungs": lungs, "inference": inference}
 
 

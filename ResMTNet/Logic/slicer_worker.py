@@ -10,7 +10,8 @@ not pip-installed, and its modules must not become top-level modules (``sys.path
 What the parent reads:
 
 - stdout, one message a line, each starting with :data:`MESSAGE_PREFIX`: ``progress FRACTION TEXT``,
-  ``error TEXT`` (a problem the user can act on; exit status 2), ``done COUNT``. Other lines (warnings, a
+  ``error TEXT`` (a problem the user can act on, exit status 2; or an unexpected error such as torch's
+  out-of-memory, exit status 1, its traceback on stderr), ``done COUNT``. Other lines (warnings, a
   traceback) are the child's log.
 - OUTDIR/:data:`RESULT_FILE` (the nodules, geometry and run information, JSON) and OUTDIR/:data:`LABELS_FILE`
   (the nodule masks as a label map on the input's grid), written before ``done``.
@@ -136,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     except ResMTNetError as e:
         emit("error", str(e))
         return EXIT_USER_ERROR
+    except Exception as e:  # torch's out-of-memory, a CUDA error ...: named in the message, traceback in the log
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        emit("error", f"{type(e).__name__}: {e}".splitlines()[0])
+        return 1
     emit("done", str(len(detection.nodules)))
     return 0
 
