@@ -102,5 +102,6 @@ def describe_output_error(outdir: Path, e: OSError) -> str:
                getattr(errno, "EDQUOT", -2): "the disk quota is exceeded",
                errno.ENOTDIR: "a part of its path is a file", errno.EEXIST: "it exists and is not a folder"}
     reason = reasons.get(e.errno or -1) or e.strerror or str(e)
-    where = f" (at {Path(e.filename).name})" if e.filename and Path(e.filename) != outdir else ""
+    name = Path(e.filename).name if e.filename and Path(e.filename) != outdir else ""
+    where = f" (at {name})" if name and not name.startswith(".") else ""  # not the hidden staging folder's
     return f"{outdir}: could not write the results: {reason}{where}; its previous results, if any, are unchanged"
