@@ -187,3 +187,19 @@ def test_recovery_leaves_a_live_writers_staging_folder_alone(tmp_path):
         writer.wait()
     recover(outdir)
     assert _hidden(outdir) == {MANIFEST} and _is_whole_set(outdir, OLD, "old")
+
+
+def test_a_journal_found_on_disk_reaches_nothing_outside_the_folder(tmp_path):
+    """A results folder from elsewhere may hold any journal: one naming paths outside is dropped, unused."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "a.txt").write_text("keep")
+    outdir = _old_folder(tmp_path, "out")
+    for journal in ({"staging": "../victim", "files": ["a.txt"], "remove": []},
+                    {"staging": f"{STAGING_PREFIX}x/../../victim", "files": ["a.txt"], "remove": []},
+                    {"staging": f"{STAGING_PREFIX}x", "files": ["../victim/a.txt"], "remove": ["../victim/a.txt"]}):
+        (outdir / f"{STAGING_PREFIX}x").mkdir(exist_ok=True)
+        (outdir / JOURNAL).write_text(json.dumps(journal))
+        recover(outdir)
+        assert (victim / "a.txt").read_text() == "keep" and not (outdir / JOURNAL).exists()
+        assert _is_whole_set(outdir, OLD, "old")

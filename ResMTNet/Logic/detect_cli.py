@@ -69,6 +69,8 @@ def _detect_options(args: argparse.Namespace) -> dict:
 
 def run_single(args: argparse.Namespace) -> int:
     """One CT into OUTDIR itself."""
+    import contextlib
+
     from tqdm import tqdm
 
     from .ctio import read_ct
@@ -77,8 +79,9 @@ def run_single(args: argparse.Namespace) -> int:
     from .pipeline import detect_ct
 
     source = args.input[0]
+    with contextlib.suppress(OSError):  # finish a publish a killed run left; an OUTDIR that can't be written
+        recover(args.out)               # is reported when the results are written
     if args.resume:
-        recover(args.out)
         if (read_set(args.out) or {}).get("input") == input_key(source):
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0

@@ -139,6 +139,8 @@ def read_set(outdir: str | Path, *, verify: bool = False) -> dict[str, Any] | No
         manifest = json.loads((outdir / MANIFEST).read_text())
         files = manifest["files"]
         for name, entry in files.items():
+            if not _plain_name(name):
+                return None
             p = outdir / name
             if not p.is_file() or p.stat().st_size != entry["size"]:
                 return None
@@ -169,7 +171,7 @@ def _recover_locked(outdir: Path) -> list[str]:
             journal = json.loads(journal_path.read_text())
         except (OSError, ValueError):
             journal = None  # written by rename, so never half: only a foreign file could be unreadable
-        if isinstance(journal, dict) and (outdir / str(journal.get("staging", ""))).is_dir():
+        if _valid_journal(journal) and (outdir / journal["staging"]).is_dir():
             _finish(outdir, journal)
             done.append(f"finished the publish of a set a killed run left in {outdir}")
         else:
@@ -212,11 +214,26 @@ def _finish(outdir: Path, journal: dict[str, Any]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _plain_name(name: object) -> bool:
+    """A file name directly in the folder: a journal or manifest found on disk reaches nothing else."""
+    return isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name \
+        and "\\" not in name and "\0" not in name
+
+
+def _valid_journal(journal: object) -> bool:
+    if not isinstance(journal, dict):
+        return False
+    staging, files, remove = journal.get("staging"), journal.get("files"), journal.get("remove")
+    return (isinstance(staging, str) and staging.startswith(STAGING_PREFIX) and _plain_name(staging[1:])
+            and isinstance(files, list) and isinstance(remove, list)
+            and all(_plain_name(n) for n in files + remove))
+
+
 def _listed_files(outdir: Path) -> set[str]:
     """The names the folder's manifest lists (whether or not they are all there)."""
     try:
         files = json.loads((outdir / MANIFEST).read_text())["files"]
-        return {str(n) for n in files if "/" not in str(n) and not str(n).startswith(".")}
+        return {n for n in files if _plain_name(n)}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
