@@ -4,6 +4,7 @@ previous set whole (or the next run finishes the new one), and every output erro
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +60,9 @@ def test_a_run_replaces_the_previous_set_whole(capsys, tmp_path, scans, untraine
     assert _detect(capsys, scans[0], out, untrained_checkpoint) == (0, "")
     first = _set_of(out)
     assert set(first["files"]) == set(OUTPUT_FILES) and first["input"] == str(scans[0].resolve())
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, "--resume") == (0, "")  # the same input: done
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == stamps
     (out / "mine.txt").write_text("mine")
     assert _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
     second = _set_of(out)
@@ -82,11 +86,12 @@ KILL_AT_STEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("step, name", [(1, "commit"), (3, "move nodules.csv"), (5, "move report.json")])
+@pytest.mark.parametrize("step, name", [(1, "commit"), (4, "move overview.png")])
 def test_detect_killed_while_publishing_leaves_the_old_set_or_one_the_next_run_finishes(
         capsys, tmp_path, scans, untrained_checkpoint, step, name):
-    """SIGKILL at a step of publishing (the commit; after the first file moved; after two): the old set whole
-    (before the commit) or no set shown and a journal; the next `resmtnet detect` into OUTDIR cleans up."""
+    """SIGKILL at a step of publishing (the commit; after the new nodules.csv moved in beside the old report and
+    Slicer files): the old set whole (before the commit) or a mix marked as such, no manifest and a journal;
+    the next `resmtnet detect` into OUTDIR finishes it and cleans up. (Every step: test_fileset.py.)"""
     out = tmp_path / "out"
     assert _detect(capsys, scans[0], out, untrained_checkpoint)[0] == 0
     old = _set_of(out)
@@ -98,6 +103,8 @@ def test_detect_killed_while_publishing_leaves_the_old_set_or_one_the_next_run_f
     if name == "commit":
         assert _set_of(out) == old and JOURNAL not in _hidden(out)
     else:  # a mix on disk, but marked: no manifest, a journal
+        assert "tiny-chest-1" in (out / "nodules.csv").read_text() and (out / "scene.mrb").exists()
+        assert json.loads((out / "report.json").read_text())["input"]["seriesuid"] == "tiny-chest-0"
         assert read_set(out) is None and JOURNAL in _hidden(out) and MANIFEST not in _hidden(out)
     assert _detect(capsys, scans[2], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
     assert _set_of(out)["input"] == str(scans[2].resolve())
