@@ -85,10 +85,11 @@ class StagedSet:
 
     def __enter__(self) -> StagedSet:
         self.outdir.mkdir(parents=True, exist_ok=True)
-        recover(self.outdir)
-        self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.outdir))
-        _own_staging.add(self.path.name)
-        self._lock_fd = _lock(self.path, wait=False)
+        with _locked(self.outdir):  # so no recovery sees the new staging folder before it is locked
+            _recover_locked(self.outdir)
+            self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.outdir))
+            _own_staging.add(self.path.name)
+            self._lock_fd = _lock(self.path, wait=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,9 +122,17 @@ class StagedSet:
             _step("commit")
             atomic_write(self.outdir / JOURNAL, lambda tmp: _write_synced(tmp, json.dumps(journal, indent=1)))
             self._committed = True
-            _fsync_dir(self.outdir)
-            _finish(self.outdir, journal)
+            try:
+                _fsync_dir(self.outdir)
+                _finish(self.outdir, journal)
+            except OSError as e:
+                raise UnfinishedPublish(e.errno, e.strerror or str(e), e.filename) from e
         return names
+
+
+class UnfinishedPublish(OSError):
+    """Publishing failed after the commit: the new set is decided, and the next :func:`recover` (every new
+    set starts with one) puts it in place."""
 
 
 def read_set(outdir: str | Path, *, verify: bool = False) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .ctio import CTVolume
 from .errors import OutputError
-from .fileset import StagedSet
+from .fileset import StagedSet, UnfinishedPublish
 from .nodules import Detection, write_nodules_csv
 from .slicer_outputs import MARKUPS_FILE, SCENE_FILE, SEGMENTATION_FILE
 
@@ -104,4 +104,7 @@ def describe_output_error(outdir: Path, e: OSError) -> str:
     reason = reasons.get(e.errno or -1) or e.strerror or str(e)
     name = Path(e.filename).name if e.filename and Path(e.filename) != outdir else ""
     where = f" (at {name})" if name and not name.startswith(".") else ""  # not the hidden staging folder's
+    if isinstance(e, UnfinishedPublish):
+        return (f"{outdir}: could not put all the new results in place: {reason}{where}; the next run into it "
+                "finishes that")
     return f"{outdir}: could not write the results: {reason}{where}; its previous results, if any, are unchanged"
