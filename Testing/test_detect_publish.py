@@ -142,6 +142,22 @@ def test_output_that_is_a_file_or_under_a_file_is_one_line(capsys, tmp_path, sca
     assert a_file.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
+def test_a_folder_without_write_permission_is_one_line(capsys, tmp_path, scans, untrained_checkpoint):
+    """(As root permissions don't bind: there the read-only tmpfs below covers it.)"""
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("root writes into any folder; the read-only mount in the next test covers this")
+    out = tmp_path / "out"
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files")[0] == 0
+    old = _set_of(out)
+    out.chmod(0o555)
+    try:
+        code, err = _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files")
+    finally:
+        out.chmod(0o755)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+    assert _set_of(out) == old
+
+
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str):
     """A small tmpfs mounted at ``path`` (root only): a file system of its own that can fill up."""
