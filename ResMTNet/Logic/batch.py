@@ -5,7 +5,7 @@ per entry) or ``--inputs-from FILE``. Each scan's files form a set in its own su
 (:mod:`.fileset`); the tree's root holds ``nodules.csv`` (every finding of every scan, the per-scan columns
 plus ``scan``, the sub-folder) and ``failures.csv`` (``input,reason``: one row per scan that failed), both
 published as one set when the batch ends. A scan that fails is recorded and the batch goes on; the model
-is loaded once, before the first scan that needs it.
+is loaded once, before the first scan is detected.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ def run_batch(scans: list[Scan], outdir: str | Path, *, read: Callable[[Path], A
     from .outputs import input_key
 
     outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():  # said once, not once per scan
+        raise OutputError(f"{outdir}: could not write the results: it exists and is not a folder")
     result = BatchResult()
     prepared = False
     bar = None if quiet else tqdm(total=len(scans), desc="scans", unit="scan", dynamic_ncols=True)
@@ -226,17 +228,17 @@ def write_tree_files(outdir: Path, complete: list[Scan], failed: list[tuple[str,
     from .fileset import StagedSet
     from .outputs import CSV_FILE, describe_output_error
 
-    summary = io.StringIO()
-    writer = csv.writer(summary)
-    writer.writerow(SUMMARY_COLUMNS)
-    for scan in complete:
-        for row in _read_rows(outdir / scan.name / CSV_FILE):
-            writer.writerow([row.get(c, "") for c in NODULES_CSV_COLUMNS] + [scan.name])
-    failures = io.StringIO()
-    writer = csv.writer(failures)
-    writer.writerow(FAILURES_COLUMNS)
-    writer.writerows(failed)
     try:
+        summary = io.StringIO()
+        writer = csv.writer(summary)
+        writer.writerow(SUMMARY_COLUMNS)
+        for scan in complete:
+            for row in _read_rows(outdir / scan.name / CSV_FILE):
+                writer.writerow([row.get(c, "") for c in NODULES_CSV_COLUMNS] + [scan.name])
+        failures = io.StringIO()
+        writer = csv.writer(failures)
+        writer.writerow(FAILURES_COLUMNS)
+        writer.writerows(failed)
         with StagedSet(outdir, replaces=(SUMMARY_FILE, FAILURES_FILE)) as stage:
             assert stage.path is not None
             (stage.path / SUMMARY_FILE).write_text(summary.getvalue(), encoding="utf-8", newline="")
