@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,12 +87,69 @@ KILL_AT_STEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("step, name", [(1, "commit"), (4, "move overview.png")])
-def test_detect_killed_while_publishing_leaves_the_old_set_or_one_the_next_run_finishes(
-        capsys, tmp_path, scans, untrained_checkpoint, step, name):
-    """SIGKILL at a step of publishing (the commit; after the new nodules.csv moved in beside the old report and
-    Slicer files): the old set whole (before the commit) or a mix marked as such, no manifest and a journal;
-    the next `resmtnet detect` into OUTDIR finishes it and cleans up. (Every step: test_fileset.py.)"""
+WRITE_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[3])
+    import resmtnet.fileset as fs
+    from resmtnet.outputs import write_detection_outputs
+    from synthetic_chest import tiny_chest, tiny_detection
+    kill_at, steps = int(sys.argv[2]), []
+    def hook(name):
+        steps.append(name)
+        print(name, flush=True)
+        if len(steps) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fs.STEP_HOOK = hook
+    ct = tiny_chest(1)
+    write_detection_outputs(ct, tiny_detection(ct), sys.argv[1], slicer_files=False)
+""")
+
+
+def test_detection_files_killed_at_every_step_of_publishing(tmp_path):
+    """A detection's files (the new set without Slicer files) replacing a set with them, the writer SIGKILLed at
+    each step of publishing in turn: before the commit the old set is whole; after it no set is shown (no
+    manifest; a journal) until recovery, which gives the whole new set; nothing else is ever left."""
+    from resmtnet.fileset import recover
+    from resmtnet.outputs import write_detection_outputs
+    from synthetic_chest import tiny_detection
+
+    template = tmp_path / "old"
+    ct = tiny_chest(0)
+    write_detection_outputs(ct, tiny_detection(ct), template)  # with the Slicer files
+    old = _set_of(template)
+    testing = str(Path(__file__).parent)
+
+    def write_killed_at(out: Path, step: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WRITE_KILLED, str(out), str(step), testing],
+                              capture_output=True, text=True, timeout=300)
+
+    steps = write_killed_at(shutil.copytree(template, tmp_path / "count"), 0).stdout.splitlines()
+    assert steps == ["commit", "remove manifest", "move nodules.csv", "move overview.png", "move report.json",
+                     "remove nodules.mrk.json", "remove nodules.seg.nrrd", "remove scene.mrb", "manifest",
+                     "journal", "staging"]
+    for k in range(1, len(steps) + 1):
+        out = shutil.copytree(template, tmp_path / f"kill-{k}")
+        res = write_killed_at(out, k)
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        if k == 1:
+            assert _set_of(out) == old
+        elif JOURNAL in _hidden(out):
+            # a manifest only before the old one is removed or once the new one is in: never over a mix
+            assert read_set(out) is None
+            assert (MANIFEST in _hidden(out)) == (steps[k - 1] in ("remove manifest", "journal"))
+        else:
+            assert _set_of(out)["seriesuid"] == "tiny-chest-1"
+        recover(out)
+        manifest = _set_of(out)
+        assert manifest == old if k == 1 else manifest["seriesuid"] == "tiny-chest-1"
+        assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {MANIFEST}, k
+
+
+def test_detect_killed_while_publishing_is_finished_by_the_next_run(capsys, tmp_path, scans, untrained_checkpoint):
+    """`resmtnet detect` SIGKILLed after the new nodules.csv moved in beside the old report and Slicer files:
+    a mix on disk, but marked as one (no manifest, a journal); the next run into OUTDIR finishes it first
+    and ends with its own set, nothing else left."""
+    step, name = 4, "move overview.png"
     out = tmp_path / "out"
     assert _detect(capsys, scans[0], out, untrained_checkpoint)[0] == 0
     old = _set_of(out)
