@@ -88,8 +88,12 @@ class StagedSet:
         with _locked(self.outdir):  # so no recovery sees the new staging folder before it is locked
             _recover_locked(self.outdir)
             self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.outdir))
-            _own_staging.add(self.path.name)
-            self._lock_fd = _lock(self.path, wait=False)
+            try:
+                _own_staging.add(self.path.name)
+                self._lock_fd = _lock(self.path, wait=False)
+            except BaseException:  # Ctrl-C or SIGTERM right here: __exit__ won't run
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
