@@ -101,6 +101,15 @@ def test_publishing_replaces_the_previous_set_whole(tmp_path):
     assert read_set(outdir) is None
 
 
+def test_files_an_older_version_wrote_without_a_manifest_are_replaced_too(tmp_path):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    for name, text in {**OLD, USER_FILE: "mine"}.items():
+        (outdir / name).write_text(text)
+    _publish(outdir, NEW, "new")  # c.txt is a name sets of this kind hold: it goes
+    assert _is_whole_set(outdir, NEW, "new") and _hidden(outdir) == {MANIFEST}
+
+
 def test_an_error_while_staging_leaves_the_previous_set(tmp_path):
     outdir = _old_folder(tmp_path, "out")
     with pytest.raises(OSError, match="No space"), StagedSet(outdir, replaces=KINDS) as stage:
