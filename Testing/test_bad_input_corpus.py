@@ -28,11 +28,12 @@ import torch
 from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
 from resmtnet.cli import main
 from resmtnet.ctio import CTVolume, write_volume
+from resmtnet.fileset import MANIFEST
 from resmtnet.model import ModelConfig, ResMTNet
 from resmtnet.model_io import FORMAT, save_checkpoint
 
 OUT = "out"  # every case writes (or must not write) here, inside its own folder
-DETECTED = ("nodules.csv", "overview.png", "report.json")  # the set without the Slicer files
+DETECTED = (MANIFEST, "nodules.csv", "overview.png", "report.json")  # a set without the Slicer files
 SLICER_FILES = ("nodules.mrk.json", "nodules.seg.nrrd", "scene.mrb")
 EVALUATED = ("froc.json", "froc.png")
 

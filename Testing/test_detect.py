@@ -38,7 +38,7 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
     assert res.returncode == 0, res.stderr
     names = {p.name for p in out.iterdir()}
     assert names == {"nodules.csv", "report.json", "overview.png", "nodules.mrk.json", "nodules.seg.nrrd",
-                     "scene.mrb"}
+                     "scene.mrb", ".resmtnet-set.json"}  # the files and the manifest of their set
     with open(out / "nodules.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0].keys())[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]

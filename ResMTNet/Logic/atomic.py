@@ -4,7 +4,8 @@ Every file the core writes (checkpoints, cached training cases, volumes, plots, 
 :func:`atomic_write`: the content is written beside the target under a unique hidden name, then renamed over
 it. A reader sees the old file or the new one, never half of one; a failed write (full disk, an exception in
 the writer, Ctrl-C) leaves the target as it was and no temporary file behind; two processes writing the same
-target don't share a temporary file.
+target don't share a temporary file. Files that belong together (a detection's results) are published as
+one set by :mod:`.fileset`.
 """
 
 from __future__ import annotations

@@ -19,3 +19,7 @@ class Cancelled(ResMTNetError):
 
 class NonFiniteLossError(ResMTNetError):
     """A training step's loss was inf or NaN: the run stops before any checkpoint takes broken weights."""
+
+
+class OutputError(ResMTNetError):
+    """The output folder could not be written (read-only, full, a file ...); what it held is unchanged."""

@@ -1,16 +1,16 @@
-"""Writing one detection's files, whole or not at all.
+"""Writing one detection's files as one set: the previous set or the new one, never a mix.
 
-Everything is written into a hidden temporary folder beside the output folder and moved into place
-only when every file was written; an error leaves the output folder as it was.
+The files are written into a staging folder inside the output folder and published together
+(:mod:`.fileset`: a journal, renames, the manifest ``.resmtnet-set.json`` last); an error or Ctrl-C while
+writing leaves the output folder's previous set as it was, and an output folder that can't be written
+becomes one clear :class:`~.errors.OutputError`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,17 @@ import numpy as np
 
 from . import __version__
 from .ctio import CTVolume
+from .errors import OutputError
+from .fileset import StagedSet, UnfinishedPublish
 from .nodules import Detection, write_nodules_csv
+from .slicer_outputs import MARKUPS_FILE, SCENE_FILE, SEGMENTATION_FILE
 
 CSV_FILE = "nodules.csv"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
+#: every file a detection writes: a new set drops those of the previous one it doesn't write again (the
+#: Slicer files after a --no-slicer-files run), also where an older version wrote them without a manifest
+OUTPUT_FILES = (CSV_FILE, REPORT_FILE, OVERVIEW_FILE, MARKUPS_FILE, SEGMENTATION_FILE, SCENE_FILE)
 
 
 def geometry(ct: CTVolume) -> dict[str, Any]:
@@ -54,30 +60,52 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
 def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Path, *, slicer_files: bool = True,
                             color_by: str = "malignancy", extra_report: dict[str, Any] | None = None
                             ) -> dict[str, Path]:
-    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files to ``outdir``."""
+    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files to ``outdir``.
+
+    They replace the folder's previous set as one (:mod:`.fileset`); the manifest records the input they
+    were made from (``input``: its resolved path) for ``detect --resume``. An output folder that can't be
+    written (read-only, full, a file, under a file) raises :class:`OutputError`; the previous set stays.
+    Returns the written files by name.
+    """
     from .overview import write_overview
 
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".resmtnet-detect-", dir=outdir.parent))
-    written: dict[str, Path] = {}
     try:
-        write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)
-        write_overview(tmp / OVERVIEW_FILE, ct, detection)
-        report_extra = dict(extra_report or {})
-        if slicer_files:
-            from .slicer_outputs import write_scene_files
+        with StagedSet(outdir, replaces=OUTPUT_FILES) as stage:
+            tmp = stage.path
+            assert tmp is not None
+            write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)
+            write_overview(tmp / OVERVIEW_FILE, ct, detection)
+            report_extra = dict(extra_report or {})
+            if slicer_files:
+                from .slicer_outputs import write_scene_files
 
-            files = write_scene_files(ct, detection, tmp, color_by=color_by)
-            report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
-        report = build_report(ct, detection, report_extra)
-        with open(tmp / REPORT_FILE, "w") as f:
-            json.dump(report, f, indent=1)
-        for p in sorted(tmp.iterdir()):
-            if p.name.startswith("."):
-                continue
-            os.replace(p, outdir / p.name)
-            written[p.name] = outdir / p.name
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return written
+                files = write_scene_files(ct, detection, tmp, color_by=color_by)
+                report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
+            report = build_report(ct, detection, report_extra)
+            with open(tmp / REPORT_FILE, "w") as f:
+                json.dump(report, f, indent=1)
+            names = stage.publish({"input": input_key(ct.source), "seriesuid": detection.seriesuid})
+    except OSError as e:
+        raise OutputError(describe_output_error(outdir, e)) from e
+    return {name: outdir / name for name in names}
+
+
+def input_key(source: str | Path) -> str:
+    """How a set's manifest names its input: the resolved path (empty for a CT that came from no file)."""
+    return str(Path(source).resolve()) if str(source) else ""
+
+
+def describe_output_error(outdir: Path, e: OSError) -> str:
+    """One line for an output folder that could not be written, naming it and why."""
+    reasons = {errno.ENOSPC: "the disk is full", errno.EROFS: "it is on a read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               getattr(errno, "EDQUOT", -2): "the disk quota is exceeded",
+               errno.ENOTDIR: "a part of its path is a file", errno.EEXIST: "it exists and is not a folder"}
+    reason = reasons.get(e.errno or -1) or e.strerror or str(e)
+    name = Path(e.filename).name if e.filename and Path(e.filename) != outdir else ""
+    where = f" (at {name})" if name and not name.startswith(".") else ""  # not the hidden staging folder's
+    if isinstance(e, UnfinishedPublish):
+        return (f"{outdir}: could not put all the new results in place: {reason}{where}; the next run into it "
+                "finishes that")
+    return f"{outdir}: could not write the results: {reason}{where}; its previous results, if any, are unchanged"

@@ -1,0 +1,270 @@
+"""`resmtnet detect` replaces OUTDIR's results as one set: killed, terminated or out of disk, OUTDIR keeps the
+previous set whole (or the next run finishes the new one), and every output error is one line, exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
+from resmtnet.cli import main
+from resmtnet.ctio import write_volume
+from resmtnet.fileset import JOURNAL, MANIFEST, STAGING_PREFIX, read_set
+from resmtnet.outputs import OUTPUT_FILES
+from synthetic_chest import tiny_chest
+
+SLICER_FILES = {"nodules.mrk.json", "nodules.seg.nrrd", "scene.mrb"}
+PLAIN_FILES = set(OUTPUT_FILES) - SLICER_FILES
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("scans")
+    paths = []
+    for seed in range(3):
+        paths.append(folder / f"chest{seed}.nrrd")
+        write_volume(tiny_chest(seed), paths[-1])
+    return paths
+
+
+def _detect(capsys, scan: Path, out: Path, model: Path, *more: str) -> tuple[int, str]:
+    code = main(["detect", str(scan), "-o", str(out), "--model", str(model), "--no-tta", "--max-findings", "2",
+                 "--quiet", *more])
+    return code, capsys.readouterr().err
+
+
+def _set_of(out: Path) -> dict:
+    manifest = read_set(out, verify=True)
+    assert manifest is not None, sorted(p.name for p in out.iterdir())
+    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert set(manifest["files"]) <= visible
+    return manifest
+
+
+def _hidden(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if p.name.startswith(".")}
+
+
+def test_a_run_replaces_the_previous_set_whole(capsys, tmp_path, scans, untrained_checkpoint):
+    """The second run's set replaces the first's: the Slicer files of the first go after --no-slicer-files,
+    the user's own file stays, and no staging folder or journal is left."""
+    out = tmp_path / "out"
+    assert _detect(capsys, scans[0], out, untrained_checkpoint) == (0, "")
+    first = _set_of(out)
+    assert set(first["files"]) == set(OUTPUT_FILES) and first["input"] == str(scans[0].resolve())
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, "--resume") == (0, "")  # the same input: done
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == stamps
+    (out / "mine.txt").write_text("mine")
+    assert _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
+    second = _set_of(out)
+    assert set(second["files"]) == PLAIN_FILES and second["input"] == str(scans[1].resolve())
+    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {"mine.txt", MANIFEST}
+    assert "tiny-chest-1" in (out / "nodules.csv").read_text()
+
+
+KILL_AT_STEP = textwrap.dedent("""
+    import os, signal, sys
+    import resmtnet.fileset as fs
+    from resmtnet.cli import main
+    kill_at, argv = int(sys.argv[1]), sys.argv[2:]
+    steps = []
+    def hook(name):
+        steps.append(name)
+        if len(steps) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fs.STEP_HOOK = hook
+    sys.exit(main(argv))
+""")
+
+
+WRITE_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[3])
+    import resmtnet.fileset as fs
+    from resmtnet.outputs import write_detection_outputs
+    from synthetic_chest import tiny_chest, tiny_detection
+    kill_at, steps = int(sys.argv[2]), []
+    def hook(name):
+        steps.append(name)
+        print(name, flush=True)
+        if len(steps) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fs.STEP_HOOK = hook
+    ct = tiny_chest(1)
+    write_detection_outputs(ct, tiny_detection(ct), sys.argv[1], slicer_files=False)
+""")
+
+
+def test_detection_files_killed_at_every_step_of_publishing(tmp_path):
+    """A detection's files (the new set without Slicer files) replacing a set with them, the writer SIGKILLed at
+    each step of publishing in turn: before the commit the old set is whole; after it no set is shown (no
+    manifest; a journal) until recovery, which gives the whole new set; nothing else is ever left."""
+    from resmtnet.fileset import recover
+    from resmtnet.outputs import write_detection_outputs
+    from synthetic_chest import tiny_detection
+
+    template = tmp_path / "old"
+    ct = tiny_chest(0)
+    write_detection_outputs(ct, tiny_detection(ct), template)  # with the Slicer files
+    old = _set_of(template)
+    testing = str(Path(__file__).parent)
+
+    def write_killed_at(out: Path, step: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WRITE_KILLED, str(out), str(step), testing],
+                              capture_output=True, text=True, timeout=300)
+
+    steps = write_killed_at(shutil.copytree(template, tmp_path / "count"), 0).stdout.splitlines()
+    assert steps == ["commit", "remove manifest", "move nodules.csv", "move overview.png", "move report.json",
+                     "remove nodules.mrk.json", "remove nodules.seg.nrrd", "remove scene.mrb", "manifest",
+                     "journal", "staging"]
+    for k in range(1, len(steps) + 1):
+        out = shutil.copytree(template, tmp_path / f"kill-{k}")
+        res = write_killed_at(out, k)
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        if k == 1:
+            assert _set_of(out) == old
+        elif JOURNAL in _hidden(out):
+            # a manifest only before the old one is removed or once the new one is in: never over a mix
+            assert read_set(out) is None
+            assert (MANIFEST in _hidden(out)) == (steps[k - 1] in ("remove manifest", "journal"))
+        else:
+            assert _set_of(out)["seriesuid"] == "tiny-chest-1"
+        recover(out)
+        manifest = _set_of(out)
+        assert manifest == old if k == 1 else manifest["seriesuid"] == "tiny-chest-1"
+        assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {MANIFEST}, k
+
+
+def test_detect_killed_while_publishing_is_finished_by_the_next_run(capsys, tmp_path, scans, untrained_checkpoint):
+    """`resmtnet detect` SIGKILLed after the new nodules.csv moved in beside the old report and Slicer files:
+    a mix on disk, but marked as one (no manifest, a journal); the next run into OUTDIR finishes it first
+    and ends with its own set, nothing else left."""
+    step, name = 4, "move overview.png"
+    out = tmp_path / "out"
+    assert _detect(capsys, scans[0], out, untrained_checkpoint)[0] == 0
+    old = _set_of(out)
+    argv = ["detect", str(scans[1]), "-o", str(out), "--model", str(untrained_checkpoint), "--no-tta",
+            "--max-findings", "2", "--quiet", "--no-slicer-files"]
+    res = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), *argv], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    if name == "commit":
+        assert _set_of(out) == old and JOURNAL not in _hidden(out)
+    else:  # a mix on disk, but marked: no manifest, a journal
+        assert "tiny-chest-1" in (out / "nodules.csv").read_text() and (out / "scene.mrb").exists()
+        assert json.loads((out / "report.json").read_text())["input"]["seriesuid"] == "tiny-chest-0"
+        assert read_set(out) is None and JOURNAL in _hidden(out) and MANIFEST not in _hidden(out)
+    assert _detect(capsys, scans[2], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
+    assert _set_of(out)["input"] == str(scans[2].resolve())
+    assert _hidden(out) == {MANIFEST}
+    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {MANIFEST}
+
+
+def test_sigterm_while_writing_says_so_in_one_line_and_keeps_the_previous_set(capsys, tmp_path, scans,
+                                                                            untrained_checkpoint):
+    """SIGTERM sent as soon as the staging folder appears (the files are being written): exit 143, one line,
+    the staging folder removed, the previous set as it was."""
+    out = tmp_path / "out"
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files")[0] == 0
+    old = _set_of(out)
+    proc = subprocess.Popen([sys.executable, "-m", "resmtnet.cli", "detect", str(scans[1]), "-o", str(out),
+                             "--model", str(untrained_checkpoint), "--no-tta", "--max-findings", "2", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(n.startswith(STAGING_PREFIX) for n in _hidden(out)):
+        assert proc.poll() is None and time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == ["resmtnet detect: terminated (SIGTERM)"]
+    assert _set_of(out) == old and _hidden(out) == {MANIFEST}
+
+
+def test_output_that_is_a_file_or_under_a_file_is_one_line(capsys, tmp_path, scans, untrained_checkpoint):
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "sub"):
+        code, err = _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+    assert a_file.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_a_folder_without_write_permission_is_one_line(capsys, tmp_path, scans, untrained_checkpoint):
+    """(As root permissions don't bind: there the read-only tmpfs below covers it.)"""
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("root writes into any folder; the read-only mount in the next test covers this")
+    out = tmp_path / "out"
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files")[0] == 0
+    old = _set_of(out)
+    out.chmod(0o555)
+    try:
+        code, err = _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files")
+    finally:
+        out.chmod(0o755)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+    assert _set_of(out) == old
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    """A small tmpfs mounted at ``path`` (root only): a file system of its own that can fill up."""
+    path.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (to fill a disk and make a mount point) needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip(f"could not mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_read_only_and_mount_point_outputs(capsys, tmp_path, scans, untrained_checkpoint):
+    """OUTDIR is a mount point (a tmpfs of 80 MB): results are written there (no cross-device move). With the
+    disk filled, ``detect`` refuses before the work and a set written anyway fails in one OutputError line;
+    with the disk read-only, a run fails in one line, exit 2; each time the previous set stays whole."""
+    from resmtnet.errors import OutputError
+    from resmtnet.outputs import write_detection_outputs
+    from synthetic_chest import tiny_chest, tiny_detection
+
+    with _tmpfs(tmp_path / "mnt", "80m") as out:
+        assert os.path.ismount(out)
+        assert _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
+        old = _set_of(out)
+
+        filler = out / "filler.bin"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        code, err = _detect(capsys, scans[1], out, untrained_checkpoint)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+        assert "MiB free" in err, err  # checked before the work
+        ct = tiny_chest(1)
+        with pytest.raises(OutputError, match="disk is full") as e:  # and while writing, where it fills up then
+            write_detection_outputs(ct, tiny_detection(ct), out)
+        assert str(out) in str(e.value) and "\n" not in str(e.value)
+        assert _set_of(out) == old and _hidden(out) == {MANIFEST}
+
+        filler.unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
+        code, err = _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+        assert _set_of(out) == old
+
+        subprocess.run(["mount", "-o", "remount,rw", str(out)], check=True)
+        assert _detect(capsys, scans[1], out, untrained_checkpoint) == (0, "")
+        assert set(_set_of(out)["files"]) == set(OUTPUT_FILES) and _hidden(out) == {MANIFEST}
