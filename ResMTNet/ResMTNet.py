@@ -457,7 +457,9 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
     """Glue between Slicer and the core; usable from Slicer's Python console without the panel:
 
     >>> logic = ResMTNetLogic()
-    >>> nodes = logic.process(volumeNode)   # runs on this thread, returns the output nodes
+    >>> detection, nodes = logic.process(volumeNode)   # in Slicer's process, on this thread
+    >>> job = logic.startDetection(volumeNode)           # or in a child process, as Apply does:
+    >>> nodes = logic.showResults(volumeNode, logic.waitForDetection(job))
     """
 
     def __init__(self):
