@@ -580,8 +580,14 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable():
         """The Python the detector's process runs: Slicer's own (PythonSlicer, which sets up Slicer's
-        environment), or this interpreter where there is no PythonSlicer (tests outside Slicer)."""
-        return shutil.which("PythonSlicer") or sys.executable
+        environment), or this interpreter where there is no PythonSlicer and it is a plain Python (tests
+        outside Slicer)."""
+        python = shutil.which("PythonSlicer")
+        if python:
+            return python
+        if "python" in os.path.basename(sys.executable).lower():
+            return sys.executable
+        raise RuntimeError(_("Slicer's Python (PythonSlicer) was not found, so the detector cannot be started."))
 
     @staticmethod
     def childEnvironment():
