@@ -28,7 +28,8 @@ MIN_VOXELS_PER_AXIS = 8
 
 @dataclass
 class CTVolume:
-    """A CT in memory: ``array`` (z, y, x) float32 HU and the ITK geometry (x, y, z)."""
+    """A CT in memory: ``array`` (z, y, x) HU, float32 (int16 where read with ``int16=True``), and the ITK
+    geometry (x, y, z)."""
 
     array: np.ndarray
     spacing: tuple[float, float, float]
@@ -66,9 +67,12 @@ class CTVolume:
         return (p @ np.linalg.inv(self.direction_matrix).T) / np.asarray(self.spacing)
 
     @classmethod
-    def from_sitk(cls, img: sitk.Image, seriesuid: str = "", source: str = "") -> CTVolume:
+    def from_sitk(cls, img: sitk.Image, seriesuid: str = "", source: str = "", int16: bool = False) -> CTVolume:
+        """``int16``: keep whole-number HU that the image stores as integers as int16, without a copy
+        (half the memory of float32; what a large CT needs, see :func:`read_ct`)."""
+        array = _int16_array(img) if int16 else None
         vol = cls(
-            array=sitk.GetArrayFromImage(img).astype(np.float32, copy=False),
+            array=sitk.GetArrayFromImage(img).astype(np.float32, copy=False) if array is None else array,
             spacing=tuple(float(s) for s in img.GetSpacing()),
             origin=tuple(float(o) for o in img.GetOrigin()),
             direction=tuple(float(d) for d in img.GetDirection()),
@@ -76,6 +80,33 @@ class CTVolume:
             source=source,
         )
         return vol
+
+
+_INTEGER_PIXELS = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32,
+                   sitk.sitkInt64, sitk.sitkUInt64)
+
+
+def _int16_array(img: sitk.Image) -> np.ndarray | None:
+    """The voxels of an integer image as an int16 (z, y, x) array sharing the image's buffer (the array keeps
+    the image alive), or None where the pixels are not integers or do not fit int16."""
+    if img.GetPixelID() not in _INTEGER_PIXELS or img.GetNumberOfComponentsPerPixel() != 1:
+        return None
+    if img.GetPixelID() != sitk.sitkInt16:
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(img)
+        if stats.GetMinimum() < -32768 or stats.GetMaximum() > 32767:
+            return None
+        img = sitk.Cast(img, sitk.sitkInt16)
+    view = sitk.GetArrayViewFromImage(img)
+    return np.asarray(_ImageBuffer(img, view))
+
+
+class _ImageBuffer:
+    """Exposes an image's pixel buffer to numpy as a writable array that holds on to the image."""
+
+    def __init__(self, img: sitk.Image, view: np.ndarray):
+        self.image = img
+        self.__array_interface__ = {**view.__array_interface__, "data": (view.__array_interface__["data"][0], False)}
 
 
 class SeveralSeriesWarning(UserWarning):
@@ -201,9 +232,13 @@ def _missing_data_file(header: Path) -> str | None:
     return None
 
 
-def read_ct(path: str | Path) -> CTVolume:
+def read_ct(path: str | Path, *, int16: bool = False) -> CTVolume:
     """Read a CT volume file or DICOM series folder; raise :class:`InputError`, with a message naming
-    the problem, for anything that is not a usable CT volume."""
+    the problem, for anything that is not a usable CT volume.
+
+    ``int16``: keep HU stored as integers (as scanners store them) as int16 instead of float32: half the
+    memory and no copy of the voxels, which detection of a large CT needs (see :mod:`.memory`).
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -213,7 +248,8 @@ def read_ct(path: str | Path) -> CTVolume:
     else:
         img, sid = _read_file(p)
     _check_image(p, img)
-    vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p))
+    vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p), int16=int16)
+    del img
     vol.notes = tuple(notes)
     _check_values(p, vol.array)
     return vol

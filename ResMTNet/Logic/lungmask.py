@@ -87,6 +87,55 @@ class ChestMasks:
         z, y, x = self.input_shape
         return np.ascontiguousarray(out[:z, :y, :x])
 
+    def upsample_box(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """``upsample(mask)[box]`` without the whole input-grid mask: input voxel i lies in coarse voxel
+        i // factor along each axis."""
+        idx = [np.arange(*b.indices(n)) // f for b, n, f in zip(box, self.input_shape, self.factors_zyx, strict=True)]
+        return mask[np.ix_(*idx)]
+
+
+#: Input z planes handled at a time where the whole input grid would be too large to hold at once.
+SLAB_PLANES = 32
+
+
+class LungMask:
+    """The lung mask on the input grid, computed box by box (coarse lungs, nearest neighbour, inside the
+    field of view), so that a large CT never holds a whole-volume mask or float copy.
+
+    ``mask(box)`` equals ``lung_mask(...)[box]``; the whole mask is ``mask()``.
+    """
+
+    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None):
+        self.array = array_zyx
+        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction)
+        self.shape = tuple(array_zyx.shape)
+
+    def mask(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        box = box or tuple(slice(0, n) for n in self.shape)
+        return self.chest.upsample_box(self.chest.lungs, box) & in_field(self.array[box])
+
+    def _slabs(self):
+        for z0 in range(0, self.shape[0], SLAB_PLANES):
+            box = (slice(z0, min(z0 + SLAB_PLANES, self.shape[0])), slice(None), slice(None))
+            yield box, self.mask(box)
+
+    def voxel_count(self) -> int:
+        return sum(int(np.count_nonzero(m)) for _, m in self._slabs())
+
+    def index_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """First and last (inclusive) lung voxel index along each axis (z, y, x); None without lungs."""
+        lo = np.full(3, np.iinfo(np.int64).max)
+        hi = np.full(3, -1)
+        for box, m in self._slabs():
+            for axis in range(3):
+                other = tuple(a for a in range(3) if a != axis)
+                hit = np.flatnonzero(m.any(axis=other))
+                if hit.size:
+                    offset = box[0].start if axis == 0 else 0
+                    lo[axis] = min(lo[axis], hit[0] + offset)
+                    hi[axis] = max(hi[axis], hit[-1] + offset)
+        return None if hi[0] < 0 else (lo, hi)
+
 
 def lung_mask(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> np.ndarray:
     """Boolean lung mask (z, y, x) of a CT in HU, on the input grid.
@@ -172,16 +221,26 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
 
 
 def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Block means of ``a`` (padding clipped to air first) and which blocks are mostly padding."""
-    pads = [(0, (-n) % f) for n, f in zip(a.shape, factors, strict=True)]
-    if any(p[1] for p in pads):
-        a = np.pad(a, pads, mode="edge")
-    z, y, x = (n // f for n, f in zip(a.shape, factors, strict=True))
+    """Block means of ``a`` (padding clipped to air first) and which blocks are mostly padding.
+
+    Works through slabs of whole blocks along z, so that no float copy of a large input is ever made;
+    the edge blocks are padded by repeating the edge voxels.
+    """
     fz, fy, fx = factors
-    padding = (a < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32) > 0.5
-    clipped = np.maximum(a, np.float32(-1024.0), dtype=np.float32)
-    hu = clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
-    return hu, padding
+    nz = -(-a.shape[0] // fz)
+    hu, padding = [], []
+    step = max(1, SLAB_PLANES // fz)
+    for bz in range(0, nz, step):
+        slab = a[bz * fz:min((bz + step) * fz, a.shape[0])]
+        pads = [(0, (-n) % f) for n, f in zip(slab.shape, factors, strict=True)]
+        if any(p[1] for p in pads):
+            slab = np.pad(slab, pads, mode="edge")
+        z, y, x = (n // f for n, f in zip(slab.shape, factors, strict=True))
+        padding.append((slab < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+                       > 0.5)
+        clipped = np.maximum(slab, np.float32(-1024.0), dtype=np.float32)
+        hu.append(clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32))
+    return np.concatenate(hu), np.concatenate(padding)
 
 
 def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray, thin: np.ndarray,
