@@ -28,7 +28,7 @@ MIN_VOXELS_PER_AXIS = 8
 
 @dataclass
 class CTVolume:
-    """A CT in memory: ``array`` (z, y, x) HU, float32 (int16 where read with ``int16=True``), and the ITK
+    """A CT in memory: ``array`` (z, y, x) HU, float32 (or int16: ``read_ct(..., int16=True)``), and the ITK
     geometry (x, y, z)."""
 
     array: np.ndarray
@@ -68,9 +68,9 @@ class CTVolume:
 
     @classmethod
     def from_sitk(cls, img: sitk.Image, seriesuid: str = "", source: str = "", int16: bool = False) -> CTVolume:
-        """``int16``: keep whole-number HU that the image stores as integers as int16, without a copy
-        (half the memory of float32; what a large CT needs, see :func:`read_ct`)."""
-        array = _int16_array(img) if int16 else None
+        """``int16``: voxels that are whole numbers in int16's range as int16, others as float32, each without
+        a copy where the image's own pixels allow (what a large CT needs, see :func:`read_ct`)."""
+        array = _compact_array(img) if int16 else None
         vol = cls(
             array=sitk.GetArrayFromImage(img).astype(np.float32, copy=False) if array is None else array,
             spacing=tuple(float(s) for s in img.GetSpacing()),
@@ -86,19 +86,43 @@ _INTEGER_PIXELS = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt1
                    sitk.sitkInt64, sitk.sitkUInt64)
 
 
-def _int16_array(img: sitk.Image) -> np.ndarray | None:
-    """The voxels of an integer image as an int16 (z, y, x) array sharing the image's buffer (the array keeps
-    the image alive), or None where the pixels are not integers or do not fit int16."""
-    if img.GetPixelID() not in _INTEGER_PIXELS or img.GetNumberOfComponentsPerPixel() != 1:
-        return None
-    if img.GetPixelID() != sitk.sitkInt16:
+def _compact_array(img: sitk.Image) -> np.ndarray:
+    """The voxels as int16 where they are whole numbers within int16's range, else float32, in as little
+    memory as they take: integer pixels share the image's buffer (the array keeps the image alive), a
+    float32 image's too; floating-point whole numbers are converted slab by slab."""
+    pixel = img.GetPixelID()
+    if pixel in _INTEGER_PIXELS and pixel != sitk.sitkInt16:
         stats = sitk.MinimumMaximumImageFilter()
         stats.Execute(img)
-        if stats.GetMinimum() < -32768 or stats.GetMaximum() > 32767:
-            return None
-        img = sitk.Cast(img, sitk.sitkInt16)
-    view = sitk.GetArrayViewFromImage(img)
-    return np.asarray(_ImageBuffer(img, view))
+        fits = -32768 <= stats.GetMinimum() and stats.GetMaximum() <= 32767
+        img = sitk.Cast(img, sitk.sitkInt16 if fits else sitk.sitkFloat32)
+    elif pixel not in _INTEGER_PIXELS and pixel != sitk.sitkFloat32:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    a = np.asarray(_ImageBuffer(img, sitk.GetArrayViewFromImage(img)))
+    if a.dtype == np.int16 or not holds_whole_int16(a):
+        return a
+    out = np.empty(a.shape, np.int16)
+    for z0 in range(0, a.shape[0], _SLAB_PLANES):
+        out[z0:z0 + _SLAB_PLANES] = a[z0:z0 + _SLAB_PLANES]
+    return out
+
+
+#: z planes looked at a time where a whole-volume temporary would be too large
+_SLAB_PLANES = 32
+
+
+def holds_whole_int16(a: np.ndarray) -> bool:
+    """Whether every value of ``a`` is a whole number within int16's range (looked at slab by slab along the
+    first axis: no whole-volume temporary); False for an empty array."""
+    if a.size == 0:
+        return False
+    if np.issubdtype(a.dtype, np.integer):
+        return bool(a.min() >= -32768 and a.max() <= 32767)
+    for z0 in range(0, a.shape[0], _SLAB_PLANES):
+        part = a[z0:z0 + _SLAB_PLANES]
+        if not (part.min() >= -32768 and part.max() <= 32767 and np.array_equal(part, np.round(part))):
+            return False
+    return True
 
 
 class _ImageBuffer:
@@ -236,8 +260,9 @@ def read_ct(path: str | Path, *, int16: bool = False) -> CTVolume:
     """Read a CT volume file or DICOM series folder; raise :class:`InputError`, with a message naming
     the problem, for anything that is not a usable CT volume.
 
-    ``int16``: keep HU stored as integers (as scanners store them) as int16 instead of float32: half the
-    memory and no copy of the voxels, which detection of a large CT needs (see :mod:`.memory`).
+    ``int16``: whole-number HU (as scanners store them) as int16 instead of float32: half the memory, and
+    no copy of the voxels where the file stores them as integers; what detection of a large CT needs (see
+    :mod:`.memory`).
     """
     p = Path(path)
     if not p.exists():
@@ -313,8 +338,7 @@ def write_volume(vol: CTVolume, path: str | Path, compress: bool = True, integer
     path = Path(path)
     img = vol.to_sitk()
     if integer is None:
-        a = vol.array
-        integer = bool(a.size and a.min() >= -32768 and a.max() <= 32767 and np.array_equal(a, np.round(a)))
+        integer = holds_whole_int16(vol.array)
     if integer:
         img = sitk.Cast(img, sitk.sitkInt16)
     if vol.seriesuid:

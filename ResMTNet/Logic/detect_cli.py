@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .ctio import read_ct
     from .errors import InputError, ResMTNetError
+    from .memory import read_ct_for_detection
     from .outputs import write_detection_outputs
     from .pipeline import detect_ct
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         # say so before minutes of detection, not after: the Slicer files need Slicer's MRML (slicer-core)
         raise ResMTNetError("the Slicer files (.mrk.json, .seg.nrrd, .mrb) need slicer-core, which is not "
                             "installed here: install it (requirements.txt) or pass --no-slicer-files")
-    ct = read_ct(args.input, int16=True)  # whole HU as int16: half the memory of float32
+    ct = read_ct_for_detection(args.input)  # refused from its header if too large; whole HU as int16
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
                                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .colors import LUNG_RADS_COLORS, lung_rads_color, malignancy_color
-from .ctio import CTVolume
+from .ctio import CTVolume, holds_whole_int16
 from .errors import InputError
 from .nodules import Detection, Nodule
 
@@ -149,12 +149,12 @@ def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None, share
     """Add a scalar volume node holding ``ct`` (voxels copied, geometry converted LPS → RAS).
 
     Integer-valued HU are stored as int16, as CT scanners and Slicer's DICOM import give them.
-    The display shows a lung window (W 1500, L -600). ``share_voxels``: an int16 ``ct.array`` is used by
-    the node as it is, not copied (for a scene only written to files: a large CT held once).
+    The display shows a lung window (W 1500, L -600). ``share_voxels``: where ``ct.array`` is stored as it
+    is (int16, or float32 that are not whole numbers) the node uses it, not a copy (for a scene only written
+    to files: a large CT held once).
     """
     a = ct.array
-    if np.issubdtype(a.dtype, np.floating) and a.size and np.array_equal(a, np.round(a)) \
-            and a.min() >= -32768 and a.max() <= 32767:
+    if np.issubdtype(a.dtype, np.floating) and holds_whole_int16(a):
         a = a.astype(np.int16)
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or ct.seriesuid or "CT")
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix(ct.spacing, ct.origin, ct.direction)))
