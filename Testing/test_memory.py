@@ -60,17 +60,27 @@ def test_whole_hu_are_read_as_int16_with_the_same_values(tmp_path):
 
 def test_lung_mask_box_by_box_equals_the_whole_mask(tilted_phantom, monkeypatch):
     ct = tilted_phantom
-    whole = lung_mask(ct.array, ct.spacing, direction=ct.direction)
-    monkeypatch.setattr(lungmask, "SLAB_PLANES", 3)  # many slabs, block averages included
-    by_box = LungMask(ct.array.astype(np.int16), ct.spacing, direction=ct.direction)
+    # finer voxels (0.93 x 0.93 x 0.83 mm), so that the lungs are found on blocks of 2 x 2 x 2 voxels
+    array = np.repeat(np.repeat(ct.array.astype(np.int16), 3, axis=0), 2, axis=1).repeat(2, axis=2)
+    spacing = (ct.spacing[0] / 2, ct.spacing[1] / 2, ct.spacing[2] / 3)
+    first = LungMask(array, spacing, direction=ct.direction)
+    assert first.chest.factors_zyx == (2, 2, 2)
+    # scanner padding in the first column of the lungs' first block: the lungs' box starts a column later
+    x0 = 2 * int(np.flatnonzero(first.chest.lungs.any(axis=(0, 1)))[0])
+    column = array[:, :, x0]
+    column[first.mask()[:, :, x0]] = -3024
+    whole = lung_mask(array, spacing, direction=ct.direction)
+    monkeypatch.setattr(lungmask, "SLAB_PLANES", 5)  # many slabs, block averages included
+    by_box = LungMask(array, spacing, direction=ct.direction)
     np.testing.assert_array_equal(by_box.mask(), whole)
-    box = (slice(5, 17), slice(20, 61), slice(3, 40))
+    box = (slice(15, 51), slice(41, 121), slice(7, 80))
     np.testing.assert_array_equal(by_box.mask(box), whole[box])
     assert by_box.voxel_count() == int(whole.sum()) > 0
     lo, hi = by_box.index_bounds()
     idx = np.argwhere(whole)
     np.testing.assert_array_equal(lo, idx.min(0))
     np.testing.assert_array_equal(hi, idx.max(0))
+    assert lo[2] == x0 + 1
 
 
 def test_model_grid_slab_by_slab_equals_one_resampling_of_the_whole_ct(tilted_phantom, monkeypatch):

@@ -77,6 +77,8 @@ class ChestMasks:
     factors_zyx: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     input_shape: tuple[int, int, int]
+    #: how many input voxels of each coarse voxel's block lie inside the field of view
+    field_voxels: np.ndarray | None = None
 
     def upsample(self, mask: np.ndarray) -> np.ndarray:
         """A coarse-grid mask back on the input grid (nearest neighbour)."""
@@ -90,8 +92,17 @@ class ChestMasks:
     def upsample_box(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
         """``upsample(mask)[box]`` without the whole input-grid mask: input voxel i lies in coarse voxel
         i // factor along each axis."""
-        idx = [np.arange(*b.indices(n)) // f for b, n, f in zip(box, self.input_shape, self.factors_zyx, strict=True)]
-        return mask[np.ix_(*idx)]
+        coarse, keep = [], []
+        for b, n, f in zip(box, self.input_shape, self.factors_zyx, strict=True):
+            start, stop, _ = b.indices(n)
+            c0 = start // f
+            coarse.append(slice(c0, max(stop - 1, start) // f + 1))
+            keep.append(slice(start - c0 * f, start - c0 * f + max(stop - start, 0)))
+        out = mask[tuple(coarse)]
+        for axis, f in enumerate(self.factors_zyx):
+            if f > 1:
+                out = np.repeat(out, f, axis=axis)
+        return out[tuple(keep)]
 
 
 #: Input z planes handled at a time where the whole input grid would be too large to hold at once.
@@ -114,27 +125,33 @@ class LungMask:
         box = box or tuple(slice(0, n) for n in self.shape)
         return self.chest.upsample_box(self.chest.lungs, box) & in_field(self.array[box])
 
-    def _slabs(self):
-        for z0 in range(0, self.shape[0], SLAB_PLANES):
-            box = (slice(z0, min(z0 + SLAB_PLANES, self.shape[0])), slice(None), slice(None))
-            yield box, self.mask(box)
-
     def voxel_count(self) -> int:
-        return sum(int(np.count_nonzero(m)) for _, m in self._slabs())
+        """Lung voxels on the input grid: each coarse lung voxel counts its block's voxels in the field."""
+        return int(self.chest.field_voxels[self.chest.lungs].sum())
 
     def index_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """First and last (inclusive) lung voxel index along each axis (z, y, x); None without lungs."""
-        lo = np.full(3, np.iinfo(np.int64).max)
-        hi = np.full(3, -1)
-        for box, m in self._slabs():
-            for axis in range(3):
-                other = tuple(a for a in range(3) if a != axis)
-                hit = np.flatnonzero(m.any(axis=other))
-                if hit.size:
-                    offset = box[0].start if axis == 0 else 0
-                    lo[axis] = min(lo[axis], hit[0] + offset)
-                    hi[axis] = max(hi[axis], hit[-1] + offset)
-        return None if hi[0] < 0 else (lo, hi)
+        """First and last (inclusive) lung voxel index along each axis (z, y, x); None without lungs.
+
+        The coarse mask's box says where to look; planes are then tried inwards from each of its faces
+        until one holds a lung voxel in the field (the first one, but where padding lies at the edge)."""
+        lo, hi = np.zeros(3, int), np.zeros(3, int)
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            coarse = np.flatnonzero(self.chest.lungs.any(axis=other))
+            if coarse.size == 0:
+                return None
+            f, n = self.chest.factors_zyx[axis], self.shape[axis]
+            first, last = int(coarse[0]) * f, min((int(coarse[-1]) + 1) * f, n) - 1
+            found = next((i for i in range(first, last + 1) if self._plane_has_lung(axis, i)), None)
+            if found is None:
+                return None
+            lo[axis] = found
+            hi[axis] = next(i for i in range(last, found - 1, -1) if self._plane_has_lung(axis, i))
+        return lo, hi
+
+    def _plane_has_lung(self, axis: int, index: int) -> bool:
+        box = tuple(slice(index, index + 1) if a == axis else slice(0, n) for a, n in enumerate(self.shape))
+        return bool(self.mask(box).any())
 
 
 def lung_mask(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> np.ndarray:
@@ -182,7 +199,7 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
         raise ValueError(f"lung_mask needs a 3-D (z, y, x) array, got shape {a.shape}")
     spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
     factors = tuple(max(1, int(round(WORK_SPACING_MM / s))) for s in spacing_zyx)
-    hu, beyond_fov = _block_average(a, factors)
+    hu, beyond_fov, field_voxels = _block_average(a, factors)
     work_spacing = tuple(s * f for s, f in zip(spacing_zyx, factors, strict=True))
     voxel_litres = float(np.prod(work_spacing)) / 1e6
 
@@ -213,34 +230,38 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
     lungs = (_close_and_fill_each(separate, work_spacing) | cut) & ~airways
     body |= lungs
     return ChestMasks(lungs=lungs, body=body, airways=airways, factors_zyx=factors,
-                      spacing_zyx=work_spacing, input_shape=a.shape)
+                      spacing_zyx=work_spacing, input_shape=a.shape, field_voxels=field_voxels)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Steps
 
 
-def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Block means of ``a`` (padding clipped to air first) and which blocks are mostly padding.
+def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block means of ``a`` (padding clipped to air first), which blocks are mostly padding, and how many
+    voxels of each block lie in the field of view.
 
     Works through slabs of whole blocks along z, so that no float copy of a large input is ever made;
-    the edge blocks are padded by repeating the edge voxels.
+    the edge blocks are padded by repeating the edge voxels (and their field counts hold real voxels only).
     """
     fz, fy, fx = factors
     nz = -(-a.shape[0] // fz)
-    hu, padding = [], []
+    hu, padding, field = [], [], []
     step = max(1, SLAB_PLANES // fz)
     for bz in range(0, nz, step):
         slab = a[bz * fz:min((bz + step) * fz, a.shape[0])]
+        inside = slab >= PADDING_HU
         pads = [(0, (-n) % f) for n, f in zip(slab.shape, factors, strict=True)]
         if any(p[1] for p in pads):
             slab = np.pad(slab, pads, mode="edge")
+            inside = np.pad(inside, pads)
         z, y, x = (n // f for n, f in zip(slab.shape, factors, strict=True))
         padding.append((slab < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
                        > 0.5)
+        field.append(inside.reshape(z, fz, y, fy, x, fx).sum(axis=(1, 3, 5), dtype=np.int32))
         clipped = np.maximum(slab, np.float32(-1024.0), dtype=np.float32)
         hu.append(clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32))
-    return np.concatenate(hu), np.concatenate(padding)
+    return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
 
 
 def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray, thin: np.ndarray,
