@@ -2,14 +2,15 @@
 header, before its voxels are read.
 
 Detection holds the input grid only twice over: the CT's voxels (int16 where they are whole HU, as scanners
-store them; float32 otherwise) and the nodules' label map (one byte a voxel). Everything else works box by
-box or on the lung crop at the model's 1.5 mm (``lungmask.LungMask``, ``prepare.to_model_grid``, the
-overview, the Slicer files). So the peak resident memory is about a fixed part (Python, torch, the model,
-slicer-core: 0.7–0.8 GB) plus, per voxel, the bytes below; measured on a 1024 x 1024 x 800 int16 CT:
-3.2 GB (README, bench).
+store them; float32 otherwise) and the nodules' label map (one byte a voxel, of which only the pages around
+the nodules are ever touched). Everything else works box by box or on the lung crop at the model's 1.5 mm
+(``lungmask.LungMask``, ``prepare.to_model_grid``, the overview, the Slicer files), so the rest of the peak
+(Python, torch, the model, slicer-core, the boxes in flight) is 1-1.5 GB. Measured peaks (README, Benchmarks):
+1.07 GB for 512 x 512 x 133 int16, 3.2 GB for 1024 x 1024 x 800 int16, 3.5 GB for 1024 x 1024 x 476 float32.
 
-A CT whose voxels would need more than :data:`MAX_VOXEL_BYTES` is refused, which keeps detection within
-4 GB: up to 1.0 x 10^9 voxels stored as integers (1024 x 1024 x 950), 0.5 x 10^9 stored as float32.
+A CT whose voxels would need more than :data:`MAX_VOXEL_BYTES` (counted as in :data:`PEAK_BYTES_PER_VOXEL`)
+is refused, which keeps detection within 4 GB: up to 1.0 x 10^9 voxels stored as integers (1024 x 1024 x
+950), 0.5 x 10^9 stored as float32.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .errors import InputError
 #: Budget for the voxel-sized arrays of a detection (bytes); with the fixed part, within 4 GB.
 MAX_VOXEL_BYTES = 3.0e9
 
-#: Peak bytes held per input voxel, by how the file stores its voxels: int16 voxels (integers shared with
-#: the reader's image) plus a uint8 label; float32 voxels while their int16 copy is made (or float32 kept
-#: plus the label); float64 read, then turned into float32 and int16.
+#: Bytes counted per input voxel, by how the file stores its voxels (the label byte counted whole, to be safe):
+#: int16 voxels (integers shared with the reader's image) and a label; float32 voxels while their int16 copy
+#: is made (or float32 kept, and a label); float64 read, then turned into float32 and int16.
 PEAK_BYTES_PER_VOXEL = {"integer": 3, "float32": 6, "float64": 12}
 
 
