@@ -34,7 +34,8 @@ NIFTI_FORM_TOLERANCE_MM = 1.0
 
 @dataclass
 class CTVolume:
-    """A CT in memory: ``array`` (z, y, x) float32 HU and the ITK geometry (x, y, z)."""
+    """A CT in memory: ``array`` (z, y, x) HU, float32 (or int16: ``read_ct(..., int16=True)``), and the ITK
+    geometry (x, y, z)."""
 
     array: np.ndarray
     spacing: tuple[float, float, float]
@@ -72,9 +73,12 @@ class CTVolume:
         return (p @ np.linalg.inv(self.direction_matrix).T) / np.asarray(self.spacing)
 
     @classmethod
-    def from_sitk(cls, img: sitk.Image, seriesuid: str = "", source: str = "") -> CTVolume:
+    def from_sitk(cls, img: sitk.Image, seriesuid: str = "", source: str = "", int16: bool = False) -> CTVolume:
+        """``int16``: voxels that are whole numbers in int16's range as int16, others as float32, each without
+        a copy where the image's own pixels allow (what a large CT needs, see :func:`read_ct`)."""
+        array = _compact_array(img) if int16 else None
         vol = cls(
-            array=sitk.GetArrayFromImage(img).astype(np.float32, copy=False),
+            array=sitk.GetArrayFromImage(img).astype(np.float32, copy=False) if array is None else array,
             spacing=tuple(float(s) for s in img.GetSpacing()),
             origin=tuple(float(o) for o in img.GetOrigin()),
             direction=tuple(float(d) for d in img.GetDirection()),
@@ -82,6 +86,57 @@ class CTVolume:
             source=source,
         )
         return vol
+
+
+_INTEGER_PIXELS = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32,
+                   sitk.sitkInt64, sitk.sitkUInt64)
+
+
+def _compact_array(img: sitk.Image) -> np.ndarray:
+    """The voxels as int16 where they are whole numbers within int16's range, else float32, in as little
+    memory as they take: integer pixels share the image's buffer (the array keeps the image alive), a
+    float32 image's too; floating-point whole numbers are converted slab by slab."""
+    pixel = img.GetPixelID()
+    if pixel in _INTEGER_PIXELS and pixel != sitk.sitkInt16:
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(img)
+        fits = -32768 <= stats.GetMinimum() and stats.GetMaximum() <= 32767
+        img = sitk.Cast(img, sitk.sitkInt16 if fits else sitk.sitkFloat32)
+    elif pixel not in _INTEGER_PIXELS and pixel != sitk.sitkFloat32:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    a = np.asarray(_ImageBuffer(img, sitk.GetArrayViewFromImage(img)))
+    if a.dtype == np.int16 or not holds_whole_int16(a):
+        return a
+    out = np.empty(a.shape, np.int16)
+    for z0 in range(0, a.shape[0], _SLAB_PLANES):
+        out[z0:z0 + _SLAB_PLANES] = a[z0:z0 + _SLAB_PLANES]
+    return out
+
+
+#: z planes looked at a time where a whole-volume temporary would be too large
+_SLAB_PLANES = 32
+
+
+def holds_whole_int16(a: np.ndarray) -> bool:
+    """Whether every value of ``a`` is a whole number within int16's range (looked at slab by slab along the
+    first axis: no whole-volume temporary); False for an empty array."""
+    if a.size == 0:
+        return False
+    if np.issubdtype(a.dtype, np.integer):
+        return bool(a.min() >= -32768 and a.max() <= 32767)
+    for z0 in range(0, a.shape[0], _SLAB_PLANES):
+        part = a[z0:z0 + _SLAB_PLANES]
+        if not (part.min() >= -32768 and part.max() <= 32767 and np.array_equal(part, np.round(part))):
+            return False
+    return True
+
+
+class _ImageBuffer:
+    """Exposes an image's pixel buffer to numpy as a writable array that holds on to the image."""
+
+    def __init__(self, img: sitk.Image, view: np.ndarray):
+        self.image = img
+        self.__array_interface__ = {**view.__array_interface__, "data": (view.__array_interface__["data"][0], False)}
 
 
 def list_dicom_series(folder: str | Path) -> list[tuple[str, int]]:
@@ -261,10 +316,15 @@ def _short_data_file(header: Path) -> str | None:
     return None
 
 
-def read_ct(path: str | Path, *, hu: bool = True) -> CTVolume:
+def read_ct(path: str | Path, *, hu: bool = True, int16: bool = False) -> CTVolume:
     """Read a CT volume file or DICOM series folder; raise :class:`InputError`, with a message naming
-    the problem, for anything that is not a usable CT volume. ``hu=False`` reads a label map or mask
-    the same way, without requiring Hounsfield units."""
+    the problem, for anything that is not a usable CT volume.
+
+    ``hu=False`` reads a label map or mask the same way, without requiring Hounsfield units. ``int16``:
+    whole-number HU (as scanners store them) as int16 instead of float32: half the memory, and no copy of
+    the voxels where the file stores them as integers; what detection of a large CT needs (see
+    :mod:`.memory`).
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -275,7 +335,8 @@ def read_ct(path: str | Path, *, hu: bool = True) -> CTVolume:
         img, sid = _read_file(p)
     _check_image(p, img)
     notes += _thick_slice_notes(p, img) + _nifti_form_notes(p, img)
-    vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p))
+    vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p), int16=int16)
+    del img
     vol.notes = tuple(notes)
     _check_values(p, vol.array, hu)
     return vol
@@ -308,10 +369,12 @@ def _check_image(p: Path, img: sitk.Image) -> None:
 
 
 def _check_values(p: Path, a: np.ndarray, hu: bool = True) -> None:
-    finite = np.isfinite(a)
-    if not finite.all():
-        bad = int(a.size - np.count_nonzero(finite))
-        raise InputError(f"{p}: holds NaN or infinite voxel values ({bad} of {a.size} voxels)")
+    if not np.issubdtype(a.dtype, np.integer):  # integers are finite: no whole-volume temporary for them
+        finite = np.isfinite(a)
+        if not finite.all():
+            bad = int(a.size - np.count_nonzero(finite))
+            raise InputError(f"{p}: holds NaN or infinite voxel values ({bad} of {a.size} voxels)")
+        del finite
     lo, hi = float(a.min()), float(a.max())
     if hi - lo < 1e-3:
         if lo == 0.0:
@@ -400,8 +463,7 @@ def write_volume(vol: CTVolume, path: str | Path, compress: bool = True, integer
     path = Path(path)
     img = vol.to_sitk()
     if integer is None:
-        a = vol.array
-        integer = bool(a.size and a.min() >= -32768 and a.max() <= 32767 and np.array_equal(a, np.round(a)))
+        integer = holds_whole_int16(vol.array)
     if integer:
         img = sitk.Cast(img, sitk.sitkInt16)
     if vol.seriesuid:

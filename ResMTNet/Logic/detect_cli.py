@@ -83,8 +83,8 @@ def run_single(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .cli import print_warnings
-    from .ctio import read_ct
     from .fileset import read_set, recover
+    from .memory import read_ct_for_detection
     from .outputs import input_key, write_detection_outputs
     from .pipeline import detect_ct
     from .preflight import check_output_dir
@@ -98,7 +98,7 @@ def run_single(args: argparse.Namespace) -> int:
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
     model = _load_model(args)
-    ct = read_ct(source)
+    ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
     print_warnings(ct.notes)
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
                                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
@@ -133,7 +133,8 @@ def run_batch(args: argparse.Namespace) -> int:
     from .batch import FAILURES_FILE, SUMMARY_FILE, collect_scans
     from .batch import run_batch as run_scans
     from .cli import print_warnings
-    from .ctio import CTVolume, read_ct
+    from .ctio import CTVolume
+    from .memory import read_ct_for_detection
     from .outputs import write_detection_outputs
     from .pipeline import detect_ct
     from .preflight import check_output_dir
@@ -143,7 +144,7 @@ def run_batch(args: argparse.Namespace) -> int:
     model = _load_model(args)
 
     def read(path: Path) -> CTVolume:
-        ct = read_ct(path)
+        ct = read_ct_for_detection(path)
         print_warnings(ct.notes)
         return ct
 

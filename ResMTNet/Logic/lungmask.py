@@ -77,6 +77,8 @@ class ChestMasks:
     factors_zyx: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     input_shape: tuple[int, int, int]
+    #: how many input voxels of each coarse voxel's block lie inside the field of view
+    field_voxels: np.ndarray | None = None
 
     def upsample(self, mask: np.ndarray) -> np.ndarray:
         """A coarse-grid mask back on the input grid (nearest neighbour)."""
@@ -86,6 +88,70 @@ class ChestMasks:
                 out = np.repeat(out, f, axis=axis)
         z, y, x = self.input_shape
         return np.ascontiguousarray(out[:z, :y, :x])
+
+    def upsample_box(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """``upsample(mask)[box]`` without the whole input-grid mask: input voxel i lies in coarse voxel
+        i // factor along each axis."""
+        coarse, keep = [], []
+        for b, n, f in zip(box, self.input_shape, self.factors_zyx, strict=True):
+            start, stop, _ = b.indices(n)
+            c0 = start // f
+            coarse.append(slice(c0, max(stop - 1, start) // f + 1))
+            keep.append(slice(start - c0 * f, start - c0 * f + max(stop - start, 0)))
+        out = mask[tuple(coarse)]
+        for axis, f in enumerate(self.factors_zyx):
+            if f > 1:
+                out = np.repeat(out, f, axis=axis)
+        return out[tuple(keep)]
+
+
+#: Input z planes handled at a time where the whole input grid would be too large to hold at once.
+SLAB_PLANES = 32
+
+
+class LungMask:
+    """The lung mask on the input grid, computed box by box (coarse lungs, nearest neighbour, inside the
+    field of view), so that a large CT never holds a whole-volume mask or float copy.
+
+    ``mask(box)`` equals ``lung_mask(...)[box]``; the whole mask is ``mask()``.
+    """
+
+    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None):
+        self.array = array_zyx
+        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction)
+        self.shape = tuple(array_zyx.shape)
+
+    def mask(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        box = box or tuple(slice(0, n) for n in self.shape)
+        return self.chest.upsample_box(self.chest.lungs, box) & in_field(self.array[box])
+
+    def voxel_count(self) -> int:
+        """Lung voxels on the input grid: each coarse lung voxel counts its block's voxels in the field."""
+        return int(self.chest.field_voxels[self.chest.lungs].sum())
+
+    def index_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """First and last (inclusive) lung voxel index along each axis (z, y, x); None without lungs.
+
+        The coarse mask's box says where to look; planes are then tried inwards from each of its faces
+        until one holds a lung voxel in the field (the first one, but where padding lies at the edge)."""
+        lo, hi = np.zeros(3, int), np.zeros(3, int)
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            coarse = np.flatnonzero(self.chest.lungs.any(axis=other))
+            if coarse.size == 0:
+                return None
+            f, n = self.chest.factors_zyx[axis], self.shape[axis]
+            first, last = int(coarse[0]) * f, min((int(coarse[-1]) + 1) * f, n) - 1
+            found = next((i for i in range(first, last + 1) if self._plane_has_lung(axis, i)), None)
+            if found is None:
+                return None
+            lo[axis] = found
+            hi[axis] = next(i for i in range(last, found - 1, -1) if self._plane_has_lung(axis, i))
+        return lo, hi
+
+    def _plane_has_lung(self, axis: int, index: int) -> bool:
+        box = tuple(slice(index, index + 1) if a == axis else slice(0, n) for a, n in enumerate(self.shape))
+        return bool(self.mask(box).any())
 
 
 def lung_mask(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> np.ndarray:
@@ -133,7 +199,7 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
         raise ValueError(f"lung_mask needs a 3-D (z, y, x) array, got shape {a.shape}")
     spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
     factors = tuple(max(1, int(round(WORK_SPACING_MM / s))) for s in spacing_zyx)
-    hu, beyond_fov = _block_average(a, factors)
+    hu, beyond_fov, field_voxels = _block_average(a, factors)
     work_spacing = tuple(s * f for s, f in zip(spacing_zyx, factors, strict=True))
     voxel_litres = float(np.prod(work_spacing)) / 1e6
 
@@ -164,24 +230,38 @@ def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> Ches
     lungs = (_close_and_fill_each(separate, work_spacing) | cut) & ~airways
     body |= lungs
     return ChestMasks(lungs=lungs, body=body, airways=airways, factors_zyx=factors,
-                      spacing_zyx=work_spacing, input_shape=a.shape)
+                      spacing_zyx=work_spacing, input_shape=a.shape, field_voxels=field_voxels)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Steps
 
 
-def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Block means of ``a`` (padding clipped to air first) and which blocks are mostly padding."""
-    pads = [(0, (-n) % f) for n, f in zip(a.shape, factors, strict=True)]
-    if any(p[1] for p in pads):
-        a = np.pad(a, pads, mode="edge")
-    z, y, x = (n // f for n, f in zip(a.shape, factors, strict=True))
+def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block means of ``a`` (padding clipped to air first), which blocks are mostly padding, and how many
+    voxels of each block lie in the field of view.
+
+    Works through slabs of whole blocks along z, so that no float copy of a large input is ever made;
+    the edge blocks are padded by repeating the edge voxels (and their field counts hold real voxels only).
+    """
     fz, fy, fx = factors
-    padding = (a < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32) > 0.5
-    clipped = np.maximum(a, np.float32(-1024.0), dtype=np.float32)
-    hu = clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
-    return hu, padding
+    nz = -(-a.shape[0] // fz)
+    hu, padding, field = [], [], []
+    step = max(1, SLAB_PLANES // fz)
+    for bz in range(0, nz, step):
+        slab = a[bz * fz:min((bz + step) * fz, a.shape[0])]
+        inside = slab >= PADDING_HU
+        pads = [(0, (-n) % f) for n, f in zip(slab.shape, factors, strict=True)]
+        if any(p[1] for p in pads):
+            slab = np.pad(slab, pads, mode="edge")
+            inside = np.pad(inside, pads)
+        z, y, x = (n // f for n, f in zip(slab.shape, factors, strict=True))
+        padding.append((slab < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+                       > 0.5)
+        field.append(inside.reshape(z, fz, y, fy, x, fx).sum(axis=(1, 3, 5), dtype=np.int32))
+        clipped = np.maximum(slab, np.float32(-1024.0), dtype=np.float32)
+        hu.append(clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32))
+    return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
 
 
 def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray, thin: np.ndarray,

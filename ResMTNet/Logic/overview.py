@@ -21,15 +21,40 @@ CROP_PIXEL_MM = 0.5
 MAX_PANELS = 16
 
 
-def _axial_plane(ct: CTVolume, image: sitk.Image, centre: np.ndarray, half_mm: float, nearest: bool) -> np.ndarray:
+def _axial_plane(ct: CTVolume, array: np.ndarray, centre: np.ndarray, half_mm: float, nearest: bool) -> np.ndarray:
+    """The axial square of side 2 ``half_mm`` around ``centre`` (LPS mm), resampled from ``array`` (on ct's
+    grid) at CROP_PIXEL_MM. Only the part of the array the square reads is turned into an image, so a
+    large CT is never copied whole."""
     n = int(round(2 * half_mm / CROP_PIXEL_MM)) + 1
-    ref = sitk.Image([n, n, 1], image.GetPixelID())
-    ref.SetSpacing((CROP_PIXEL_MM, CROP_PIXEL_MM, 1.0))
-    ref.SetOrigin((float(centre[0] - half_mm), float(centre[1] - half_mm), float(centre[2])))
+    origin = np.array([centre[0] - half_mm, centre[1] - half_mm, centre[2]], float)
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     default = 0 if nearest else -1000.0
+    part, start_xyz = _region(ct, array, origin, origin + np.array([(n - 1) * CROP_PIXEL_MM] * 2 + [0.0]))
+    if part is None:
+        return np.full((n, n), default, np.uint8 if nearest else np.float32)
+    image = sitk.GetImageFromArray(part if nearest else part.astype(np.float32, copy=False))
+    image.SetSpacing(ct.spacing)
+    image.SetOrigin(tuple(float(v) for v in ct.index_to_world(start_xyz)))
+    image.SetDirection(ct.direction)
+    ref = sitk.Image([n, n, 1], image.GetPixelID())
+    ref.SetSpacing((CROP_PIXEL_MM, CROP_PIXEL_MM, 1.0))
+    ref.SetOrigin(tuple(float(v) for v in origin))
     out = sitk.Resample(image, ref, sitk.Transform(), interp, default, image.GetPixelID())
     return sitk.GetArrayFromImage(out)[0]
+
+
+def _region(ct: CTVolume, array: np.ndarray, lo_lps: np.ndarray, hi_lps: np.ndarray
+            ) -> tuple[np.ndarray | None, np.ndarray]:
+    """The part of ``array`` (z, y, x, on ct's grid) that interpolation inside the LPS box lo..hi reads, with
+    a voxel to spare, and the index (x, y, z) of its first voxel; None where the box misses the scan."""
+    corners = np.array([[x, y, z] for x in (lo_lps[0], hi_lps[0]) for y in (lo_lps[1], hi_lps[1])
+                        for z in (lo_lps[2], hi_lps[2])], float)
+    ijk = ct.world_to_index(corners)
+    lo = np.maximum(np.floor(ijk.min(0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + 2, np.array(ct.shape_xyz))
+    if np.any(hi <= lo):
+        return None, lo
+    return np.ascontiguousarray(array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]), lo.astype(float)
 
 
 def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None:
@@ -40,11 +65,7 @@ def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None
     import matplotlib.pyplot as plt
 
     nodules = detection.nodules[:MAX_PANELS]
-    img = ct.to_sitk()
-    lab = None
-    if detection.labels is not None:
-        lab = sitk.GetImageFromArray(detection.labels)
-        lab.CopyInformation(img)
+    lab = detection.labels
     cols = min(4, max(1, len(nodules)))
     rows = max(1, math.ceil(len(nodules) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False, facecolor="black")
@@ -54,13 +75,13 @@ def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None
         lo = ct.index_to_world(np.zeros(3))
         hi = ct.index_to_world(np.array(ct.shape_xyz) - 1)
         centre = (lo + hi) / 2
-        plane = _axial_plane(ct, img, centre, 0.5 * float(np.max(np.abs(hi - lo)[:2])), nearest=False)
+        plane = _axial_plane(ct, ct.array, centre, 0.5 * float(np.max(np.abs(hi - lo)[:2])), nearest=False)
         axes[0, 0].imshow(plane, cmap="gray", vmin=-1350, vmax=150)
         axes[0, 0].set_title("no nodule found", color="white", fontsize=10)
     for ax, n in zip(axes.ravel(), nodules):
         centre = np.asarray(n.center_lps, float)
         half = max(20.0, 1.6 * n.diameter_mm)
-        plane = _axial_plane(ct, img, centre, half, nearest=False)
+        plane = _axial_plane(ct, ct.array, centre, half, nearest=False)
         ax.imshow(plane, cmap="gray", vmin=-1350, vmax=150, interpolation="bilinear")
         color = malignancy_color(n.malignancy)
         if lab is not None:

@@ -14,10 +14,10 @@ from scipy import ndimage
 
 from .ctio import CTVolume
 from .errors import Cancelled
-from .lungmask import lung_mask
+from .lungmask import LungMask
 from .model_io import LoadedModel, load_model
 from .nodules import Detection, Nodule
-from .prepare import ModelGrid, mask_bounds, to_model_grid
+from .prepare import ModelGrid, index_bounds_to_world, to_model_grid, world_bounds
 from .targets import Peak, decode, merge_duplicates
 
 LUNG_MARGIN_MM = 15.0
@@ -182,14 +182,17 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
         batch_size = 4 if dev.type == "cuda" else 1
     st = _Stages(progress, cancel)
 
+    # Memory: the input grid is only ever held as ct.array (int16 where the scan stores whole HU) and the
+    # label map; lungs, bounds and resampling go through it box by box (lungmask.LungMask, to_model_grid).
     st.start("lungs", "finding the lungs")
-    lungs = lung_mask(ct.array, ct.spacing, direction=ct.direction)
-    bounds = mask_bounds(lungs, ct, LUNG_MARGIN_MM)
+    lungs = LungMask(ct.array, ct.spacing, direction=ct.direction)
+    lung_box = lungs.index_bounds()
+    bounds = index_bounds_to_world(*lung_box, ct, LUNG_MARGIN_MM) if lung_box else world_bounds(ct)
     st.end()
 
     st.start("resample", "resampling to the model grid")
     hu_grid, grid = to_model_grid(ct, model.config.spacing_mm, bounds)
-    lung_grid, _ = to_model_grid(ct, model.config.spacing_mm, bounds, image=lungs.astype(np.float32))
+    lung_grid, _ = to_model_grid(ct, model.config.spacing_mm, bounds, image=lungs.mask)
     st.end()
 
     st.start("inference", f"running Res-MTNet on {dev.type.upper()}")
@@ -211,7 +214,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     findings.sort(key=lambda p: -p.probability)
     if max_findings is not None:
         findings = findings[:max_findings]
-    labels = np.zeros(ct.array.shape, np.uint16)
+    labels = np.zeros(ct.array.shape, np.uint8 if len(findings) <= np.iinfo(np.uint8).max else np.uint16)
     nodules: list[Nodule] = []
     voxel_mm3 = float(np.prod(ct.spacing))
     for i, p in enumerate(findings, start=1):
@@ -243,7 +246,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
         "timings_s": {**st.times, "total": round(time.perf_counter() - t_all, 3)},
         "model_grid": {"origin": [float(v) for v in grid.origin], "spacing_mm": grid.spacing,
                        "shape_zyx": list(grid.shape)},
-        "lung_volume_ml": float(lungs.sum()) * voxel_mm3 / 1000.0,
+        "lung_volume_ml": float(lungs.voxel_count()) * voxel_mm3 / 1000.0,
         "candidates": len(peaks),
     }
     if progress is not None:

@@ -8,6 +8,7 @@ through :class:`ModelGrid`, which is all the decoding needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,33 +48,69 @@ def world_bounds(ct: CTVolume) -> tuple[np.ndarray, np.ndarray]:
     return w.min(0), w.max(0)
 
 
+#: Model-grid z planes resampled at a time: the input region one slab needs is all that is ever held as
+#: float, so a large CT (int16, say 1024 x 1024 x 800) is never copied whole.
+RESAMPLE_SLAB_PLANES = 16
+
+#: An array on ct's grid, or a function giving any box of one (z, y, x slices) as an array.
+Source = np.ndarray | Callable[[tuple[slice, slice, slice]], np.ndarray]
+
+
 def to_model_grid(ct: CTVolume, spacing: float, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-                  interpolator: int = sitk.sitkLinear, image: np.ndarray | None = None) -> tuple[np.ndarray, ModelGrid]:
-    """Resample ``ct`` (or ``image``, an array on ct's grid) onto the canonical grid covering ``bounds``.
+                  interpolator: int = sitk.sitkLinear, image: Source | None = None) -> tuple[np.ndarray, ModelGrid]:
+    """Resample ``ct`` (or ``image``, an array on ct's grid or a function giving boxes of one) onto the
+    canonical grid covering ``bounds``, as float32.
 
     Scanner padding outside the reconstruction circle (-2048, -3024 ...) is set to air first so it
-    does not bleed into the body by interpolation.
+    does not bleed into the body by interpolation. The grid is filled slab by slab from the part of the
+    input each slab needs (the same values as one resampling of the whole input).
     """
     lo, hi = bounds if bounds is not None else world_bounds(ct)
     lo = np.asarray(lo, float)
     hi = np.asarray(hi, float)
     size_xyz = np.maximum(np.floor((hi - lo) / spacing).astype(int) + 1, 1)
+    grid = ModelGrid(origin=lo, spacing=float(spacing), shape=tuple(int(s) for s in size_xyz[::-1]))
     if image is None:
-        arr = np.maximum(ct.array, np.float32(PAD_HU)) if ct.array.min() < PAD_HU - 24 else ct.array
+        clip = bool(ct.array.min() < PAD_HU - 24)
+
+        def source(box: tuple[slice, slice, slice]) -> np.ndarray:
+            part = ct.array[box]
+            return np.maximum(part, np.float32(PAD_HU), dtype=np.float32) if clip else part.astype(np.float32)
         default = PAD_HU
     else:
-        arr = image
+        source = image if callable(image) else (lambda box: np.asarray(image[box], dtype=np.float32))
         default = 0.0
-    src = sitk.GetImageFromArray(arr)
-    src.SetSpacing(ct.spacing)
-    src.SetOrigin(ct.origin)
-    src.SetDirection(ct.direction)
-    ref = sitk.Image([int(s) for s in size_xyz], src.GetPixelID())
-    ref.SetSpacing((float(spacing),) * 3)
-    ref.SetOrigin(tuple(float(v) for v in lo))
-    out = sitk.Resample(src, ref, sitk.Transform(), interpolator, default, src.GetPixelID())
-    grid = ModelGrid(origin=lo, spacing=float(spacing), shape=tuple(int(s) for s in size_xyz[::-1]))
-    return sitk.GetArrayFromImage(out), grid
+    out = np.empty(grid.shape, np.float32)
+    for z0 in range(0, grid.shape[0], RESAMPLE_SLAB_PLANES):
+        z1 = min(z0 + RESAMPLE_SLAB_PLANES, grid.shape[0])
+        box = _input_box(ct, grid, z0, z1)
+        if box is None:  # the slab lies wholly outside the scan
+            out[z0:z1] = default
+            continue
+        src = sitk.GetImageFromArray(np.ascontiguousarray(source(box), dtype=np.float32))
+        src.SetSpacing(ct.spacing)
+        src.SetOrigin(tuple(float(v) for v in ct.index_to_world(np.array([b.start for b in box[::-1]], float))))
+        src.SetDirection(ct.direction)
+        ref = sitk.Image([int(size_xyz[0]), int(size_xyz[1]), z1 - z0], sitk.sitkFloat32)
+        ref.SetSpacing((float(spacing),) * 3)
+        ref.SetOrigin(tuple(float(v) for v in grid.voxel_to_world(np.array([z0, 0, 0], float))))
+        res = sitk.Resample(src, ref, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+        out[z0:z1] = sitk.GetArrayViewFromImage(res)
+    return out, grid
+
+
+def _input_box(ct: CTVolume, grid: ModelGrid, z0: int, z1: int) -> tuple[slice, slice, slice] | None:
+    """The box (z, y, x slices) of ct's grid that interpolating model-grid planes z0..z1-1 reads, with a
+    voxel to spare on each side; None where those planes lie outside the scan."""
+    gz, gy, gx = grid.shape
+    corners = np.array([[z, y, x] for z in (z0, z1 - 1) for y in (0, gy - 1) for x in (0, gx - 1)], float)
+    ijk = ct.world_to_index(grid.voxel_to_world(corners))  # x, y, z
+    n = np.array(ct.shape_xyz)
+    lo = np.maximum(np.floor(ijk.min(0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + 2, n)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(lo[a]), int(hi[a])) for a in (2, 1, 0))
 
 
 def normalize_hu(hu: np.ndarray) -> np.ndarray:
@@ -85,10 +122,17 @@ def normalize_hu(hu: np.ndarray) -> np.ndarray:
 
 def mask_bounds(mask: np.ndarray, ct: CTVolume, margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """LPS bounding box of a mask on ct's grid, grown by ``margin_mm`` (clipped to the scan)."""
-    idx = np.argwhere(mask)
-    if len(idx) == 0:
+    hit = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(h.size == 0 for h in hit):
         return world_bounds(ct)
-    lo_i, hi_i = idx.min(0)[::-1], idx.max(0)[::-1]  # x, y, z
+    return index_bounds_to_world(np.array([h[0] for h in hit]), np.array([h[-1] for h in hit]), ct, margin_mm)
+
+
+def index_bounds_to_world(lo_zyx: np.ndarray, hi_zyx: np.ndarray, ct: CTVolume, margin_mm: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """LPS bounding box of the index box lo..hi (inclusive, z, y, x) on ct's grid, grown by ``margin_mm``
+    (clipped to the scan)."""
+    lo_i, hi_i = np.asarray(lo_zyx)[::-1], np.asarray(hi_zyx)[::-1]  # x, y, z
     corners = np.array([[a, b, c] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1])
                         for c in (lo_i[2], hi_i[2])], float)
     w = ct.index_to_world(corners)

@@ -85,8 +85,17 @@ def write_segmentation(node: Any, path: str | Path) -> None:
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
     storage.SetUseCompression(True)
+    storage.SetCropToMinimumExtent(True)  # the nodules' box, not the CT's whole grid (a large CT's size)
     if not storage.WriteData(node):
         raise OSError(f"could not write segmentation {node.GetName()} to {path}")
+
+
+def _crop_segmentation_in_bundle(node: Any) -> None:
+    """The bundle stores the segmentation on the nodules' box, as ``nodules.seg.nrrd`` does, not on the
+    CT's whole grid (which for a large CT is a whole-volume label map in memory while writing)."""
+    if node.GetStorageNode() is None:
+        node.AddDefaultStorageNode()
+    node.GetStorageNode().SetCropToMinimumExtent(True)
 
 
 def add_slice_views(app: Any, volume_node: Any) -> None:
@@ -124,7 +133,7 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
     app = create_slicer_core_app()
     scene = app.scene
     name = ct.seriesuid or "CT"
-    volume = volume_node_from_ct(scene, ct, name)
+    volume = volume_node_from_ct(scene, ct, name, share_voxels=True)
     put_volume_in_study(scene, volume, patient_name=name, study_name=f"{name} study")
     nodes = build_nodule_scene(scene, volume, detection, color_by=color_by)
     add_slice_views(app, volume)
@@ -134,6 +143,7 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
     try:
         write_markups_json(nodes["markups"], tmp / MARKUPS_FILE)
         write_segmentation(nodes["segmentation"], tmp / SEGMENTATION_FILE)
+        _crop_segmentation_in_bundle(nodes["segmentation"])
         scene.SetRootDirectory(str(tmp))
         with captured_vtk_output() as messages:
             ok = scene.WriteToMRB(str(tmp / SCENE_FILE))

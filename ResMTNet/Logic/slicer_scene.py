@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .colors import LUNG_RADS_COLORS, lung_rads_color, malignancy_color
-from .ctio import CTVolume
+from .ctio import CTVolume, holds_whole_int16
 from .errors import InputError
 from .nodules import Detection, Nodule
 
@@ -127,33 +127,38 @@ def _numpy_matrix(vm: Any) -> np.ndarray:
     return np.array([[vm.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _image_data_from_array(array_zyx: np.ndarray) -> Any:
-    """vtkImageData holding a copy of a (z, y, x) array; origin 0, spacing 1 (geometry is in IJKToRAS)."""
+def _image_data_from_array(array_zyx: np.ndarray, share: bool = False) -> Any:
+    """vtkImageData holding a copy of a (z, y, x) array; origin 0, spacing 1 (geometry is in IJKToRAS).
+
+    ``share``: hold the array's own buffer instead of a copy where it is contiguous (the image keeps the
+    array alive; writing into either changes both).
+    """
     import vtk
     from vtk.util import numpy_support
 
     a = np.ascontiguousarray(array_zyx)
     image = vtk.vtkImageData()
     image.SetDimensions(a.shape[2], a.shape[1], a.shape[0])
-    scalars = numpy_support.numpy_to_vtk(a.ravel(), deep=True)
+    scalars = numpy_support.numpy_to_vtk(a.ravel(), deep=not share)
     scalars.SetName("ImageScalars")
     image.GetPointData().SetScalars(scalars)
     return image
 
 
-def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None) -> Any:
+def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None, share_voxels: bool = False) -> Any:
     """Add a scalar volume node holding ``ct`` (voxels copied, geometry converted LPS → RAS).
 
     Integer-valued HU are stored as int16, as CT scanners and Slicer's DICOM import give them.
-    The display shows a lung window (W 1500, L -600).
+    The display shows a lung window (W 1500, L -600). ``share_voxels``: where ``ct.array`` is stored as it
+    is (int16, or float32 that are not whole numbers) the node uses it, not a copy (for a scene only written
+    to files: a large CT held once).
     """
     a = ct.array
-    if np.issubdtype(a.dtype, np.floating) and a.size and np.array_equal(a, np.round(a)) \
-            and a.min() >= -32768 and a.max() <= 32767:
+    if np.issubdtype(a.dtype, np.floating) and holds_whole_int16(a):
         a = a.astype(np.int16)
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or ct.seriesuid or "CT")
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix(ct.spacing, ct.origin, ct.direction)))
-    node.SetAndObserveImageData(_image_data_from_array(a))
+    node.SetAndObserveImageData(_image_data_from_array(a, share=share_voxels and a is ct.array))
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None:
@@ -387,17 +392,6 @@ def describe(nodule: Nodule) -> str:
             f"{nodule.nodule_type}")
 
 
-def _nonzero_box(a: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box (slices along each axis) holding every non-zero voxel of ``a``; None when none is."""
-    box = []
-    for axis in range(a.ndim):
-        hits = np.flatnonzero(a.any(axis=tuple(i for i in range(a.ndim) if i != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
     """The detection's label image, relabelled so that the i-th nodule has label i+1, as oriented image
     data in RAS (the segmentations logic fills segment i from label i+1); None when no voxel is labelled.
@@ -428,6 +422,22 @@ def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
     image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras_matrix(detection.spacing, detection.origin,
                                                               detection.direction)))
     return image
+
+
+def _nonzero_box(labels: np.ndarray, slab: int = 32) -> tuple[slice, slice, slice] | None:
+    """The smallest box (z, y, x slices) holding every non-zero voxel, looked for slab by slab (no
+    whole-volume temporary); None where there is none."""
+    lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
+    for z0 in range(0, labels.shape[0], slab):
+        part = labels[z0:z0 + slab] != 0
+        for axis in range(3):
+            hit = np.flatnonzero(part.any(axis=tuple(a for a in range(3) if a != axis)))
+            if hit.size:
+                offset = z0 if axis == 0 else 0
+                lo[axis], hi[axis] = min(lo[axis], hit[0] + offset), max(hi[axis], hit[-1] + offset)
+    if hi[0] < 0:
+        return None
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
 
 
 def _fill_segmentation(scene: Any, node: Any, volume_node: Any, detection: Detection, nodules: list[Nodule],

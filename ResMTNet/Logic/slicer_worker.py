@@ -121,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(args.parent_pid)
 
     from .allocator import keep_freed_memory
-    from .ctio import read_ct
     from .errors import ResMTNetError
+    from .memory import read_ct_for_detection
 
     keep_freed_memory()  # a short-lived process: freed memory may stay until it ends
     try:
         emit("progress", "0 starting the detector")
-        ct = read_ct(args.input)
+        ct = read_ct_for_detection(args.input)  # as the command reads it: int16, within the memory bound
         from .pipeline import detect_ct
 
         detection = detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
