@@ -232,13 +232,20 @@ def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, p
     rows = read_table_rows(table_node)
     assert len(rows) == 3
     for row, nodule in zip(rows, phantom_truth.nodules, strict=True):
-        assert row[0] == nodule.number
-        np.testing.assert_allclose(row[1:4], nodule.center_ras, atol=1e-9)
-        assert row[4] == pytest.approx(nodule.diameter_mm)
-        assert row[5] == pytest.approx(nodule.volume_mm3)
-        assert row[7] == pytest.approx(100 * nodule.malignancy)
+        # the label column names the finding as its fiducial and segment; values rounded as a reader reads them
+        assert row[0] == f"N{nodule.number}"
+        np.testing.assert_allclose(row[1:4], nodule.center_lps, atol=0.05 + 1e-9)  # LPS, as nodules.csv
+        assert row[1:4] == [round(c, 1) for c in nodule.center_lps]
+        assert row[4] == round(nodule.diameter_mm, 1)
+        assert row[5] == round(nodule.volume_mm3)
+        assert row[6] == round(nodule.probability, 2)
+        assert row[7] == round(100 * nodule.malignancy)
         assert row[8] == nodule.lung_rads
-    np.testing.assert_allclose(table_row_ras(table_node, 1), phantom_truth.nodules[1].center_ras, atol=1e-9)
+    assert [name for name, *_ in TABLE_COLUMNS] == ["Finding", "L", "P", "S", "Diameter", "Volume", "p",
+                                                    "Malignancy", "Lung-RADS size"]  # no constant "Type"
+    assert "if the nodule is solid" in table_node.GetColumnDescription("Lung-RADS size").lower()
+    assert "research use only" in table_node.GetDescription().lower()
+    np.testing.assert_allclose(table_row_ras(table_node, 1), phantom_truth.nodules[1].center_ras, atol=0.05)
 
 
 def test_outputs_sit_under_the_volumes_study(slicer_app, phantom, phantom_truth):
@@ -343,7 +350,8 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
     # the shared checks: positions, colours, segment volumes, table rows, hierarchy, one set
     assert check_nodule_scene(fresh.scene, volume, detection, nodes) == []
     for got, expected in zip(read_table_rows(nodes["table"]), table_rows(detection.nodules), strict=True):
-        assert got[:8] == pytest.approx(expected[:8], rel=1e-5)  # the .tsv keeps 6 significant digits
+        assert got[0] == expected[0]
+        assert got[1:8] == pytest.approx(expected[1:8], rel=1e-5)  # the .tsv keeps 6 significant digits
         assert got[8:] == expected[8:]
     assert nodes["table"].GetColumnUnitLabel("Volume") == "mm3"  # the schema came back too
     # the slice views show the CT when the bundle is opened

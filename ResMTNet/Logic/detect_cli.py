@@ -1,8 +1,8 @@
 """Find pulmonary nodules in a CT (a volume file SimpleITK reads, or a DICOM series folder).
 
 Writes to OUTDIR, whole or not at all: nodules.csv (LUNA16 columns, LPS mm, + diameter, malignancy,
-volume, Lung-RADS), report.json, overview.png, and the Slicer files nodules.mrk.json,
-nodules.seg.nrrd and scene.mrb (one click in Slicer).
+volume, Lung-RADS size category if solid), report.json, overview.png, and the Slicer files nodules.mrk.json,
+nodules.seg.nrrd and scene.mrb (one click in Slicer) with views.png, the scene as Slicer's views draw it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
     for n in det.nodules:
         x, y, z = n.center_lps
         print(f"  N{n.number}: ({x:.1f}, {y:.1f}, {z:.1f}) LPS mm  p={n.probability:.2f}  {n.diameter_mm:.1f} mm  "
-              f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads}", file=sys.stdout)
+              f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads} by size if solid", file=sys.stdout)
     print("wrote " + ", ".join(sorted(files)) + f" to {args.out}")
     return 0
