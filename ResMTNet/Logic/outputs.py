@@ -23,6 +23,7 @@ from .nodules import Detection, write_nodules_csv
 CSV_FILE = "nodules.csv"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
+VIEWS_FILE = "views.png"
 
 
 def geometry(ct: CTVolume) -> dict[str, Any]:
@@ -50,10 +51,20 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
     }
 
 
+def write_views(scene: Path, out: Path) -> dict[str, str]:
+    """``views.png`` drawn from ``scene`` by Slicer's own views; where offscreen rendering is impossible, a note
+    saying why instead (never an error: the detection stands without its picture)."""
+    from .views import write_views_png
+
+    why_not = write_views_png(scene, out)
+    return {"file": out.name} if why_not is None else {"skipped": why_not}
+
+
 def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Path, *, slicer_files: bool = True,
                             color_by: str = "malignancy", extra_report: dict[str, Any] | None = None
                             ) -> dict[str, Path]:
-    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files to ``outdir``."""
+    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files and views.png to
+    ``outdir``."""
     from .overview import write_overview
 
     outdir = Path(outdir)
@@ -69,6 +80,7 @@ def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Pa
 
             files = write_scene_files(ct, detection, tmp, color_by=color_by)
             report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
+            report_extra["views"] = write_views(files["scene"], tmp / VIEWS_FILE)
         report = build_report(ct, detection, report_extra)
         with open(tmp / REPORT_FILE, "w") as f:
             json.dump(report, f, indent=1)
