@@ -39,23 +39,24 @@ def test_sample_icon_is_what_the_script_draws(offscreen_rendering, tmp_path):
 
 def test_screenshot_is_the_views_png_detect_writes(offscreen_rendering, phantom, phantom_truth, tmp_path):
     from resmtnet.outputs import write_detection_outputs
-    from resmtnet.views import GAP, panel_origin
+    from resmtnet.views import GAP, VIEW_SIZE, panel_origin
 
     write_detection_outputs(phantom.ct, phantom_truth, tmp_path / "detect")
     out = tmp_path / "shot.png"
     _run("screenshot", str(tmp_path / "detect"), "-o", str(out))
     image, views = _rgb(out), _rgb(tmp_path / "detect" / "views.png")
-    assert image.shape == views.shape == (2 * 480 + GAP, 2 * 480 + GAP, 3)
+    size = VIEW_SIZE
+    assert image.shape == views.shape == (2 * size + GAP, 2 * size + GAP, 3)
     assert np.abs(image - views).mean() < 1.0, "the screenshot is not the detection's views.png"
     for index in range(3):  # the slice views show CT (dark lung, bright tissue)
         top, left = panel_origin(index)
-        gray = image[top:top + 480, left:left + 480].mean(axis=2)
+        gray = image[top:top + size, left:left + size].mean(axis=2)
         assert (gray < 90).mean() > 0.05 and (gray > 150).mean() > 0.05, "no CT in a slice view"
     # the top finding's colour (marker and segment) is drawn in the axial and 3-D views
     r, g, b = (np.array(c) * 255 for c in _top_finding_color(tmp_path / "detect"))
     for index in (0, 3):
         top, left = panel_origin(index)
-        view = image[top:top + 480, left:left + 480]
+        view = image[top:top + size, left:left + size]
         near = np.abs(view - np.array([r, g, b])).max(axis=2) < 40
         assert near.sum() > 10, "the top finding is not drawn"
 

@@ -67,7 +67,7 @@ MARKER_MIN_SIZE_MM = 10.0
 SEGMENT_FILL_OPACITY = 0.15
 WEAK_SEGMENT_FILL_OPACITY = 0.06
 
-LEGEND_FONT_SIZE = 20
+LEGEND_FONT_SIZE = 16
 
 #: Slicer's CT-Lung window/level preset (Modules/Loadable/Volumes/Resources/VolumeDisplayPresets.json).
 LUNG_WINDOW_LEVEL = (1400.0, -500.0)
@@ -579,7 +579,7 @@ def show_legend(segmentation_node: Any, legend_node: Any, color_by: str) -> Any:
     legend.SetLabelFormat(legend.GetDefaultTextLabelFormat())
     # bottom left, clear of the labels, which Slicer writes to the right of their marker; text large enough to read
     legend.SetPosition(0.02, 0.08)
-    legend.SetSize(0.3, 0.45)
+    legend.SetSize(0.25, 0.35)
     for text in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
         text.SetFontFamilyToArial()
         text.SetFontSize(LEGEND_FONT_SIZE)
@@ -602,11 +602,11 @@ def _release_place_node(scene: Any, markups: list[Any]) -> None:
 
 def first_view(nodules: list[Nodule]) -> tuple[tuple[float, float, float], float] | None:
     """Where the views open: N1's RAS centre and a square field of view (mm) that shows it with its
-    surroundings (8 diameters, 100 to 250 mm); None without findings."""
+    surroundings and room for its label (10 diameters, 100 to 250 mm); None without findings."""
     if not nodules:
         return None
     top = min(nodules, key=lambda n: n.number)
-    return top.center_ras, float(min(250.0, max(100.0, 8.0 * float(top.diameter_mm))))
+    return top.center_ras, float(min(250.0, max(100.0, 10.0 * float(top.diameter_mm))))
 
 
 def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color_by: str = "malignancy",

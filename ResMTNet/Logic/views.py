@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 VIEWS_FILE = "views.png"
-VIEW_SIZE = 480  # pixels per view (square)
+VIEW_SIZE = 440  # pixels per view (square); the four fit the catalog's 500 KB screenshot limit
 GAP = 4  # pixels between views
 GAP_VALUE = 255  # white
 LAYOUT = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))  # slice views, then the 3-D view
@@ -279,8 +279,17 @@ class SceneViews:
         bounds = [0.0] * 6
         self.volume.GetRASBounds(bounds)
         diagonal = sum((bounds[2 * i + 1] - bounds[2 * i]) ** 2 for i in range(3)) ** 0.5
-        # from the front, right and below, far enough to see the whole volume
-        self.three_d.look_from(_unit((0.3, 0.8, -0.55)), (0.0, 0.0, 1.0), _middle(self.volume), 1.1 * diagonal)
+        # from the front and a little right and below, at the findings (the volume's middle without any), far
+        # enough to see the whole volume
+        self.three_d.look_from(_unit((0.15, 0.9, -0.4)), (0.0, 0.0, 1.0), self._focus(), 1.2 * diagonal)
+
+    def _focus(self) -> tuple[float, float, float]:
+        """The middle of the findings' bounding box, or of the volume where there are none."""
+        points = [position for _node, position in findings(self.app.scene)]
+        if not points:
+            return _middle(self.volume)
+        return tuple((min(p[i] for p in points) + max(p[i] for p in points)) / 2
+                     for i in range(3))  # type: ignore[return-value]
 
     @property
     def scene(self) -> Any:
