@@ -470,3 +470,75 @@ def test_real_ct_through_the_scene_and_the_bundle(lidc_dir, tmp_path):
     np.testing.assert_array_equal(back.array, ct.array)
     np.testing.assert_allclose(back.origin, ct.origin, atol=1e-4)
     assert check_nodule_scene(fresh.scene, reloaded, detection, find_nodule_outputs(fresh.scene, reloaded)) == []
+
+
+def test_scene_bundle_opens_as_a_reader_wants_it(tmp_path, phantom, phantom_truth):
+    """scene.mrb through Slicer's own OpenSlicerDataBundle into a fresh scene: names, labels, terminology, the
+    legend and the first view on N1, the research-use note, and no finding left as the active place node."""
+    import slicer
+    from resmtnet.slicer_scene import (
+        LUNG_WINDOW_LEVEL,
+        MARKER_GLYPH,
+        RESEARCH_NOTE,
+        WEAK_OPACITY,
+        first_view,
+        legend_title,
+        segment_terminology,
+    )
+
+    detection = _spread(phantom_truth, [0.03, 0.55, 0.97])
+    detection.nodules[2].probability = 0.3  # under the confidence line
+    ct = dataclasses.replace(phantom.ct, identity={"patient_id": "PID-42", "series_number": "7",
+                                                   "series_description": "Chest 1 mm", "file_name": "ct.nrrd"})
+    paths = slicer_outputs.write_scene_files(ct, detection, tmp_path / "out")
+
+    fresh = create_slicer_core_app()
+    unpack = tmp_path / "unpack"
+    unpack.mkdir()
+    assert fresh.app_logic.OpenSlicerDataBundle(str(paths["scene"]), str(unpack))
+    scene = fresh.scene
+    volume = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert volume.GetName() == "Series 7 Chest 1 mm"
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.GetItemParent(sh.GetItemByDataNode(volume))
+    assert sh.GetItemName(sh.GetItemParent(study)) == "PID-42"
+    display = volume.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == LUNG_WINDOW_LEVEL
+
+    nodes = find_nodule_outputs(scene, volume)
+    for node, nodule in zip(nodes["markups"], detection.nodules, strict=True):
+        assert node.GetNthControlPointLabel(0) == nodule.label
+        assert nodule.label.startswith(f"N{nodule.number} · {nodule.diameter_mm:.1f} mm · p {nodule.probability:.2f} ·")
+        glyph = node.GetDisplayNode()
+        assert glyph.GetGlyphTypeAsString(glyph.GetGlyphType()) == MARKER_GLYPH
+        assert glyph.GetOpacity() == (WEAK_OPACITY if nodule.probability < 0.5 else 1.0)
+        assert RESEARCH_NOTE in node.GetNthControlPointDescription(0)
+    segmentation = nodes["segmentation"]
+    for nodule in detection.nodules:
+        segment = segmentation.GetSegmentation().GetSegment(f"N{nodule.number}")
+        assert segment.GetTerminology() == segment_terminology(nodule)
+        assert "SCT^27925004^Nodule" in segment.GetTerminology() and "SCT^39607008^Lung" in segment.GetTerminology()
+        assert segmentation.GetDisplayNode().GetSegmentOpacity2DFill(f"N{nodule.number}") < 0.5  # a light fill
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(segmentation.GetDisplayNode())
+    assert legend is not None and legend.GetVisibility2D() and legend.GetVisibility3D()
+    assert legend.GetTitleText() == legend_title("malignancy") and "research use only" in legend.GetTitleText()
+    assert legend.GetPrimaryDisplayNode().GetColorNodeID() == nodes["legend"].GetID()
+    assert not nodes["legend"].GetHideFromEditors()
+    assert RESEARCH_NOTE == nodes["table"].GetDescription()
+
+    center, fov = first_view(detection.nodules)
+    for name in ("Red", "Yellow", "Green"):
+        slice_node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+        slice_to_ras = slice_node.GetSliceToRAS()
+        np.testing.assert_allclose([slice_to_ras.GetElement(i, 3) for i in range(3)], center, atol=1e-3)
+        assert slice_node.GetFieldOfView()[0] == pytest.approx(fov)
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    assert selection is None or selection.GetActivePlaceNodeID() not in {n.GetID() for n in nodes["markups"]}
+
+    document = json.loads(paths["markups"].read_text())
+    assert [m["name"] for m in document["markups"]] == [n.GetName() for n in nodes["markups"]]
+    loader = create_slicer_core_app()
+    assert loader.logic("Markups").LoadMarkups(str(paths["markups"]))
+    names = [loader.scene.GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode").GetName()
+             for i in range(loader.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"))]
+    assert names == [n.GetName() for n in nodes["markups"]]
