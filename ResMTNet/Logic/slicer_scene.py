@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .colors import LUNG_RADS_COLORS, lung_rads_color, malignancy_color
+from .colors import CONFIDENT_PROBABILITY, LUNG_RADS_COLORS, lung_rads_color, malignancy_color
 from .ctio import CTVolume
 from .errors import InputError
 from .nodules import Detection, Nodule
@@ -51,9 +51,7 @@ LUNG_RADS_SIZE_TEXT = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", 
 
 RESEARCH_NOTE = "Research use only, not for diagnosis: ResMTNet's findings must not guide any clinical decision."
 
-#: Findings with a detection probability below this line are drawn weaker (fainter marker, label and outline).
-CONFIDENT_PROBABILITY = 0.5
-WEAK_OPACITY = 0.4
+WEAK_OPACITY = 0.4  # markers, labels and outlines of findings under the confidence line (colors.CONFIDENT_PROBABILITY)
 
 #: The marker is Slicer's ``Cross2D`` glyph: four arms from 0.2 to 0.5 glyph sizes away from the point and
 #: nothing at the centre. At 3 diameters, the arms start 0.6 diameters from the centre, outside the nodule,
