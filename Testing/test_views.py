@@ -230,3 +230,20 @@ def test_real_ct_views_frame_the_nodule_without_covering_it(offscreen_rendering,
             assert fov == pytest.approx(min(250.0, max(100.0, 10 * diameter)), abs=0.5)
             check_finding_on_slice(views, view, nodule, fov)
             check_legend(view.image(), legend_entries("malignancy"))
+
+
+def test_detection_stands_where_offscreen_rendering_is_impossible(phantom, phantom_truth, tmp_path, monkeypatch):
+    """Without a usable EGL (glvnd pointed at no vendor, no display) VTK crashes the rendering process: the files
+    are still written, and report.json says why views.png is missing."""
+    from resmtnet.outputs import write_detection_outputs
+
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "no-such-vendor.json"))
+    monkeypatch.setenv("DISPLAY", "")
+    monkeypatch.delenv("VTK_DEFAULT_OPENGL_WINDOW", raising=False)
+    written = write_detection_outputs(phantom.ct, phantom_truth, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    if "views.png" in written:
+        pytest.skip("this machine renders offscreen even without an EGL vendor (OSMesa): nothing to fail")
+    assert set(written) == {"nodules.csv", "report.json", "overview.png", "nodules.mrk.json", "nodules.seg.nrrd",
+                            "scene.mrb"}
+    assert report["views"]["skipped"].startswith("offscreen rendering failed")
