@@ -6,9 +6,12 @@ belongs to the whole suite.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-__all__ = ["phantom", "phantom_truth", "slicer_app", "untrained_checkpoint"]
+__all__ = ["offscreen_rendering", "phantom", "phantom_truth", "slicer_app", "untrained_checkpoint"]
 
 # A direction with swapped in-plane axes and a flipped slice axis: a transposed or mis-signed
 # conversion between LPS and RAS, or between (z, y, x) and (x, y, z), cannot pass unnoticed.
@@ -54,3 +57,23 @@ def untrained_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "untrained.pt"
     save_checkpoint(path, ResMTNet(config), provenance={"purpose": "tests only, untrained"})
     return path
+
+
+_RENDER_PROBE = """
+import vtk
+window = vtk.vtkRenderWindow()
+window.SetOffScreenRendering(1)
+window.AddRenderer(vtk.vtkRenderer())
+window.SetSize(8, 8)
+window.Render()
+print("rendered")
+"""
+
+
+@pytest.fixture(scope="session")
+def offscreen_rendering():
+    """Skips the test where VTK cannot render offscreen (no EGL/OSMesa); probed in a child process, since VTK may
+    abort rather than raise."""
+    run = subprocess.run([sys.executable, "-c", _RENDER_PROBE], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0 or "rendered" not in run.stdout:
+        pytest.skip(f"VTK cannot render offscreen here: {run.stderr.strip()[-300:]}")

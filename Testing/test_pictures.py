@@ -1,8 +1,8 @@
 """scripts/pictures.py: the screenshot and the Sample Data thumbnail, drawn by Slicer's own views.
 
 Rendering needs an offscreen OpenGL (Mesa's EGL or OSMesa on a machine without a display); where VTK cannot
-render offscreen the tests skip and say so. The screenshot is drawn from the scene files ``resmtnet detect``
-writes, here for a small phantom's true nodules (no model needed), in a fresh process as the script runs.
+render offscreen the tests skip and say so. The screenshot is ``views.png`` of the files ``resmtnet detect``
+writes, here for a small phantom's true nodules (no model needed), drawn again in a fresh process as the script runs.
 """
 
 from __future__ import annotations
@@ -12,30 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest_slicer import *  # noqa: F403  (the fixtures phantom, phantom_truth)
+from conftest_slicer import *  # noqa: F403  (the fixtures offscreen_rendering, phantom, phantom_truth)
 from matplotlib.image import imread
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "pictures.py"
 ICON = REPO / "ResMTNet" / "Resources" / "Icons" / "ResMTNetChestPhantom.png"
-
-_PROBE = """
-import vtk
-window = vtk.vtkRenderWindow()
-window.SetOffScreenRendering(1)
-window.AddRenderer(vtk.vtkRenderer())
-window.SetSize(8, 8)
-window.Render()
-print("rendered")
-"""
-
-
-@pytest.fixture(scope="module")
-def offscreen_rendering():
-    run = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
-    if run.returncode != 0 or "rendered" not in run.stdout:
-        pytest.skip(f"VTK cannot render offscreen here: {run.stderr.strip()[-300:]}")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -55,21 +37,26 @@ def test_sample_icon_is_what_the_script_draws(offscreen_rendering, tmp_path):
     assert np.abs(drawn - committed).mean() < 3.0, "the committed thumbnail is not what the script draws now"
 
 
-def test_screenshot_shows_the_scene_detect_writes(offscreen_rendering, phantom, phantom_truth, tmp_path):
-    from resmtnet.slicer_outputs import write_scene_files
+def test_screenshot_is_the_views_png_detect_writes(offscreen_rendering, phantom, phantom_truth, tmp_path):
+    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.views import GAP, VIEW_SIZE, panel_origin
 
-    write_scene_files(phantom.ct, phantom_truth, tmp_path / "detect")
+    write_detection_outputs(phantom.ct, phantom_truth, tmp_path / "detect")
     out = tmp_path / "shot.png"
-    _run("screenshot", str(tmp_path / "detect"), "-o", str(out), "--size", "200")
-    image = _rgb(out)
-    assert image.shape == (200, 3 * 200 + 2 * 4, 3)
-    axial, coronal, three_d = image[:, :200], image[:, 204:404], image[:, 408:]
-    for view in (axial, coronal):
-        gray = view.mean(axis=2)
+    _run("screenshot", str(tmp_path / "detect"), "-o", str(out))
+    image, views = _rgb(out), _rgb(tmp_path / "detect" / "views.png")
+    size = VIEW_SIZE
+    assert image.shape == views.shape == (2 * size + GAP, 2 * size + GAP, 3)
+    assert np.abs(image - views).mean() < 1.0, "the screenshot is not the detection's views.png"
+    for index in range(3):  # the slice views show CT (dark lung, bright tissue)
+        top, left = panel_origin(index)
+        gray = image[top:top + size, left:left + size].mean(axis=2)
         assert (gray < 90).mean() > 0.05 and (gray > 150).mean() > 0.05, "no CT in a slice view"
-    # the top finding's colour (fiducial and segment) is drawn in the axial view, and segments in 3-D
+    # the top finding's colour (marker and segment) is drawn in the axial and 3-D views
     r, g, b = (np.array(c) * 255 for c in _top_finding_color(tmp_path / "detect"))
-    for view in (axial, three_d):
+    for index in (0, 3):
+        top, left = panel_origin(index)
+        view = image[top:top + size, left:left + size]
         near = np.abs(view - np.array([r, g, b])).max(axis=2) < 40
         assert near.sum() > 10, "the top finding is not drawn"
 

@@ -256,13 +256,20 @@ def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, p
     rows = read_table_rows(table_node)
     assert len(rows) == 3
     for row, nodule in zip(rows, phantom_truth.nodules, strict=True):
-        assert row[0] == nodule.number
-        np.testing.assert_allclose(row[1:4], nodule.center_ras, atol=1e-9)
-        assert row[4] == pytest.approx(nodule.diameter_mm)
-        assert row[5] == pytest.approx(nodule.volume_mm3)
-        assert row[7] == pytest.approx(100 * nodule.malignancy)
+        # the label column names the finding as its fiducial and segment; values rounded as a reader reads them
+        assert row[0] == f"N{nodule.number}"
+        np.testing.assert_allclose(row[1:4], nodule.center_lps, atol=0.05 + 1e-9)  # LPS, as nodules.csv
+        assert row[1:4] == [round(c, 1) for c in nodule.center_lps]
+        assert row[4] == round(nodule.diameter_mm, 1)
+        assert row[5] == round(nodule.volume_mm3)
+        assert row[6] == round(nodule.probability, 2)
+        assert row[7] == round(100 * nodule.malignancy)
         assert row[8] == nodule.lung_rads
-    np.testing.assert_allclose(table_row_ras(table_node, 1), phantom_truth.nodules[1].center_ras, atol=1e-9)
+    assert [name for name, *_ in TABLE_COLUMNS] == ["Finding", "L", "P", "S", "Diameter", "Volume", "p",
+                                                    "Malignancy", "Lung-RADS size"]  # no constant "Type"
+    assert "if the nodule is solid" in table_node.GetColumnDescription("Lung-RADS size").lower()
+    assert "research use only" in table_node.GetDescription().lower()
+    np.testing.assert_allclose(table_row_ras(table_node, 1), phantom_truth.nodules[1].center_ras, atol=0.05)
 
 
 def test_outputs_sit_under_the_volumes_study(slicer_app, phantom, phantom_truth):
@@ -409,7 +416,8 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
     # the shared checks: positions, colours, segment volumes, table rows, hierarchy, one set
     assert check_nodule_scene(fresh.scene, volume, detection, nodes) == []
     for got, expected in zip(read_table_rows(nodes["table"]), table_rows(detection.nodules), strict=True):
-        assert got[:8] == pytest.approx(expected[:8], rel=1e-5)  # the .tsv keeps 6 significant digits
+        assert got[0] == expected[0]
+        assert got[1:8] == pytest.approx(expected[1:8], rel=1e-5)  # the .tsv keeps 6 significant digits
         assert got[8:] == expected[8:]
     assert nodes["table"].GetColumnUnitLabel("Volume") == "mm3"  # the schema came back too
     # the slice views show the CT when the bundle is opened
@@ -528,3 +536,75 @@ def test_real_ct_through_the_scene_and_the_bundle(lidc_dir, tmp_path):
     np.testing.assert_array_equal(back.array, ct.array)
     np.testing.assert_allclose(back.origin, ct.origin, atol=1e-4)
     assert check_nodule_scene(fresh.scene, reloaded, detection, find_nodule_outputs(fresh.scene, reloaded)) == []
+
+
+def test_scene_bundle_opens_as_a_reader_wants_it(tmp_path, phantom, phantom_truth):
+    """scene.mrb through Slicer's own OpenSlicerDataBundle into a fresh scene: names, labels, terminology, the
+    legend and the first view on N1, the research-use note, and no finding left as the active place node."""
+    import slicer
+    from resmtnet.slicer_scene import (
+        LUNG_WINDOW_LEVEL,
+        MARKER_GLYPH,
+        RESEARCH_NOTE,
+        WEAK_OPACITY,
+        first_view,
+        legend_title,
+        segment_terminology,
+    )
+
+    detection = _spread(phantom_truth, [0.03, 0.55, 0.97])
+    detection.nodules[2].probability = 0.3  # under the confidence line
+    ct = dataclasses.replace(phantom.ct, identity={"patient_id": "PID-42", "series_number": "7",
+                                                   "series_description": "Chest 1 mm", "file_name": "ct.nrrd"})
+    paths = slicer_outputs.write_scene_files(ct, detection, tmp_path / "out")
+
+    fresh = create_slicer_core_app()
+    unpack = tmp_path / "unpack"
+    unpack.mkdir()
+    assert fresh.app_logic.OpenSlicerDataBundle(str(paths["scene"]), str(unpack))
+    scene = fresh.scene
+    volume = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert volume.GetName() == "Series 7 Chest 1 mm"
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.GetItemParent(sh.GetItemByDataNode(volume))
+    assert sh.GetItemName(sh.GetItemParent(study)) == "PID-42"
+    display = volume.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == LUNG_WINDOW_LEVEL
+
+    nodes = find_nodule_outputs(scene, volume)
+    for node, nodule in zip(nodes["markups"], detection.nodules, strict=True):
+        assert node.GetNthControlPointLabel(0) == nodule.label
+        assert nodule.label.startswith(f"N{nodule.number} · {nodule.diameter_mm:.1f} mm · p {nodule.probability:.2f} ·")
+        glyph = node.GetDisplayNode()
+        assert glyph.GetGlyphTypeAsString(glyph.GetGlyphType()) == MARKER_GLYPH
+        assert glyph.GetOpacity() == (WEAK_OPACITY if nodule.probability < 0.5 else 1.0)
+        assert RESEARCH_NOTE in node.GetNthControlPointDescription(0)
+    segmentation = nodes["segmentation"]
+    for nodule in detection.nodules:
+        segment = segmentation.GetSegmentation().GetSegment(f"N{nodule.number}")
+        assert segment.GetTerminology() == segment_terminology(nodule)
+        assert "SCT^27925004^Nodule" in segment.GetTerminology() and "SCT^39607008^Lung" in segment.GetTerminology()
+        assert segmentation.GetDisplayNode().GetSegmentOpacity2DFill(f"N{nodule.number}") < 0.5  # a light fill
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(segmentation.GetDisplayNode())
+    assert legend is not None and legend.GetVisibility2D() and legend.GetVisibility3D()
+    assert legend.GetTitleText() == legend_title("malignancy") and "research use only" in legend.GetTitleText()
+    assert legend.GetPrimaryDisplayNode().GetColorNodeID() == nodes["legend"].GetID()
+    assert not nodes["legend"].GetHideFromEditors()
+    assert RESEARCH_NOTE == nodes["table"].GetDescription()
+
+    center, fov = first_view(detection.nodules)
+    for name in ("Red", "Yellow", "Green"):
+        slice_node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+        slice_to_ras = slice_node.GetSliceToRAS()
+        np.testing.assert_allclose([slice_to_ras.GetElement(i, 3) for i in range(3)], center, atol=1e-3)
+        assert slice_node.GetFieldOfView()[0] == pytest.approx(fov)
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    assert selection is None or selection.GetActivePlaceNodeID() not in {n.GetID() for n in nodes["markups"]}
+
+    document = json.loads(paths["markups"].read_text())
+    assert [m["name"] for m in document["markups"]] == [n.GetName() for n in nodes["markups"]]
+    loader = create_slicer_core_app()
+    assert loader.logic("Markups").LoadMarkups(str(paths["markups"]))
+    names = [loader.scene.GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode").GetName()
+             for i in range(loader.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"))]
+    assert names == [n.GetName() for n in nodes["markups"]]

@@ -177,6 +177,6 @@ def _bench(args: argparse.Namespace, tmp: str) -> int:
             files = ", ".join(f"{name} {mb:.1f} MB" for name, mb in e["output_mb"].items())
             print(f"      writing the outputs {e['outputs_s']:.2f} s: {files}")
     if args.json_out:
-        with open(args.json_out, "w") as f:
+        with open(args.json_out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
     return 0

@@ -5,6 +5,10 @@ Used alike by markups, segments, the table, the overview PNG and the legend.
 
 from __future__ import annotations
 
+#: Findings with a detection probability below this line are drawn weaker everywhere they are drawn (fainter
+#: marker, label, outline and overview panel): a p = 0.44 finding must not look as sure as a p = 0.96 one.
+CONFIDENT_PROBABILITY = 0.5
+
 # Anchor colours (RGB in [0, 1]): low malignancy green, 0.5 yellow, high red.
 _MALIGNANCY_ANCHORS = [(0.0, (0.10, 0.75, 0.20)), (0.5, (1.00, 0.85, 0.10)), (1.0, (0.90, 0.10, 0.10))]
 

@@ -16,7 +16,7 @@ def read_csv_rows(path: str | Path, required: Iterable[str], what: str) -> list[
     if not p.is_file():
         raise InputError(f"{p}: {what} file not found")
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header

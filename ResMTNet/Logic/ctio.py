@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from .atomic import TMP_PREFIX, atomic_write
 from .errors import InputError
+from .identity import read_identity
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
 MIN_SPACING_MM = 0.05
@@ -45,6 +46,9 @@ class CTVolume:
     source: str
     #: What the reader wants the user to know (e.g. which of several DICOM series it read).
     notes: tuple[str, ...] = ()
+    #: What the scan is called (DICOM patient ID, series number and description, or the file name);
+    #: see :mod:`resmtnet.identity`.
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def direction_matrix(self) -> np.ndarray:
@@ -338,6 +342,7 @@ def read_ct(path: str | Path, *, hu: bool = True, int16: bool = False) -> CTVolu
     vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p), int16=int16)
     del img
     vol.notes = tuple(notes)
+    vol.identity = read_identity(p, sid)
     _check_values(p, vol.array, hu)
     return vol
 

@@ -1,11 +1,11 @@
 """Find pulmonary nodules in a CT (a volume file SimpleITK reads, or a DICOM series folder), or in many.
 
 One INPUT: writes to OUTDIR, as one set that replaces the previous one whole: nodules.csv (LUNA16 columns,
-LPS mm, + diameter, malignancy, volume, Lung-RADS), report.json, overview.png, and the Slicer files
-nodules.mrk.json, nodules.seg.nrrd and scene.mrb (one click in Slicer). Several INPUTs, --batch FOLDER
-(one scan per file or sub-folder in it) or --inputs-from FILE: a batch, one sub-folder of OUTDIR per
-scan, OUTDIR/nodules.csv with every finding and OUTDIR/failures.csv naming each scan that failed and why;
-exit status 1 when some scans failed, 2 when all did.
+LPS mm, + diameter, malignancy, volume, Lung-RADS size category if solid), report.json, overview.png, and the
+Slicer files nodules.mrk.json, nodules.seg.nrrd and scene.mrb (one click in Slicer) with views.png, the scene
+as Slicer's views draw it. Several INPUTs, --batch FOLDER (one scan per file or sub-folder in it) or
+--inputs-from FILE: a batch, one sub-folder of OUTDIR per scan, OUTDIR/nodules.csv with every finding and
+OUTDIR/failures.csv naming each scan that failed and why; exit status 1 when some scans failed, 2 when all did.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def run_single(args: argparse.Namespace) -> int:
     for n in det.nodules:
         x, y, z = n.center_lps
         print(f"  N{n.number}: ({x:.1f}, {y:.1f}, {z:.1f}) LPS mm  p={n.probability:.2f}  {n.diameter_mm:.1f} mm  "
-              f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads}", file=sys.stdout)
+              f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads} by size if solid", file=sys.stdout)
     print("wrote " + ", ".join(sorted(files)) + f" to {args.out}")
     return 0
 

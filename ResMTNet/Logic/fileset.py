@@ -149,7 +149,7 @@ def read_set(outdir: str | Path, *, verify: bool = False) -> dict[str, Any] | No
     if (outdir / JOURNAL).exists():
         return None
     try:
-        manifest = json.loads((outdir / MANIFEST).read_text())
+        manifest = json.loads((outdir / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
         for name, entry in files.items():
             if not _plain_name(name):
@@ -181,7 +181,7 @@ def _recover_locked(outdir: Path) -> list[str]:
     journal_path = outdir / JOURNAL
     if journal_path.exists():
         try:
-            journal = json.loads(journal_path.read_text())
+            journal = json.loads(journal_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             journal = None  # written by rename, so never half: only a foreign file could be unreadable
         if _valid_journal(journal) and (outdir / journal["staging"]).is_dir():
@@ -245,7 +245,7 @@ def _valid_journal(journal: object) -> bool:
 def _listed_files(outdir: Path) -> set[str]:
     """The names the folder's manifest lists (whether or not they are all there)."""
     try:
-        files = json.loads((outdir / MANIFEST).read_text())["files"]
+        files = json.loads((outdir / MANIFEST).read_text(encoding="utf-8"))["files"]
         return {n for n in files if _plain_name(n)}
     except (OSError, ValueError, KeyError, TypeError):
         return set()

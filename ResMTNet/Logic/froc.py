@@ -290,7 +290,7 @@ def read_series_list(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: series list file not found")
-    with open(p, newline="") as f:
+    with open(p, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.reader(f) if r and r[0].strip()]
     if rows and rows[0][0].strip().lower() in ("seriesuid", "series_uid", "seriesinstanceuid"):
         rows = rows[1:]
@@ -636,7 +636,7 @@ def write_results(result: EvaluationResult, outdir: str | Path, stem: str = "fro
     plot_froc(result, png_path)
 
     def _write_json(p: Path) -> None:
-        with open(p, "w") as f:
+        with open(p, "w", encoding="utf-8") as f:
             f.write(text)
 
     atomic_write(json_path, _write_json)

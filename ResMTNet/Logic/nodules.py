@@ -55,9 +55,16 @@ class Nodule:
         return (-x, -y, z)
 
     @property
+    def name(self) -> str:
+        """The finding's name, ``N<number>`` (N1 is the most probable)."""
+        return f"N{self.number}"
+
+    @property
     def label(self) -> str:
-        """Short label for markups, e.g. ``N1 12 mm 78%``."""
-        return f"N{self.number} {self.diameter_mm:.0f} mm {100 * self.malignancy:.0f}%"
+        """What a reader sees beside the finding, e.g. ``N1 · 25.0 mm · p 0.96 · malignant 51 %``: number, diameter
+        to 0.1 mm (Lung-RADS cut-offs are 6, 8 and 15 mm), detection probability, predicted malignancy."""
+        return (f"{self.name} · {self.diameter_mm:.1f} mm · p {self.probability:.2f} · "
+                f"malignant {100 * self.malignancy:.0f} %")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,7 +101,7 @@ class Detection:
 
 def write_nodules_csv(path: str | Path, seriesuid: str, nodules: list[Nodule]) -> None:
     """Write ``nodules.csv``: LUNA16 submission columns first, then size, malignancy and Lung-RADS."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(NODULES_CSV_COLUMNS)
         for n in nodules:

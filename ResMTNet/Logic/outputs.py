@@ -26,9 +26,10 @@ from .slicer_outputs import MARKUPS_FILE, SCENE_FILE, SEGMENTATION_FILE
 CSV_FILE = "nodules.csv"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
+VIEWS_FILE = "views.png"
 #: every file a detection writes: a new set drops those of the previous one it doesn't write again (the
 #: Slicer files after a --no-slicer-files run), also where an older version wrote them without a manifest
-OUTPUT_FILES = (CSV_FILE, REPORT_FILE, OVERVIEW_FILE, MARKUPS_FILE, SEGMENTATION_FILE, SCENE_FILE)
+OUTPUT_FILES = (CSV_FILE, REPORT_FILE, OVERVIEW_FILE, MARKUPS_FILE, SEGMENTATION_FILE, SCENE_FILE, VIEWS_FILE)
 
 
 def geometry(ct: CTVolume) -> dict[str, Any]:
@@ -57,10 +58,20 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
     }
 
 
+def write_views(scene: Path, out: Path) -> dict[str, str]:
+    """``views.png`` drawn from ``scene`` by Slicer's own views; where offscreen rendering is impossible, a note
+    saying why instead (never an error: the detection stands without its picture)."""
+    from .views import write_views_png
+
+    why_not = write_views_png(scene, out)
+    return {"file": out.name} if why_not is None else {"skipped": why_not}
+
+
 def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Path, *, slicer_files: bool = True,
                             color_by: str = "malignancy", extra_report: dict[str, Any] | None = None
                             ) -> dict[str, Path]:
-    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files to ``outdir``.
+    """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files and views.png
+    to ``outdir``.
 
     They replace the folder's previous set as one (:mod:`.fileset`); the manifest records the input they
     were made from (``input``: its resolved path) for ``detect --resume``. An output folder that can't be
@@ -82,8 +93,9 @@ def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Pa
 
                 files = write_scene_files(ct, detection, tmp, color_by=color_by)
                 report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
+                report_extra["views"] = write_views(files["scene"], tmp / VIEWS_FILE)
             report = build_report(ct, detection, report_extra)
-            with open(tmp / REPORT_FILE, "w") as f:
+            with open(tmp / REPORT_FILE, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
             names = stage.publish({"input": input_key(ct.source), "seriesuid": detection.seriesuid})
     except OSError as e:

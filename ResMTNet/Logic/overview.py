@@ -13,8 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_write
-from .colors import malignancy_color
+from .colors import CONFIDENT_PROBABILITY, malignancy_color
 from .ctio import CTVolume
+from .identity import display_names
 from .nodules import Detection
 
 CROP_PIXEL_MM = 0.5
@@ -84,18 +85,22 @@ def write_overview(path: str | Path, ct: CTVolume, detection: Detection) -> None
         plane = _axial_plane(ct, ct.array, centre, half, nearest=False)
         ax.imshow(plane, cmap="gray", vmin=-1350, vmax=150, interpolation="bilinear")
         color = malignancy_color(n.malignancy)
+        confident = n.probability >= CONFIDENT_PROBABILITY  # weaker findings: dashed outline, fainter title
         if lab is not None:
             m = _axial_plane(ct, lab, centre, half, nearest=True) == n.number
             if m.any():
-                ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.5)
+                ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.5,
+                           linestyles="solid" if confident else "dashed")
         # scale bar: 10 mm
         px = 10.0 / CROP_PIXEL_MM
         ax.plot([5, 5 + px], [plane.shape[0] - 8] * 2, color="white", lw=2)
-        ax.set_title(f"N{n.number}  {n.diameter_mm:.1f} mm  malignancy {100 * n.malignancy:.0f}%\n"
-                     f"p={n.probability:.2f}  Lung-RADS {n.lung_rads}  z={centre[2]:.1f}",
-                     color=color, fontsize=9)
-    fig.suptitle(f"ResMTNet — {detection.seriesuid} — {len(detection.nodules)} finding(s)", color="white",
-                 fontsize=10)
+        ax.text(5 + px / 2, plane.shape[0] - 12, "10 mm", color="white", fontsize=7, ha="center", va="bottom")
+        ax.set_title(f"{n.name} · {n.diameter_mm:.1f} mm · p {n.probability:.2f}\n"
+                     f"malignant {100 * n.malignancy:.0f} % · z {centre[2]:.1f} mm",
+                     color=color, fontsize=9, alpha=1.0 if confident else 0.6)
+    names = display_names(ct.identity, fallback=detection.seriesuid or "CT")
+    fig.suptitle(f"ResMTNet — {names.title} — {len(detection.nodules)} finding(s) — research use only",
+                 color="white", fontsize=10)
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, facecolor="black", format="png"))

@@ -727,7 +727,7 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
                 if progress:
                     progress(done / n, f"phantom {done}/{n}")
     tmp = out / ".annotations.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(ANNOTATION_COLUMNS)
         for i in range(n):

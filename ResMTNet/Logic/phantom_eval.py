@@ -80,7 +80,7 @@ def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
     annotations = phantom_dir / "annotations.csv"
     if not _has_lung_share(annotations):
         return False
-    with open(annotations, newline="") as f:
+    with open(annotations, newline="", encoding="utf-8") as f:
         listed = {r["seriesuid"] for r in csv.DictReader(f)}  # every phantom has at least one nodule
     return all(uid in listed and (phantom_dir / f"{uid}.nrrd").is_file() for uid in series)
 
@@ -88,7 +88,7 @@ def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
 def _has_lung_share(annotations_csv: Path) -> bool:
     if not annotations_csv.is_file():
         return False
-    with open(annotations_csv, newline="") as f:
+    with open(annotations_csv, newline="", encoding="utf-8") as f:
         return "lung_share" in (csv.DictReader(f).fieldnames or ())
 
 
@@ -114,7 +114,7 @@ def sensitivity_by_kind(result: EvaluationResult, annotations_csv: str | Path, f
     within its scan.
     """
     rows: dict[str, list[dict[str, str]]] = {}
-    with open(annotations_csv, newline="") as f:
+    with open(annotations_csv, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             rows.setdefault(r["seriesuid"], []).append(r)
     threshold, found = found_at(result, fp_rate)

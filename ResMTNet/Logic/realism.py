@@ -132,7 +132,7 @@ def _view(ct: CTVolume, lungs: np.ndarray, name: str) -> _ScanView:
 def nodules_from_annotations(ct: CTVolume, csv_path: str | Path) -> np.ndarray | None:
     """Spheres (diameter from the row) around the LUNA16 rows of ``csv_path`` that belong to ``ct``."""
     rows = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row.get("seriesuid") in (ct.seriesuid, Path(ct.source).name.split(".")[0]):
                 rows.append(row)

@@ -28,6 +28,7 @@ from .slicer_scene import (
     output_parent_item,
     put_volume_in_study,
     segment_tags,
+    segment_terminology,
     table_rows,
     volume_node_from_ct,
 )
@@ -153,6 +154,9 @@ def _check_segmentation(nodes: dict[str, Any], volume_node: Any, detection: Dete
         rgb = nodule_color(nodule, color_by)
         if not _close(segment.GetColor(), rgb, COLOR_TOLERANCE):
             problems.append(f"segment {segment_id}: colour {segment.GetColor()}, expected {rgb}")
+        if segment.GetTerminology() != segment_terminology(nodule):
+            problems.append(f"segment {segment_id}: terminology {segment.GetTerminology()!r}, "
+                            f"expected {segment_terminology(nodule)!r}")
         for key, value in segment_tags(nodule).items():
             got = segment_tag(segment, key)
             if got != value:

@@ -3,12 +3,13 @@
 ``write_scene_files`` builds the same scene the Slicer module builds (:mod:`.slicer_scene`) on a
 slicer-core scene and writes:
 
-- ``nodules.mrk.json``: the fiducials, one markups entry per nodule (each in its own colour), in one
-  Slicer markups JSON file; dropping it on Slicer loads every nodule. Control points are stored in LPS,
-  as Slicer writes them.
+- ``nodules.mrk.json``: the fiducials, one named markups entry per nodule (each in its own colour), in one
+  Slicer markups JSON file; dropping it on Slicer loads every nodule under its name. Control points are
+  stored in LPS, as Slicer writes them.
 - ``nodules.seg.nrrd``: the segmentation, one segment per nodule, on the CT's grid.
 - ``scene.mrb``: the whole scene (CT, fiducials, segmentation, table, legend) in one Slicer data bundle
-  that opens with one click (File / Open Data, or drag and drop).
+  that opens with one click (File / Open Data, or drag and drop), named after the DICOM patient ID and
+  series (or the file name), its slice views centred on N1 in a lung window.
 
 Files are written into a temporary folder beside the output folder and moved into place only when all
 of them were written, so a failure leaves nothing partial behind.
@@ -69,13 +70,15 @@ def write_markups_json(nodes: list[Any], path: str | Path) -> None:
             storage.SetFileName(os.path.join(tmp, f"{i}.mrk.json"))
             if not storage.WriteData(node):
                 raise OSError(f"could not write markups node {node.GetName()}")
-            with open(storage.GetFileName()) as f:
+            with open(storage.GetFileName(), encoding="utf-8") as f:
                 single = json.load(f)
             document = document or single
+            for entry in single["markups"]:
+                entry["name"] = node.GetName()  # Slicer's reader names the node after it (else: the file's name)
             entries += single["markups"]
     assert document is not None
     document["markups"] = entries if nodes else []
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=4)
 
 
@@ -98,11 +101,13 @@ def _crop_segmentation_in_bundle(node: Any) -> None:
     node.GetStorageNode().SetCropToMinimumExtent(True)
 
 
-def add_slice_views(app: Any, volume_node: Any) -> None:
-    """Red, Yellow and Green slice views (axial, sagittal, coronal) showing ``volume_node``, fitted to it.
+def add_slice_views(app: Any, volume_node: Any,
+                    view: tuple[tuple[float, float, float], float] | None = None) -> None:
+    """Red, Yellow and Green slice views (axial, sagittal, coronal) showing ``volume_node``: centred on
+    ``view``'s RAS point with its square field of view (mm) where given, else fitted to the volume.
 
     Slicer keeps these as singleton nodes; a scene file that has them makes Slicer show the CT as soon
-    as the .mrb is opened, instead of empty views.
+    as the .mrb is opened, instead of empty views, and where the reader should look first.
     """
     import slicer
 
@@ -115,6 +120,10 @@ def add_slice_views(app: Any, volume_node: Any) -> None:
         slice_node.SetOrientation(orientation)
         logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
         logic.FitSliceToAll()
+        if view is not None:
+            center, fov = view
+            slice_node.SetFieldOfView(fov, fov, slice_node.GetFieldOfView()[2])
+            slice_node.JumpSliceByCentering(*center)
         app.keep_alive.append(logic)
 
 
@@ -124,19 +133,26 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
 
     Returns their paths by kind: ``markups``, ``segmentation``, ``scene``.
     """
+    from .identity import display_names
     from .slicer_app import create_slicer_core_app
-    from .slicer_scene import build_nodule_scene, check_color_by, put_volume_in_study, volume_node_from_ct
+    from .slicer_scene import (
+        build_nodule_scene,
+        check_color_by,
+        first_view,
+        put_volume_in_study,
+        volume_node_from_ct,
+    )
 
     check_color_by(color_by)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     app = create_slicer_core_app()
     scene = app.scene
-    name = ct.seriesuid or "CT"
-    volume = volume_node_from_ct(scene, ct, name, share_voxels=True)
-    put_volume_in_study(scene, volume, patient_name=name, study_name=f"{name} study")
+    shown = display_names(ct.identity, fallback=ct.seriesuid or "CT")
+    volume = volume_node_from_ct(scene, ct, shown.volume, share_voxels=True)
+    put_volume_in_study(scene, volume, patient_name=shown.patient, study_name=shown.study)
     nodes = build_nodule_scene(scene, volume, detection, color_by=color_by)
-    add_slice_views(app, volume)
+    add_slice_views(app, volume, first_view(detection.nodules))
 
     names = {"markups": MARKUPS_FILE, "segmentation": SEGMENTATION_FILE, "scene": SCENE_FILE}
     tmp = Path(tempfile.mkdtemp(prefix=".resmtnet-", dir=outdir))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .colors import LUNG_RADS_COLORS, lung_rads_color, malignancy_color
+from .colors import CONFIDENT_PROBABILITY, LUNG_RADS_COLORS, lung_rads_color, malignancy_color
 from .ctio import CTVolume, holds_whole_int16
 from .errors import InputError
 from .nodules import Detection, Nodule
@@ -49,18 +49,51 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 LUNG_RADS_SIZE_TEXT = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", "4B": ">= 15 mm"}
 
-# Table columns: (name, kind, unit, description). Kind picks the VTK array type.
+RESEARCH_NOTE = "Research use only, not for diagnosis: ResMTNet's findings must not guide any clinical decision."
+
+WEAK_OPACITY = 0.4  # markers, labels and outlines of findings under the confidence line (colors.CONFIDENT_PROBABILITY)
+
+#: The marker is Slicer's ``Cross2D`` glyph: four arms from 0.2 to 0.5 glyph sizes away from the point and
+#: nothing at the centre. At 3 diameters, the arms start 0.6 diameters from the centre, outside the nodule,
+#: and reach 1.5 diameters: the cross frames the nodule and never covers it (Slicer fills 2-D glyphs such as
+#: Circle2D, which would hide it).
+MARKER_GLYPH = "Cross2D"
+MARKER_SIZE_PER_DIAMETER = 3.0
+MARKER_MIN_SIZE_MM = 10.0
+
+#: Segments: a full outline and a light fill in the slice views.
+SEGMENT_FILL_OPACITY = 0.15
+WEAK_SEGMENT_FILL_OPACITY = 0.06
+
+LEGEND_FONT_SIZE = 16
+
+#: Slicer's CT-Lung window/level preset (Modules/Loadable/Volumes/Resources/VolumeDisplayPresets.json).
+LUNG_WINDOW_LEVEL = (1400.0, -500.0)
+
+#: Standard terminology of a finding's segment (Slicer's terminology string: DICOM master list, SNOMED CT codes):
+#: category Morphologically Altered Structure, type Nodule (under 30 mm) or Mass (30 mm and over), region Lung.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+REGION_CONTEXT = "Anatomic codes - DICOM master list"
+CATEGORY_CODE = ("SCT", "49755003", "Morphologically Altered Structure")
+NODULE_CODE = ("SCT", "27925004", "Nodule")
+MASS_CODE = ("SCT", "4147007", "Mass")
+LUNG_CODE = ("SCT", "39607008", "Lung")
+MASS_DIAMETER_MM = 30.0
+
+# Table columns: (name, kind, unit, description). Kind picks the VTK array type. Values are rounded as shown;
+# the centre is LPS, as in nodules.csv.
 TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
-    ("Number", "int", "", "Nodule number n: fiducial and segment N<n>"),
-    ("R", "double", "mm", "Centre, Right coordinate (RAS)"),
-    ("A", "double", "mm", "Centre, Anterior coordinate (RAS)"),
-    ("S", "double", "mm", "Centre, Superior coordinate (RAS)"),
+    ("Finding", "string", "", "Finding N<n>: its fiducial and segment carry the same name (N1 is the most probable)"),
+    ("L", "double", "mm", "Centre, LPS x (towards the patient's left), as in nodules.csv; Slicer's R = -L"),
+    ("P", "double", "mm", "Centre, LPS y (towards posterior), as in nodules.csv; Slicer's A = -P"),
+    ("S", "double", "mm", "Centre, LPS z (towards superior), as in nodules.csv and Slicer"),
     ("Diameter", "double", "mm", "Estimated nodule diameter"),
     ("Volume", "double", "mm3", "Volume of the nodule's segmented mask"),
-    ("Probability", "double", "%", "Detection confidence: probability that this is a nodule"),
+    ("p", "double", "", "Detection probability that this is a nodule (0 to 1); under "
+     f"{CONFIDENT_PROBABILITY} drawn faded"),
     ("Malignancy", "double", "%", "Predicted probability that the nodule is malignant"),
-    ("Lung-RADS", "string", "", "Lung-RADS v2022 category from size, for a solid nodule on a baseline scan"),
-    ("Type", "string", "", "Nodule type (solid, part-solid, ground-glass, calcified)"),
+    ("Lung-RADS size", "string", "", "Lung-RADS v2022 size category IF the nodule is solid, on a baseline scan: "
+     "size-based only; the model does not tell solid from part-solid or ground-glass"),
 ]
 
 
@@ -85,14 +118,20 @@ def legend_entries(color_by: str = "malignancy") -> list[tuple[str, tuple[float,
     """What each colour means: (text, rgb) pairs, low to high."""
     if check_color_by(color_by) == "malignancy":
         steps = (0.0, 0.25, 0.5, 0.75, 1.0)
-        names = {0.0: " (benign)", 0.5: " (uncertain)", 1.0: " (malignant)"}
-        return [(f"Malignancy {100 * p:.0f}%{names.get(p, '')}", malignancy_color(p)) for p in steps]
-    return [(f"Lung-RADS {cat}: {LUNG_RADS_SIZE_TEXT[cat]}", rgb) for cat, rgb in LUNG_RADS_COLORS.items()]
+        names = {0.0: " benign", 0.5: " uncertain", 1.0: " malignant"}
+        return [(f"{100 * p:.0f} %{names.get(p, '')}", malignancy_color(p)) for p in steps]
+    return [(f"{cat}: {LUNG_RADS_SIZE_TEXT[cat]}", rgb) for cat, rgb in LUNG_RADS_COLORS.items()]
+
+
+def legend_title(color_by: str = "malignancy") -> str:
+    """The legend's title: what the colours mean, and that the findings are for research only."""
+    what = "Malignancy (model)" if check_color_by(color_by) == "malignancy" else "Lung-RADS size, if solid"
+    return f"{what}\nresearch use only"
 
 
 def legend_html(color_by: str = "malignancy") -> str:
     """The legend as rich text (coloured squares and their meaning), for a label in the panel."""
-    parts = []
+    parts = [legend_title(color_by).replace("\n", ", ") + ":"]
     for text, rgb in legend_entries(color_by):
         hexrgb = "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
         parts.append(f'<span style="color:{hexrgb}">&#9632;</span>&nbsp;{text}')
@@ -149,9 +188,9 @@ def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None, share
     """Add a scalar volume node holding ``ct`` (voxels copied, geometry converted LPS → RAS).
 
     Integer-valued HU are stored as int16, as CT scanners and Slicer's DICOM import give them.
-    The display shows a lung window (W 1500, L -600). ``share_voxels``: where ``ct.array`` is stored as it
-    is (int16, or float32 that are not whole numbers) the node uses it, not a copy (for a scene only written
-    to files: a large CT held once).
+    The display shows a lung window (Slicer's CT-Lung preset, W 1400, L -500). ``share_voxels``: where
+    ``ct.array`` is stored as it is (int16, or float32 that are not whole numbers) the node uses it, not a copy
+    (for a scene only written to files: a large CT held once).
     """
     a = ct.array
     if np.issubdtype(a.dtype, np.floating) and holds_whole_int16(a):
@@ -165,7 +204,7 @@ def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None, share
         if display.GetColorNodeID() is None:
             display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         display.SetAutoWindowLevel(False)
-        display.SetWindowLevel(1500.0, -600.0)
+        display.SetWindowLevel(*LUNG_WINDOW_LEVEL)
     if ct.seriesuid:
         node.SetAttribute("ResMTNet.SeriesUID", ct.seriesuid)
     _item(scene, node)
@@ -362,6 +401,7 @@ def _add_markup(scene: Any, volume_node: Any, nodule: Nodule, color_by: str, fol
     node.CreateDefaultDisplayNodes()
     index = node.AddControlPoint(list(nodule.center_ras), nodule.label)
     node.SetNthControlPointDescription(index, describe(nodule))
+    node.SetDescription(RESEARCH_NOTE)
     node.SetNthControlPointLocked(index, True)  # a finding, not something to drag by accident
     node.SetAttribute(NUMBER_ATTRIBUTE, str(nodule.number))
     node.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
@@ -371,25 +411,53 @@ def _add_markup(scene: Any, volume_node: Any, nodule: Nodule, color_by: str, fol
     display.SetSelectedColor(*rgb)
     display.SetColor(*rgb)
     display.SetActiveColor(*rgb)
-    # A ring around the nodule in the slice views: absolute glyph size, 1.5x the diameter.
-    display.SetGlyphTypeFromString("Circle2D")
+    # A cross framing the nodule in the slice views, absolute size (see MARKER_GLYPH)
+    display.SetGlyphTypeFromString(MARKER_GLYPH)
     display.SetUseGlyphScale(False)
     display.SetGlyphSize(glyph_size_mm(nodule))
-    display.SetTextScale(3.0)
+    display.SetTextScale(1.8)
+    display.SetOpacity(marker_opacity(nodule))
     _place(scene, node, folder)
     return node
 
 
 def glyph_size_mm(nodule: Nodule) -> float:
-    """Fiducial glyph size: a ring 1.5 times the nodule's diameter (at least 4 mm, to stay visible)."""
-    return max(4.0, 1.5 * float(nodule.diameter_mm))
+    """Fiducial glyph size: the cross's span, 3 times the nodule's diameter (at least 10 mm, to stay visible)."""
+    return max(MARKER_MIN_SIZE_MM, MARKER_SIZE_PER_DIAMETER * float(nodule.diameter_mm))
+
+
+def is_confident(nodule: Nodule) -> bool:
+    """Whether a finding is drawn at full strength (detection probability at or above the confidence line)."""
+    return float(nodule.probability) >= CONFIDENT_PROBABILITY
+
+
+def marker_opacity(nodule: Nodule) -> float:
+    """Opacity of a finding's marker and label: full above the confidence line, faded below it."""
+    return 1.0 if is_confident(nodule) else WEAK_OPACITY
 
 
 def describe(nodule: Nodule) -> str:
-    return (f"Nodule {nodule.number}: diameter {nodule.diameter_mm:.1f} mm, "
-            f"volume {nodule.volume_mm3:.0f} mm3, malignancy {100 * nodule.malignancy:.0f}%, "
-            f"detection probability {100 * nodule.probability:.0f}%, Lung-RADS {nodule.lung_rads}, "
-            f"{nodule.nodule_type}")
+    """A finding in one sentence (the control point's description)."""
+    return (f"Finding {nodule.name}: diameter {nodule.diameter_mm:.1f} mm, "
+            f"volume {nodule.volume_mm3:.0f} mm3, detection probability {nodule.probability:.2f}, "
+            f"malignancy {100 * nodule.malignancy:.0f} %, Lung-RADS {nodule.lung_rads} by size if solid. "
+            f"{RESEARCH_NOTE}")
+
+
+def segment_terminology(nodule: Nodule) -> str:
+    """Slicer's terminology string for a finding's segment: a lung nodule, or a lung mass from 30 mm."""
+    import slicer
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    entry.SetTerminologyContextName(TERMINOLOGY_CONTEXT)
+    entry.SetRegionContextName(REGION_CONTEXT)
+    kind = MASS_CODE if float(nodule.diameter_mm) >= MASS_DIAMETER_MM else NODULE_CODE
+    for coded, (scheme, value, meaning) in ((entry.GetCategoryObject(), CATEGORY_CODE),
+                                            (entry.GetTypeObject(), kind), (entry.GetRegionObject(), LUNG_CODE)):
+        coded.SetCodingSchemeDesignator(scheme)
+        coded.SetCodeValue(value)
+        coded.SetCodeMeaning(meaning)
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
 
 
 def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
@@ -452,11 +520,12 @@ def _fill_segmentation(scene: Any, node: Any, volume_node: Any, detection: Detec
         node.CreateDefaultDisplayNodes()
     segment_ids = vtk.vtkStringArray()
     for nodule in nodules:
-        segment_id = f"N{nodule.number}"
+        segment_id = nodule.name
         segmentation.AddEmptySegment(segment_id, nodule.label, list(nodule_color(nodule, color_by)))
         segment = segmentation.GetSegment(segment_id)
         for key, value in segment_tags(nodule).items():
             segment.SetTag(key, value)
+        segment.SetTerminology(segment_terminology(nodule))
         segment_ids.InsertNextValue(segment_id)
     image = _labels_image(detection, nodules) if nodules and detection.labels is not None else None
     if image is not None:
@@ -464,28 +533,45 @@ def _fill_segmentation(scene: Any, node: Any, volume_node: Any, detection: Detec
         if not logic.ImportLabelmapToSegmentationNode(image, node, segment_ids):
             raise RuntimeError("importing the nodule masks into the segmentation failed")
     node.CreateClosedSurfaceRepresentation()
+    _style_segments(node, nodules)
+
+
+def _style_segments(node: Any, nodules: list[Nodule]) -> None:
+    """Outline plus light fill in the slice views; findings under the confidence line fainter everywhere."""
+    display = node.GetDisplayNode()
+    display.SetVisibility2DOutline(True)
+    display.SetVisibility2DFill(True)
+    display.SetOpacity2DOutline(1.0)
+    display.SetOpacity2DFill(1.0)
+    display.SetSliceIntersectionThickness(2)
+    for nodule in nodules:
+        confident = is_confident(nodule)
+        display.SetSegmentOpacity2DFill(nodule.name, SEGMENT_FILL_OPACITY if confident else WEAK_SEGMENT_FILL_OPACITY)
+        display.SetSegmentOpacity2DOutline(nodule.name, 1.0 if confident else WEAK_OPACITY)
+        display.SetSegmentOpacity3D(nodule.name, 1.0 if confident else WEAK_OPACITY)
 
 
 def segment_tags(nodule: Nodule) -> dict[str, str]:
-    """Tags stored on each nodule's segment (strings, as segment tags are)."""
+    """Tags stored on each nodule's segment (strings, as segment tags are). Only what the model tells: no
+    nodule type (it predicts none), and the Lung-RADS category named as size-based, assuming solid."""
     return {
         "ResMTNet.Number": str(nodule.number),
         "ResMTNet.DiameterMm": f"{nodule.diameter_mm:.2f}",
         "ResMTNet.VolumeMm3": f"{nodule.volume_mm3:.1f}",
         "ResMTNet.Malignancy": f"{nodule.malignancy:.4f}",
         "ResMTNet.Probability": f"{nodule.probability:.4f}",
-        "ResMTNet.LungRADS": nodule.lung_rads,
-        "ResMTNet.NoduleType": nodule.nodule_type,
+        "ResMTNet.LungRADSSizeIfSolid": nodule.lung_rads,
     }
 
 
 def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
-    """The table's rows, in :data:`TABLE_COLUMNS` order: what the table node holds, as plain values."""
+    """The table's rows, in :data:`TABLE_COLUMNS` order, rounded as a reader wants them: centre (LPS) and
+    diameter to 0.1 mm, volume to 1 mm3, p to 0.01, malignancy to 1 %."""
     rows = []
     for n in nodules:
-        r, a, s = n.center_ras
-        rows.append([int(n.number), float(r), float(a), float(s), float(n.diameter_mm), float(n.volume_mm3),
-                     100.0 * float(n.probability), 100.0 * float(n.malignancy), n.lung_rads, n.nodule_type])
+        x, y, z = (round(float(c), 1) for c in n.center_lps)
+        rows.append([n.name, x, y, z, round(float(n.diameter_mm), 1), float(round(float(n.volume_mm3))),
+                     round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.lung_rads])
     return rows
 
 
@@ -505,6 +591,7 @@ def _fill_table(node: Any, nodules: list[Nodule]) -> None:
         node.SetColumnUnitLabel(name, unit)
         node.SetColumnDescription(name, description)
     node.SetLocked(True)  # results: not editable in the table view
+    node.SetDescription(RESEARCH_NOTE)
     node.EndModify(was_modifying)
 
 
@@ -513,15 +600,65 @@ def _add_legend(scene: Any, volume_node: Any, color_by: str, folder: int) -> Any
     title = "malignancy" if color_by == "malignancy" else "Lung-RADS size category"
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"Nodule colours ({title})")
     node.SetTypeToUser()
+    node.SetHideFromEditors(False)  # colour tables are hidden by default; this one is the legend: show it
     node.SetNumberOfColors(len(entries))
     node.GetLookupTable().SetTableRange(0, len(entries) - 1)
     for i, (text, rgb) in enumerate(entries):
         node.SetColor(i, text, rgb[0], rgb[1], rgb[2], 1.0)
     node.SetAttribute("Category", "ResMTNet")
     node.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
+    node.SetDescription(RESEARCH_NOTE)
     _tag(node, ROLE_LEGEND, volume_node)
     _place(scene, node, folder)
     return node
+
+
+def show_legend(segmentation_node: Any, legend_node: Any, color_by: str) -> Any:
+    """Slicer's colour legend for the nodule colours, in the slice and 3-D views.
+
+    A colour legend display node shows the colour table of its primary display node; the segmentation's
+    display node gets the legend table as its colour node (segments keep their own colours) and is the
+    primary display node. Returns the colour legend display node (one per segmentation, reused)."""
+    import slicer
+
+    display = segmentation_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(legend_node.GetID())
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(display)
+    legend.SetName(f"{legend_node.GetName()} legend")
+    legend.SetTitleText(legend_title(color_by))
+    legend.SetUseColorNamesForLabels(True)
+    legend.SetMaxNumberOfColors(legend_node.GetNumberOfColors())
+    legend.SetLabelFormat(legend.GetDefaultTextLabelFormat())
+    # bottom left, clear of the labels, which Slicer writes to the right of their marker; text large enough to read
+    legend.SetPosition(0.02, 0.08)
+    legend.SetSize(0.25, 0.35)
+    for text in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+        text.SetFontFamilyToArial()
+        text.SetFontSize(LEGEND_FONT_SIZE)
+    legend.GetTitleTextProperty().SetBold(True)
+    legend.SetVisibility(True)
+    legend.SetVisibility2D(True)
+    legend.SetVisibility3D(True)
+    return legend
+
+
+def _release_place_node(scene: Any, markups: list[Any]) -> None:
+    """Markups logic makes each new fiducial node the active place node; a click in a view would then add a
+    point to a finding. Leave no finding active."""
+    ids = {n.GetID() for n in markups}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSelectionNode")):
+        selection = scene.GetNthNodeByClass(i, "vtkMRMLSelectionNode")
+        if selection.GetActivePlaceNodeID() in ids:
+            selection.SetActivePlaceNodeID(None)
+
+
+def first_view(nodules: list[Nodule]) -> tuple[tuple[float, float, float], float] | None:
+    """Where the views open: N1's RAS centre and a square field of view (mm) that shows it with its
+    surroundings and room for its label (10 diameters, 100 to 250 mm); None without findings."""
+    if not nodules:
+        return None
+    top = min(nodules, key=lambda n: n.number)
+    return top.center_ras, float(min(250.0, max(100.0, 10.0 * float(top.diameter_mm))))
 
 
 def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color_by: str = "malignancy",
@@ -562,12 +699,14 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     sh.SetItemAttribute(folder, ROLE_ATTRIBUTE, ROLE_FOLDER)
 
     markups = [_add_markup(scene, volume_node, n, color_by, folder) for n in nodules]
+    _release_place_node(scene, markups)
 
     if segmentation is None:
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{base} nodules")
     _tag(segmentation, ROLE_SEGMENTATION, volume_node)
     segmentation.SetAttribute(COLOR_BY_ATTRIBUTE, color_by)
     _fill_segmentation(scene, segmentation, volume_node, detection, nodules, color_by)
+    segmentation.SetDescription(RESEARCH_NOTE)
     _place(scene, segmentation, parent)
 
     if table is None:
@@ -577,6 +716,7 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     _place(scene, table, parent)
 
     legend = _add_legend(scene, volume_node, color_by, folder)
+    show_legend(segmentation, legend, color_by)
     return {"markups": markups, "segmentation": segmentation, "table": table, "legend": legend,
             "folder": folder}
 
@@ -597,6 +737,7 @@ def find_nodule_outputs(scene: Any, volume_node: Any) -> dict[str, Any]:
 
 
 def table_row_ras(table_node: Any, row: int) -> tuple[float, float, float]:
-    """RAS centre of the nodule in a results table row (for jumping the slice views to it)."""
+    """RAS centre of the nodule in a results table row (for jumping the slice views to it); the table holds LPS."""
     t = table_node.GetTable()
-    return tuple(float(t.GetColumnByName(c).GetValue(row)) for c in ("R", "A", "S"))  # type: ignore[return-value]
+    x, y, z = (float(t.GetColumnByName(c).GetValue(row)) for c in ("L", "P", "S"))
+    return (-x, -y, z)

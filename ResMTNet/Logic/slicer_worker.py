@@ -97,7 +97,7 @@ def write_results(detection: Any, outdir: Path) -> None:
     image.SetDirection(detection.direction)
     atomic_write(outdir / LABELS_FILE, lambda tmp: sitk.WriteImage(image, str(tmp), True))
     text = json.dumps(detection_to_json(detection), indent=1)
-    atomic_write(outdir / RESULT_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write(outdir / RESULT_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_results(outdir: str | Path) -> Any:
@@ -108,7 +108,7 @@ def read_results(outdir: str | Path) -> Any:
     from .nodules import Detection, Nodule
 
     outdir = Path(outdir)
-    d = json.loads((outdir / RESULT_FILE).read_text())
+    d = json.loads((outdir / RESULT_FILE).read_text(encoding="utf-8"))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / LABELS_FILE))).astype(np.uint16, copy=False)
     return Detection(seriesuid=d["seriesuid"], nodules=[Nodule.from_dict(n) for n in d["nodules"]], labels=labels,
                      spacing=tuple(d["spacing"]), origin=tuple(d["origin"]), direction=tuple(d["direction"]),
