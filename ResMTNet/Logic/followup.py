@@ -124,7 +124,7 @@ def register_scans(prior: CTVolume, current: CTVolume) -> Registration:
         r = sitk.ImageRegistrationMethod()
         r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=48)
         r.SetMetricSamplingStrategy(r.REGULAR)
-        r.SetMetricSamplingPercentage(0.25, seed=1)
+        r.SetMetricSamplingPercentage(0.1, seed=1)
         if mask is not None:
             r.SetMetricFixedMask(mask)
         r.SetInterpolator(sitk.sitkLinear)
