@@ -205,3 +205,22 @@ def test_lidc_0001_against_itself_moved_matches_its_nodule_with_no_growth(lidc_d
     truth = np.array(move.GetInverse().TransformPoint(pair["current_center_lps"]))
     assert np.linalg.norm(np.array(pair["current_center_in_prior_lps"]) - truth) < 1.5  # the registration
     assert pair["distance_mm"] < 2.0
+
+
+def test_dates_in_the_wrong_order_and_a_missing_ct_are_one_line_each(prior_and_current, tmp_path, capsys):
+    prior_ct, prior, _, _ = prior_and_current
+    from resmtnet.ctio import write_volume
+
+    ct = CTVolume(prior_ct.array[::4, ::4, ::4].copy(), tuple(4 * s for s in prior_ct.spacing), prior_ct.origin,
+                  prior_ct.direction, "small", str(tmp_path / "small.nrrd"))
+    write_volume(ct, ct.source)
+    write_detection_outputs(ct, Detection(ct.seriesuid, prior[:1], np.zeros(ct.array.shape, np.uint16), ct.spacing,
+                                          ct.origin, ct.direction), tmp_path / "results", slicer_files=False)
+    assert cli_main(["followup", str(tmp_path / "results"), str(tmp_path / "results"), "-o", str(tmp_path / "o"),
+                     "--prior-date", "2025-02-01", "--current-date", "2025-01-01"]) == 2
+    assert "lies before --prior-date" in capsys.readouterr().err
+    (tmp_path / "small.nrrd").unlink()
+    assert cli_main(["followup", str(tmp_path / "results"), str(tmp_path / "results"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "small.nrrd" in err and "which is not there" in err
+    assert not (tmp_path / "o").exists()

@@ -68,9 +68,10 @@ def _side(path: str, args: argparse.Namespace, model_holder: dict):
     from .nodules import Nodule
 
     p = Path(path)
-    if p.is_dir() and (p / "report.json").is_file() and read_set(p) is not None:
+    manifest = read_set(p) if p.is_dir() else None
+    if manifest is not None and (p / "report.json").is_file():
         report = json.loads((p / "report.json").read_text())
-        source = report.get("input", {}).get("path", "")
+        source = manifest.get("input") or report.get("input", {}).get("path", "")  # the manifest's is resolved
         if not source or not Path(source).exists():
             raise InputError(f"{p}: its report.json names the CT {source or '(none)'}, which is not there: "
                              "the registration needs it")
@@ -88,19 +89,24 @@ def _side(path: str, args: argparse.Namespace, model_holder: dict):
 
 def run(args: argparse.Namespace) -> int:
     from . import __version__
-    from .errors import OutputError
+    from .errors import InputError, OutputError
     from .fileset import StagedSet
     from .followup import CSV_COLUMNS, compare, csv_rows, register_scans, study_interval_days
     from .outputs import describe_output_error
     from .preflight import check_output_dir
 
     check_output_dir(args.out)
+    if args.prior_date and args.current_date and args.current_date < args.prior_date:
+        raise InputError(f"--current-date {args.current_date} lies before --prior-date {args.prior_date}")
     models: dict = {}
     prior_ct, prior, prior_from = _side(args.prior, args, models)
     current_ct, current, current_from = _side(args.current, args, models)
     prior_date = args.prior_date or _study_date(prior_ct)
     current_date = args.current_date or _study_date(current_ct)
     days = study_interval_days(prior_date, current_date)
+    if days is not None and days < 0:
+        raise InputError(f"{args.current}: its study date {current_date} lies before the prior's, {prior_date}: "
+                         "swap PRIOR and CURRENT, or give the dates")
     registration = register_scans(prior_ct, current_ct)
     pairs = compare(prior, current, registration, days)
     result = {
