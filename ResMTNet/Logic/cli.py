@@ -23,6 +23,7 @@ from .errors import ResMTNetError
 # name → (module inside this package, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("detect_cli", "find nodules in a CT volume or DICOM series folder, or in many (a batch)"),
+    "followup": ("followup_cli", "compare a scan's nodules with a prior scan's: growth, doubling time, new, resolved"),
     "phantom": ("phantom_cli", "generate synthetic chest CT phantoms with LUNA16-style annotations"),
     "train": ("train_cli", "train Res-MTNet on phantoms, LUNA16 or LIDC-IDRI data"),
     "evaluate": ("evaluate_cli", "score predictions by the LUNA16 FROC protocol (CPM), AUC and size error"),

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="colour of fiducials and segments in the Slicer files: by malignancy (green to red) or by "
                         "Lung-RADS size category")
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write a DICOM Segmentation (one segment per nodule) and a TID 1500 Structured Report "
+                        "referencing the source slices into DIR (one DICOM series folder as the input)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: also run the network on the scan's mirror images and average "
                         "(default; the passes the model's threshold was calibrated with: all seven mirror images "
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     from .errors import InputError, ResMTNetError
-    from .preflight import check_detect_options
+    from .preflight import check_detect_options, check_dicom_out
 
     check_detect_options(args.threshold, args.max_findings, args.min_diameter)
     if not args.no_slicer_files and importlib.util.find_spec("slicer") is None:
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
                             "installed here: install it (requirements.txt) or pass --no-slicer-files")
     if not args.input and args.inputs_from is None:
         raise InputError("no input: give a CT volume or DICOM series folder (or several, or --inputs-from FILE)")
-    if len(args.input) > 1 or args.batch or args.inputs_from is not None:
+    batch = len(args.input) > 1 or args.batch or args.inputs_from is not None
+    if args.dicom_out is not None:
+        check_dicom_out(args.input, args.dicom_out, args.out, batch=batch)
+    if batch:
         return run_batch(args)
     return run_single(args)
 
@@ -83,6 +89,7 @@ def run_single(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .cli import print_warnings
+    from .dicom_export import read_source_series, write_dicom_outputs
     from .fileset import read_set, recover
     from .memory import read_ct_for_detection
     from .outputs import input_key, write_detection_outputs
@@ -94,12 +101,13 @@ def run_single(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):  # finish a publish a killed run left; an OUTDIR that can't be written
         recover(args.out)               # is reported when the results are written
     if args.resume:
-        if (read_set(args.out) or {}).get("input") == input_key(source):
+        if all((read_set(d) or {}).get("input") == input_key(source) for d in (args.out, args.dicom_out) if d):
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
     model = _load_model(args)
     ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
     print_warnings(ct.notes)
+    series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
                                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
@@ -115,6 +123,7 @@ def run_single(args: argparse.Namespace) -> int:
             bar.close()
     files = write_detection_outputs(ct, det, args.out, slicer_files=not args.no_slicer_files,
                                     color_by=args.color_by)
+    dicom_files = write_dicom_outputs(series, ct, det, args.dicom_out) if series is not None else {}
     print(f"{len(det.nodules)} nodule(s) in {ct.seriesuid or source} "
           f"({det.info['timings_s']['total']:.1f} s on {det.info['device']})")
     for n in det.nodules:
@@ -122,6 +131,8 @@ def run_single(args: argparse.Namespace) -> int:
         print(f"  N{n.number}: ({x:.1f}, {y:.1f}, {z:.1f}) LPS mm  p={n.probability:.2f}  {n.diameter_mm:.1f} mm  "
               f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads} by size if solid", file=sys.stdout)
     print("wrote " + ", ".join(sorted(files)) + f" to {args.out}")
+    if dicom_files:
+        print("wrote " + ", ".join(sorted(dicom_files)) + f" to {args.dicom_out}")
     return 0
 
 

@@ -71,3 +71,21 @@ def check_detect_options(threshold: float | None, max_findings: int | None, min_
     check_number("--threshold", threshold, low=0.0, high=1.0)
     check_number("--max-findings", max_findings, low=0)
     check_number("--min-diameter", min_diameter, low=0.0)
+
+
+def check_dicom_out(inputs: list[str], dicom_out: str | Path, out: str | Path, *, batch: bool) -> None:
+    """``detect --dicom-out DIR``: one DICOM series folder as the input, and DIR a writable folder of its own.
+
+    A batch is refused (DICOM outputs are made per series: run detect once for each); a volume file is
+    refused (a SEG and SR reference the source DICOM slices, which only a DICOM input has). Whether the series'
+    frames are its slices (no resampling) is known once its headers are read, before the detection too.
+    """
+    if batch or len(inputs) != 1:
+        raise InputError("--dicom-out works on one DICOM series: run detect once for each series of a batch")
+    source = Path(inputs[0])
+    if source.exists() and not source.is_dir():
+        raise InputError(f"{source}: DICOM outputs (--dicom-out) need a DICOM series folder as the input, "
+                         "not a volume file")
+    if Path(dicom_out).resolve() == Path(out).resolve():
+        raise ResMTNetError(f"{dicom_out}: --dicom-out needs a folder other than the output folder (-o)")
+    check_output_dir(dicom_out)
