@@ -40,8 +40,8 @@ def test_cpu_training_precision_avoids_bfloat16_where_the_deepest_maps_are_tiny(
 
 
 def test_a_small_window_run_repeats_weight_for_weight(tmp_path):
-    """Two runs with one seed end with identical, finite weights. Before the precision rule, bfloat16 weight
-    gradients of the 2-voxel-deep maps came from uninitialised memory: garbage, different every run."""
+    """Two runs with one seed end with identical, finite weights. Without the precision rule, bfloat16 weight
+    gradients of the 2-voxel-deep maps would come from uninitialised memory: garbage, different every run."""
     cases = [_case(0), _case(1)]
     states = []
     for run in ("a", "b"):
