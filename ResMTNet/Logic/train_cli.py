@@ -75,13 +75,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if tune is None:
         return _run_stage(args, first, out, args.init, args.export)
-    _check_recipe(tune, fine_tune=True, export=bool(args.export))
+    _check_recipe(tune, fine_tune=True, export=True)
     base_export = out / "base" / "export.pt"
     if args.no_resume or not base_export.is_file():
         _run_stage(args, first, out / "base", args.init, str(base_export))
+        _wait_for(base_export)
     else:
         print(f"first stage done: {base_export}", flush=True)
-    return _run_stage(args, tune, out / "finetune", str(base_export), args.export)
+    return _run_stage(args, tune, out / "finetune", str(base_export),
+                      args.export or str(out / "finetune" / "export.pt"))
+
+
+def _wait_for(path: Path, poll_s: float = 2.0) -> None:
+    """Under torchrun, the other ranks wait for the file rank 0 writes (the first stage's export)."""
+    import time
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        return
+    while not path.is_file():
+        time.sleep(poll_s)
 
 
 def _check_recipe(r: Recipe, fine_tune: bool, export: bool) -> None:
