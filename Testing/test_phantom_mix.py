@@ -19,6 +19,7 @@ def test_the_screening_mix_is_the_default_and_an_unknown_mix_is_refused():
         assert sum(mix.type_weights) == pytest.approx(1.0) and sum(mix.location_weights) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # full-size phantoms
 def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
     """Same seed, same patient and nodules; only the scanner's slices differ (3-5 mm against 0.625-2.5 mm)."""
     seed = 11
@@ -32,6 +33,7 @@ def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
     assert abs(extent[0] - extent[1]) <= thick.ct.spacing[2]
 
 
+@pytest.mark.slow  # full-size phantoms
 def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
     screening = PhantomCases(tmp_path, 1000, 3, 1.5, 8)
     thick = PhantomCases(tmp_path, 6000, 1, 1.5, 8, mix="thick")
