@@ -59,7 +59,7 @@ def _train_schema() -> dict[str, tuple[type, Any]]:
     out: dict[str, tuple[type, Any]] = {}
     for f in fields(TrainConfig):
         default = getattr(TrainConfig(), f.name)
-        out[f.name] = (type(default) if not isinstance(default, tuple) else list, default)
+        out[f.name] = (list, list(default)) if isinstance(default, tuple) else (type(default), default)
     out["loader_workers"] = (int, None)  # None: 3 on a GPU, 0 on the CPU
     return out
 
@@ -71,7 +71,7 @@ def _model_schema() -> dict[str, tuple[type, Any]]:
     out = {}
     for k in MODEL_KEYS:
         default = getattr(base, k)
-        out[k] = (type(default) if not isinstance(default, tuple) else list, default)
+        out[k] = (list, list(default)) if isinstance(default, tuple) else (type(default), default)
     return out
 
 
