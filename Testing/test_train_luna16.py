@@ -146,14 +146,18 @@ WORKER = textwrap.dedent("""
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="this torch has no gloo backend for torch.distributed")
 @pytest.mark.slow
-def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path):
+@pytest.mark.parametrize("stages", [1, 2], ids=["one-stage", "with-a-fine-tune-stage"])
+def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path, stages):
+    """Under torchrun both ranks end with rank 0's checkpoint's weights; a recipe with a fine-tune stage runs
+    both stages in one process group (the weights checked are the fine-tune's)."""
     root, _ = luna
     out = tmp_path / "ddp"
     out.mkdir()
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
+    tune = ["--set", "finetune.train.lr=1e-3"] if stages == 2 else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(worker), str(out), *_train_args(root, out, tmp_path / "cache", steps=3)]
+           str(worker), str(out), *_train_args(root, out, tmp_path / "cache", *tune, steps=3)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
@@ -166,7 +170,9 @@ def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path):
     changed = [k for k in r0["final"] if not torch.equal(r0["final"][k], r0["initial"][k])]
     assert len(changed) > len(r0["final"]) // 2, p.stdout[-3000:] + p.stderr[-3000:]
     # and rank 0's checkpoint holds exactly those weights
-    ck = read_checkpoint(out / "last.pt")
+    ck = read_checkpoint(out / "last.pt" if stages == 1 else out / "finetune" / "last.pt")
+    if stages == 2:
+        assert ck["provenance"]["init_from"]["path"] == str(out / "base" / "export.pt")
     for k, v in r0["final"].items():
         assert torch.equal(ck["state_dict"][k].to(v.dtype), v), k
     # each rank built its share of the case cache

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,13 +78,34 @@ def run(args: argparse.Namespace) -> int:
         return _run_stage(args, first, out, args.init, args.export)
     _check_recipe(tune, fine_tune=True, export=True)
     base_export = out / "base" / "export.pt"
-    if args.no_resume or not base_export.is_file():
-        _run_stage(args, first, out / "base", args.init, str(base_export))
-        _wait_for(base_export)
-    else:
-        print(f"first stage done: {base_export}", flush=True)
-    return _run_stage(args, tune, out / "finetune", str(base_export),
-                      args.export or str(out / "finetune" / "export.pt"))
+    with _process_group(args.device):  # one for both stages: a second one would meet the first one's leftovers
+        if args.no_resume or not base_export.is_file():
+            _run_stage(args, first, out / "base", args.init, str(base_export))
+            _wait_for(base_export)
+        else:
+            print(f"first stage done: {base_export}", flush=True)
+        return _run_stage(args, tune, out / "finetune", str(base_export),
+                          args.export or str(out / "finetune" / "export.pt"))
+
+
+@contextmanager
+def _process_group(device: str):
+    """Under torchrun (``WORLD_SIZE`` > 1), the process group of the whole command: NCCL on GPUs, gloo on CPUs."""
+    import torch
+
+    from .inference import pick_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        yield
+        return
+    cuda = pick_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _wait_for(path: Path, poll_s: float = 2.0) -> None:

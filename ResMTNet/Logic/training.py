@@ -349,7 +349,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(device if device != "cuda" else f"cuda:{local}")
-    if distributed and not torch.distributed.is_initialized():
+    owns_group = distributed and not torch.distributed.is_initialized()  # else the caller's, for several runs
+    if owns_group:
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -452,6 +453,6 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
                 save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
         if distributed:
             torch.distributed.barrier()
-    if distributed:
+    if owns_group:
         torch.distributed.destroy_process_group()
     return last
