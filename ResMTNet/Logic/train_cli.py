@@ -73,19 +73,26 @@ def run(args: argparse.Namespace) -> int:
 
     first, tune = read_recipe(args.config, args.settings, _flag_values(args))
     _check_recipe(first, fine_tune=bool(args.init), export=bool(args.export or tune))
+    if tune is not None:
+        _check_recipe(tune, fine_tune=True, export=True)
+    # one process group for the whole command: a second one after the first stage's would meet its leftovers
+    with _process_group(args.device):
+        return _run_stages(args, first, tune)
+
+
+def _run_stages(args: argparse.Namespace, first: Recipe, tune: Recipe | None) -> int:
+    """The recipe's stage into OUT, or its two stages into OUT/base and OUT/finetune."""
     out = Path(args.out)
     if tune is None:
         return _run_stage(args, first, out, args.init, args.export)
-    _check_recipe(tune, fine_tune=True, export=True)
     base_export = out / "base" / "export.pt"
-    with _process_group(args.device):  # one for both stages: a second one would meet the first one's leftovers
-        if args.no_resume or not base_export.is_file():
-            _run_stage(args, first, out / "base", args.init, str(base_export))
-            _wait_for(base_export)
-        else:
-            print(f"first stage done: {base_export}", flush=True)
-        return _run_stage(args, tune, out / "finetune", str(base_export),
-                          args.export or str(out / "finetune" / "export.pt"))
+    if args.no_resume or not base_export.is_file():
+        _run_stage(args, first, out / "base", args.init, str(base_export))
+        _wait_for(base_export)
+    else:
+        print(f"first stage done: {base_export}", flush=True)
+    final_export = args.export or str(out / "finetune" / "export.pt")
+    return _run_stage(args, tune, out / "finetune", str(base_export), final_export)
 
 
 @contextmanager
