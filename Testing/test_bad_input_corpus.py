@@ -471,7 +471,7 @@ def _train_resuming_from(make: Callable[[Path], object]) -> Callable[[Kit], list
     def build(kit: Kit) -> list[str]:
         run = _folder(kit, "run")
         make(run / "last.pt")
-        return ["train", "-o", str(run), "--phantoms", "1", "--epochs", "1", "--tiny", "--cache",
+        return ["train", "-o", str(run), "--set", "data.phantoms=1", "--epochs", "1", "--cache",
                 str(kit.dir / "cache"), "--no-progress"]
     return build
 
@@ -487,7 +487,7 @@ OTHER_CHECKPOINT_ENTRIES = [
     Case("train: resume from a plain pickle last.pt", _train_resuming_from(_malicious_pickle),
          message=r"run/last\.pt: refused", check=_nothing_ran),
     Case("train --init with a pickle payload", lambda kit: [
-        "train", "-o", str(kit.dir / "run"), "--init", _payload_in(kit, _malicious_torch), "--phantoms", "1",
+        "train", "-o", str(kit.dir / "run"), "--init", _payload_in(kit, _malicious_torch), "--set", "data.phantoms=1",
         "--epochs", "1", "--cache", str(kit.dir / "cache")],
         message="model.pt: refused", check=_nothing_ran),
     Case("evaluate --phantoms --model with a pickle payload", lambda kit: [

@@ -67,7 +67,7 @@ def test_read_checkpoint_refuses_a_payload_without_running_it(tmp_path, kind):
 @pytest.mark.parametrize("argv", [
     ["detect", "{ct}", "-o", "{tmp}/out", "--model", "{evil}", "--no-slicer-files"],
     ["evaluate", "--phantoms", "1", "--model", "{evil}", "-o", "{tmp}/out"],
-    ["train", "-o", "{tmp}/out", "--init", "{evil}", "--phantoms", "1", "--epochs", "1"],
+    ["train", "-o", "{tmp}/out", "--init", "{evil}", "--set", "data.phantoms=1", "--epochs", "1"],
 ], ids=["detect", "evaluate", "train-init"])
 @pytest.mark.parametrize("kind", ["torch", "pickle"])
 def test_commands_refuse_a_payload_before_any_work(tmp_path, capsys, argv, kind):

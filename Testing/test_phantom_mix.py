@@ -1,8 +1,6 @@
-"""Phantom mixes: evaluation keeps the screening mix; training may add the subtle or thick one in its own cache."""
+"""Phantom mixes: evaluation keeps the screening mix; training may add the thick one in its own cache."""
 
 from __future__ import annotations
-
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -21,21 +19,7 @@ def test_the_screening_mix_is_the_default_and_an_unknown_mix_is_refused():
         assert sum(mix.type_weights) == pytest.approx(1.0) and sum(mix.location_weights) == pytest.approx(1.0)
 
 
-def test_the_subtle_mix_draws_more_attached_and_faint_nodules():
-    counts = {}
-    for mix in ("screening", "subtle"):
-        c = Counter()
-        for seed in range(4):
-            ph = generate_phantom(seed, small=True, max_nodules=8, mix=mix)
-            c["all"] += len(ph.nodules)
-            c["attached"] += sum(n.location != "parenchyma" for n in ph.nodules)
-            c["faint"] += sum(n.nodule_type in ("ground-glass", "part-solid") for n in ph.nodules)
-        counts[mix] = c
-    share = {m: {k: c[k] / c["all"] for k in ("attached", "faint")} for m, c in counts.items()}
-    assert share["subtle"]["attached"] > share["screening"]["attached"]
-    assert share["subtle"]["faint"] > share["screening"]["faint"]
-
-
+@pytest.mark.slow  # full-size phantoms
 def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
     """Same seed, same patient and nodules; only the scanner's slices differ (3-5 mm against 0.625-2.5 mm)."""
     seed = 11
@@ -49,26 +33,27 @@ def test_the_thick_mix_draws_the_screening_nodules_through_thick_slices():
     assert abs(extent[0] - extent[1]) <= thick.ct.spacing[2]
 
 
+@pytest.mark.slow  # full-size phantoms
 def test_phantom_sets_of_two_mixes_share_a_cache_without_colliding(tmp_path):
     screening = PhantomCases(tmp_path, 1000, 3, 1.5, 8)
-    subtle = PhantomCases(tmp_path, 3000, 1, 1.5, 8, mix="subtle")
-    both = screening + subtle
+    thick = PhantomCases(tmp_path, 6000, 1, 1.5, 8, mix="thick")
+    both = screening + thick
     ids = [cid for cid, _, _ in both.items]
-    assert ids == ["phantom-s1000-0000", "phantom-s1000-0001", "phantom-s1000-0002", "phantom-subtle-s3000-0000"]
+    assert ids == ["phantom-s1000-0000", "phantom-s1000-0001", "phantom-s1000-0002", "phantom-thick-s6000-0000"]
     # the screening set's cache key names no mix, as before mixes existed (v3: cases carry lung_share)
     assert both.path("phantom-s1000-0000").name == "phantom-s1000-0000-0ff39398dd.npz"
-    assert both.path("phantom-subtle-s3000-0000").name.startswith("phantom-subtle-s3000-0000-")
-    assert both.path("phantom-subtle-s3000-0000").name[-15:] != "0ff39398dd.npz"[-15:]
-    subtle.ensure()
-    [case] = both.load(available_only=True)
-    assert isinstance(case, TrainCase) and case.case_id == "phantom-subtle-s3000-0000"
-    ph = generate_phantom(subtle.items[0][1], max_nodules=8, mix="subtle")
+    assert both.path("phantom-thick-s6000-0000").name.startswith("phantom-thick-s6000-0000-")
+    assert both.path("phantom-thick-s6000-0000").name[-15:] != "0ff39398dd.npz"[-15:]
+    thick.ensure()
+    [case] = thick.load()
+    assert isinstance(case, TrainCase) and case.case_id == "phantom-thick-s6000-0000"
+    ph = generate_phantom(thick.items[0][1], max_nodules=8, mix="thick")
     assert len(case.centers) == len(ph.nodules) >= 1
     np.testing.assert_allclose(np.sort(case.diameters), np.sort([n.diameter_mm for n in ph.nodules]), rtol=1e-5)
     by_size = np.argsort([n.diameter_mm for n in ph.nodules])  # each nodule keeps its own lung_share
     np.testing.assert_allclose(case.lung_share[np.argsort(case.diameters)],
                                np.array([n.lung_share for n in ph.nodules])[by_size], rtol=1e-6)
     with pytest.raises(ValueError, match="share"):
-        screening + PhantomCases(tmp_path, 3000, 1, 1.0, 8, mix="subtle")
+        screening + PhantomCases(tmp_path, 6000, 1, 1.0, 8, mix="thick")
     with pytest.raises(ValueError, match="unknown phantom mix"):
         PhantomCases(tmp_path, 3000, 1, 1.5, 8, mix="hard")

@@ -229,14 +229,6 @@ class Luna16Source(AnnotatedVolumeFolder):
     def patient_of(self, case_id: str) -> str:
         return self.patients.get(case_id, case_id)
 
-    def subset_of(self, case_id: str) -> int | None:
-        """The LUNA16 subset number (``subsetN`` folder) a scan lies in, if any."""
-        for part in self.path_of(case_id).relative_to(self.folder).parts[:-1]:
-            m = re.fullmatch(r"subset(\d+)", part)
-            if m:
-                return int(m.group(1))
-        return None
-
 
 class PhantomFolderSource(AnnotatedVolumeFolder):
     """A folder written by :func:`resmtnet.phantom.write_phantom_set`: volumes + ``annotations.csv`` with
@@ -385,7 +377,8 @@ def _fingerprint(files: Iterable[Path]) -> list[list[Any]]:
 # ---------------------------------------------------------------- training cases for resmtnet.training
 
 
-TRAIN_CACHE_FORMAT = 1
+#: The format of a cached training case, part of its cache key: 2 cases carry each nodule's lung_share.
+TRAIN_CACHE_FORMAT = 2
 
 
 def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_lungs: bool = True):
@@ -436,15 +429,8 @@ class TrainCaseCache:
         if case_id not in self._paths:
             files = getattr(self.source, "source_files", None)
             fingerprint = _fingerprint(files(case_id)) if files else []
-            key = {"v": TRAIN_CACHE_FORMAT, "case": case_id, "spacing": self.spacing,
-                   "crop": self.crop_to_lungs, "files": fingerprint}
-            if isinstance(self.source, AnnotatedVolumeFolder):
-                # a case with nodules outside the lung (a phantom set's lung_share) has a key of its own, so
-                # that one cached before cases carried lung_share is made again; every other key is unchanged
-                shares = [t.lung_share for t in self.source.truths(case_id)]
-                if any(s < 1.0 for s in shares):
-                    key["lung_share"] = shares
-            key = json.dumps(key)
+            key = json.dumps({"v": TRAIN_CACHE_FORMAT, "case": case_id, "spacing": self.spacing,
+                              "crop": self.crop_to_lungs, "files": fingerprint})
             digest = hashlib.sha1(key.encode()).hexdigest()[:12]
             name = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[-80:]
             self._paths[case_id] = self.cache_dir / f"{name}-{digest}.npz"

@@ -21,8 +21,7 @@ The network is built from a plain :class:`ModelConfig`, which travels inside eve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -166,25 +165,6 @@ class FeaturePyramid(nn.Module):
         return self.smooth(x)
 
 
-#: The modules of each task head (``ResMTNet`` attributes). ``train --train-heads`` fine-tunes only the
-#: heads named and leaves the shared encoder, pyramid, head trunk and every other head as they were.
-HEAD_MODULES: dict[str, tuple[str, ...]] = {
-    "center": ("center_head",),
-    "offset": ("offset_head",),
-    "size": ("size_hidden", "size_out"),
-    "malignancy": ("malig_hidden", "malig_out"),
-}
-
-
-def head_modules(heads: Iterable[str]) -> set[str]:
-    """The ``ResMTNet`` attributes of the task heads named; a ValueError names any unknown head."""
-    heads = tuple(heads)
-    unknown = sorted(set(heads) - set(HEAD_MODULES))
-    if unknown:
-        raise ValueError(f"unknown task head(s) {', '.join(unknown)} (one of {', '.join(HEAD_MODULES)})")
-    return {m for h in heads for m in HEAD_MODULES[h]}
-
-
 class ResMTNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
@@ -218,27 +198,3 @@ class ResMTNet(nn.Module):
             "malignancy": self.malig_out(malig_h),
         }
 
-
-def restride_state(state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig) -> dict[str, torch.Tensor]:
-    """``state`` (a network of config ``old``) as weights for the same network at ``new``'s output stride.
-
-    Only the feature pyramid depends on the output stride: it has one lateral convolution per encoder stage
-    it reads, from the output stride down. Each lateral keeps its stage's weights; a stage the old pyramid
-    did not read gets a zero lateral, so the new network starts from the old one's top-down features,
-    upsampled to the finer stride, and learns from there what the finer encoder stage adds. Every other
-    weight is the old one's (the smoothing convolution and the heads are the same shapes at any stride).
-    """
-    if replace(old, output_stride=new.output_stride) != new:
-        raise ValueError("restride_state: the two configs may differ in their output stride only")
-    fresh = ResMTNet(new).state_dict()
-    shift = first_pyramid_stage(new) - first_pyramid_stage(old)  # new lateral i: old lateral i + shift
-    out: dict[str, torch.Tensor] = {}
-    for name, value in fresh.items():
-        if name.startswith("pyramid.lateral."):
-            index, param = name[len("pyramid.lateral."):].split(".", 1)
-            old_index = int(index) + shift
-            old_name = f"pyramid.lateral.{old_index}.{param}"
-            out[name] = state[old_name].clone() if old_index >= 0 else torch.zeros_like(value)
-        else:
-            out[name] = state[name].clone()
-    return out

@@ -14,9 +14,8 @@ A phantom is built in two steps, the way a scanner sees a patient:
    scanners write.
 
 Which nodules are drawn, and which slice thicknesses the scanner takes, follows a :class:`PhantomMix`:
-the screening mix for every evaluation set, or a training-only mix: one weighted toward the nodules
-detection misses (small, attached, faint), one of thick slices (3–5 mm, as older and low-dose scans
-have).
+the screening mix for every evaluation set, or the training-only mix of thick slices (3–5 mm, as older
+and low-dose scans have).
 
 Every nodule gets a LIDC-style malignancy rating 1–5 drawn from its size, margin, texture and
 calcification (large, spiculated, solid → high; small, smooth, calcified → low) plus reader noise.
@@ -63,12 +62,10 @@ class PhantomMix:
     """How a phantom is drawn: the share of each nodule texture and location, the size range, and the
     slice thicknesses the scanner reconstructs (one drawn per phantom, which is also its slice spacing).
 
-    ``screening`` is the mix every evaluation set uses. ``subtle`` is a training-only mix of what the
-    network finds hardest: small nodules touching the pleura or a vessel, and faint ground-glass and
-    part-solid ones. ``thick`` is the screening mix's nodules seen through 3–5 mm slices, whose blur along
-    the body axis stretches a nodule's profile: a network that never saw it over-sizes nodules on such
-    scans. Evaluation never uses a training-only mix, so a model trained on one is still scored on
-    ``screening``.
+    ``screening`` is the mix every evaluation set uses. ``thick`` is a training-only mix: the screening
+    mix's nodules seen through 3–5 mm slices, whose blur along the body axis stretches a nodule's profile:
+    a network that never saw it over-sizes nodules on such scans. Evaluation never uses a training-only
+    mix, so a model trained on one is still scored on ``screening``.
     """
 
     type_weights: tuple[float, float, float, float]  # NODULE_TYPES
@@ -80,7 +77,6 @@ class PhantomMix:
 _SCREENING_MIX = PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0))
 PHANTOM_MIXES: dict[str, PhantomMix] = {
     "screening": _SCREENING_MIX,
-    "subtle": PhantomMix((0.40, 0.22, 0.30, 0.08), (0.25, 0.40, 0.35), (3.0, 16.0)),
     "thick": replace(_SCREENING_MIX, slice_thicknesses_mm=(3.0, 4.0, 5.0)),
 }
 

@@ -23,7 +23,7 @@ RATING_TARGET = {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}
 class Targets:
     heat: np.ndarray  # (Z, Y, X) float32 in [0, 1], exactly 1 at centre cells
     offset: np.ndarray  # (3, Z, Y, X) float32, cells from the cell to the centre
-    offset_mask: np.ndarray  # (Z, Y, X) float32, 1 at centre cells (and their neighbours: offset_reach)
+    offset_mask: np.ndarray  # (Z, Y, X) float32, 1 at centre cells
     log_diameter: np.ndarray  # (Z, Y, X) float32
     size_mask: np.ndarray  # (Z, Y, X) float32, centre cells and their neighbours inside the nodule
     malignant: np.ndarray  # (Z, Y, X) float32, RATING_TARGET of the rating
@@ -39,15 +39,11 @@ def cell_to_voxel(u: np.ndarray, stride: int) -> np.ndarray:
 
 
 def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters_mm: np.ndarray,
-           ratings: np.ndarray, stride: int, spacing_mm: float, offset_reach: int = 0) -> Targets:
+           ratings: np.ndarray, stride: int, spacing_mm: float) -> Targets:
     """Targets on a grid of ``shape_cells`` for nodules at voxel positions ``centers_vox`` (N, 3) z, y, x.
 
-    ``offset_reach`` 0 teaches the centre offset on each nodule's centre cell only; 1 on the 3x3x3 cells
-    around it, each learning the way from itself to the centre, so that a peak of the centre map one cell
-    off (common for small nodules, whose peak is a cell wide) still reports the nodule's own centre.
+    The centre offset is taught on each nodule's centre cell only.
     """
-    if offset_reach not in (0, 1):
-        raise ValueError(f"offset_reach {offset_reach}: must be 0 (centre cell) or 1 (3x3x3 cells)")
     Z, Y, X = shape_cells
     heat = np.zeros(shape_cells, np.float32)
     offset = np.zeros((3,) + tuple(shape_cells), np.float32)
@@ -71,11 +67,8 @@ def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters
         near = ((np.abs(zz - k[0]) <= 1) & (np.abs(yy - k[1]) <= 1) & (np.abs(xx - k[2]) <= 1)
                 & (d2 <= max(radius_cells, 1.0) ** 2))
         near[tuple(k)] = True
-        cube = ((np.abs(zz - k[0]) <= offset_reach) & (np.abs(yy - k[1]) <= offset_reach)
-                & (np.abs(xx - k[2]) <= offset_reach))
-        cells = np.stack([zz[cube], yy[cube], xx[cube]], axis=1)
-        offset[:, cube] = (u[None, :] - cells).T
-        offset_mask[cube] = 1.0
+        offset[:, k[0], k[1], k[2]] = u - k
+        offset_mask[tuple(k)] = 1.0
         logd[near] = np.log(max(diameters_mm[i], 1.0))
         size_mask[near] = 1.0
         r = int(ratings[i])

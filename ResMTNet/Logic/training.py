@@ -7,7 +7,6 @@ rank), gradients are averaged, and rank 0 validates and writes checkpoints.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from .errors import NonFiniteLossError, ResMTNetError
 from .hard_negatives import mine_false_findings, with_negatives
 from .inference import compute_precision
-from .model import ModelConfig, ResMTNet, head_modules
+from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
 from .targets import encode
 from .training_data import TrainCase
@@ -47,7 +46,6 @@ class TrainConfig:
     oversample_small: float = 2.5
     oversample_faint: float = 2.0
     oversample_large: float = 2.0
-    loss_weighting: str = "fixed"  # "fixed" or "uncertainty" (learned, Kendall et al. 2018)
     loss_weights: dict[str, float] = field(default_factory=lambda: {
         "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 1.0})
     seed: int = 0
@@ -62,23 +60,13 @@ class TrainConfig:
     # every nodule become the cases' negatives (replacing the ones mined before)
     mine_negatives_at: tuple[int, ...] = ()
     mine_floor: float = 0.15
-    # an exponential moving average of the weights (0: off): validation, mining and the checkpoints' weights
-    # are the average's, the optimiser keeps stepping the network itself (see :class:`WeightAverage`)
-    ema_decay: float = 0.0
-    # cells around each centre cell that learn the centre offset: 0 the centre cell, 1 the 3x3x3 cube
-    # (:func:`resmtnet.targets.encode`)
-    offset_reach: int = 0
     # nodules with less of themselves in the lung (TrainCase.lung_share; phantoms drawn in the chest wall or
     # mediastinum) are not taught: no window is centred on one and no target marks it, so its spot is
-    # background. 0 teaches every nodule, as runs before 2026-11-27 did (and their configs, read back, say).
+    # background. 0 teaches every nodule.
     min_lung_share: float = 0.5
-    # task heads to train (model.HEAD_MODULES); empty trains the whole network. A fine-tune of the size
-    # and malignancy heads leaves the centre and offset maps exactly as they were.
-    train_heads: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["train_heads"] = list(self.train_heads)
         d["scale_range"] = list(self.scale_range)
         d["mine_negatives_at"] = list(self.mine_negatives_at)
         return d
@@ -86,8 +74,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d.setdefault("min_lung_share", 0.0)  # written before the option existed: every nodule was taught
-        for k in ("scale_range", "mine_negatives_at", "train_heads"):
+        for k in ("scale_range", "mine_negatives_at"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -176,8 +163,7 @@ class PatchSampler:
             x = x[0, 0].numpy()
             x, centers = self._augment(x, centers)
             xs.append(normalize_hu(x))
-            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm,
-                       self.cfg.offset_reach)
+            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm)
             tgts.append(t)
         batch_t = {k: torch.from_numpy(np.stack([getattr(t, k) for t in tgts])) for k in vars(tgts[0])}
         return torch.from_numpy(np.stack(xs))[:, None], batch_t
@@ -276,60 +262,15 @@ def multitask_losses(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -
     }
 
 
-class MultiTaskLoss(torch.nn.Module):
-    """Weighted sum of the task losses: fixed weights, or learned uncertainty weighting."""
-
-    def __init__(self, weighting: str, weights: dict[str, float]):
-        super().__init__()
-        if weighting not in ("fixed", "uncertainty"):
-            raise ValueError(f"loss weighting {weighting!r}: fixed or uncertainty")
-        self.weighting = weighting
-        self.weights = dict(weights)
-        self.log_vars = torch.nn.ParameterDict(
-            {k: torch.nn.Parameter(torch.zeros(())) for k in weights} if weighting == "uncertainty" else {})
-
-    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = torch.zeros((), device=next(iter(losses.values())).device)
-        for k, v in losses.items():
-            w = self.weights.get(k, 1.0)
-            if self.weighting == "uncertainty":
-                s = self.log_vars[k]
-                total = total + w * (torch.exp(-s) * v + s)
-            else:
-                total = total + w * v
-        return total
+def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The training loss: the task losses, each times its weight (1 for a task ``weights`` does not name)."""
+    total = torch.zeros((), device=next(iter(losses.values())).device)
+    for k, v in losses.items():
+        total = total + weights.get(k, 1.0) * v
+    return total
 
 
 # ------------------------------------------------------------------------------------------- the loop
-
-
-class WeightAverage:
-    """An exponential moving average of a network's weights (Polyak averaging, as YOLO and timm keep one).
-
-    The optimiser's own weights jump with every noisy batch of four windows; their average over the last few
-    hundred steps scores more steadily, and so does the pick of the best epoch by a small validation set.
-    The decay ramps up as ``(1 + n) / (10 + n)`` over the first updates, so the average starts close to the
-    network instead of being dragged back to its random start. Buffers are copied, not averaged.
-    """
-
-    def __init__(self, net: ResMTNet, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"weight average decay {decay}: must lie between 0 and 1")
-        self.decay = decay
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.updates = 0
-
-    def decay_now(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, net: ResMTNet) -> None:
-        self.updates += 1
-        weight = 1.0 - self.decay_now()
-        for avg, cur in zip(self.net.parameters(), net.parameters()):
-            avg.lerp_(cur.detach(), weight)
-        for avg, cur in zip(self.net.buffers(), net.buffers()):
-            avg.copy_(cur)
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -394,13 +335,11 @@ def training_precision(device: torch.device, cfg: TrainConfig, model_cfg: ModelC
 def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
           resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
-          progress_bar: bool = True, refresh: Callable[[], Sequence[TrainCase]] | None = None,
-          init_state: dict[str, torch.Tensor] | None = None) -> Path:
+          progress_bar: bool = True, init_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Train and return the path of the final checkpoint (``out_dir/last.pt``; ``best.pt`` by val score).
 
-    ``refresh``, when given, is called at the start of every epoch for the current list of cases (a pool
-    that another process is still filling). ``init_state``: weights to start from (fine-tuning) instead of
-    a fresh initialisation; a run that resumes from ``last.pt`` takes that instead.
+    ``init_state``: weights to start from (fine-tuning) instead of a fresh initialisation; a run that
+    resumes from ``last.pt`` takes that instead.
     """
     from .model_io import load_weights, read_checkpoint, save_checkpoint
 
@@ -410,7 +349,8 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(device if device != "cuda" else f"cuda:{local}")
-    if distributed and not torch.distributed.is_initialized():
+    owns_group = distributed and not torch.distributed.is_initialized()  # else the caller's, for several runs
+    if owns_group:
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -421,12 +361,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     net = ResMTNet(model_cfg).to(dev)
-    criterion = MultiTaskLoss(cfg.loss_weighting, cfg.loss_weights).to(dev)
-    if cfg.train_heads:
-        trained = head_modules(cfg.train_heads)
-        for name, module in net.named_children():
-            module.requires_grad_(name in trained)
-    params = [p for p in net.parameters() if p.requires_grad] + list(criterion.parameters())
+    params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_dtype, precision_note = training_precision(dev, cfg, model_cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
@@ -438,13 +373,10 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     ck = read_checkpoint(last) if resume and last.exists() else None
     st = ck.get("train_state", {}) if ck is not None else {}
     if ck is not None:
-        # with a weight average the checkpoint's weights are the average's; the optimiser's are kept beside
-        load_weights(net, st.get("online_state_dict", ck["state_dict"]), last)
+        load_weights(net, ck["state_dict"], last)
         try:
             if "optimizer" in st:
                 opt.load_state_dict(st["optimizer"])
-            if "criterion" in st:
-                criterion.load_state_dict(st["criterion"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise ResMTNetError(f"{last}: its training state does not fit this run ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
@@ -456,24 +388,17 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
         log(f"resumed from {last} at epoch {start_epoch}")
     elif init_state is not None:
         net.load_state_dict(init_state)
-    average = WeightAverage(net, cfg.ema_decay) if cfg.ema_decay else None
-    if average is not None and ck is not None:
-        average.net.load_state_dict(ck["state_dict"])
-        average.updates = int(st.get("ema_updates", 0))
-    scored = average.net if average is not None else net  # the weights validated, mined with and saved
     ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
         if distributed else net
     stream = None
     total_steps = cfg.epochs * cfg.steps_per_epoch
     show = progress_bar and rank == 0
     for epoch in range(start_epoch, cfg.epochs):
-        pool = refresh() if refresh is not None else cases
         if epoch in cfg.mine_negatives_at:
-            mined = _mine(scored, pool, dev, cfg.mine_floor, epoch, log, show)
-            stream = None
-        if stream is None or refresh is not None:
-            stream = None  # let the workers of the last epoch's stream go first
-            stream = batches(with_negatives(pool, mined), cfg, model_cfg,
+            mined = _mine(net, cases, dev, cfg.mine_floor, epoch, log, show)
+            stream = None  # let the workers of the last stream go first
+        if stream is None:
+            stream = batches(with_negatives(cases, mined), cfg, model_cfg,
                              seed=cfg.seed * 1000 + rank + 7919 * epoch, pin=dev.type == "cuda")
         net.train()
         t0 = time.time()
@@ -493,7 +418,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
                 out = ddp_net(x)
             losses = multitask_losses(out, t)
-            loss = criterion(losses)
+            loss = weighted_total(losses, cfg.loss_weights)
             values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach())}
             if not math.isfinite(values["total"]):
                 raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {values['total']} "
@@ -505,8 +430,6 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             scaler.step(opt)
             scaler.update()
-            if average is not None:
-                average.update(net)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if show:
@@ -516,23 +439,20 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
                                   "loss": {k: round(v, 4) for k, v in means.items()}}
         if rank == 0:
             if val_fn is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                record["val"] = val_fn(scored)
+                record["val"] = val_fn(net)
             history.append(record)
             log(json.dumps(record))
             score = float(record.get("val", {}).get("score", -1.0))
-            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "criterion": criterion.state_dict(),
-                     "best_score": max(best_score, score), "history": history, "mined_negatives": mined}
-            if average is not None:
-                state.update(online_state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                             ema_updates=average.updates)
+            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "best_score": max(best_score, score),
+                     "history": history, "mined_negatives": mined}
             prov = {"train_config": cfg.to_dict(), **(provenance or {})}
-            save_checkpoint(last, scored, provenance=prov, metrics=record.get("val", {}),
+            save_checkpoint(last, net, provenance=prov, metrics=record.get("val", {}),
                             extra={"train_state": state})
             if score > best_score:
                 best_score = score
-                save_checkpoint(out_dir / "best.pt", scored, provenance=prov, metrics=record.get("val", {}))
+                save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
         if distributed:
             torch.distributed.barrier()
-    if distributed:
+    if owns_group:
         torch.distributed.destroy_process_group()
     return last

@@ -107,8 +107,8 @@ class PhantomCases:
         self.max_nodules = max_nodules
         prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
         self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
-        # the screening mix names no mix in its key, as before mixes existed
-        # v3: cases carry each nodule's lung_share (files of v2 lack it, so they are made again)
+        # v: the format of a cached case (3: cases carry each nodule's lung_share); the screening mix, the
+        # one every evaluation set uses, names no mix in its key
         key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 3}
         if mix != "screening":
             key["mix"] = mix
@@ -153,10 +153,9 @@ class PhantomCases:
                 if progress:
                     progress(done, len(self.items))
 
-    def load(self, ids: Sequence[str] | None = None, available_only: bool = False) -> list[TrainCase]:
+    def load(self, ids: Sequence[str] | None = None) -> list[TrainCase]:
         wanted = set(ids) if ids is not None else None
-        return [TrainCase.load(self.path(cid), cid) for cid, _, _ in self.items
-                if (wanted is None or cid in wanted) and (not available_only or self.path(cid).exists())]
+        return [TrainCase.load(self.path(cid), cid) for cid, _, _ in self.items if wanted is None or cid in wanted]
 
 
 def _build_and_save(case_id: str, seed: int, spacing: float, max_nodules: int, path: str,
