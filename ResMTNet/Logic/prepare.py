@@ -102,7 +102,7 @@ def to_model_grid(ct: CTVolume, spacing: float, bounds: tuple[np.ndarray, np.nda
 def _input_box(ct: CTVolume, grid: ModelGrid, z0: int, z1: int) -> tuple[slice, slice, slice] | None:
     """The box (z, y, x slices) of ct's grid that interpolating model-grid planes z0..z1-1 reads, with a
     voxel to spare on each side; None where those planes lie outside the scan."""
-    gz, gy, gx = grid.shape
+    _, gy, gx = grid.shape
     corners = np.array([[z, y, x] for z in (z0, z1 - 1) for y in (0, gy - 1) for x in (0, gx - 1)], float)
     ijk = ct.world_to_index(grid.voxel_to_world(corners))  # x, y, z
     n = np.array(ct.shape_xyz)

@@ -24,7 +24,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,8 +79,6 @@ class DetectionProcess:
         self.messages: queue.Queue = queue.Queue()
         self.tempDir = tempfile.mkdtemp(prefix="ResMTNet-", dir=temp_root)
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
-        self.cancelTime: float | None = None  # time.monotonic() of cancel()
-        self.endTime: float | None = None  # when the child was seen to have ended
         self._lock = threading.Lock()
         self._cancelled = False
         self._proc: subprocess.Popen | None = None
@@ -98,14 +95,9 @@ class DetectionProcess:
             if self._cancelled:
                 return
             self._cancelled = True
-            self.cancelTime = time.monotonic()
             proc = self._proc
         if proc is not None:
             kill_process_tree(proc)
-
-    @property
-    def cancelRequested(self) -> bool:
-        return self._cancelled
 
     @property
     def pid(self) -> int | None:
@@ -190,7 +182,6 @@ class DetectionProcess:
             elif kind == "done":
                 done = True
         returncode = proc.wait()
-        self.endTime = time.monotonic()
         if self._cancelled:
             return "cancelled", None
         details = "\n".join(self.log)
