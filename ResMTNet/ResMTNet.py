@@ -600,10 +600,11 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def startDetection(self, volumeNode, checkpointPath=None, device="auto", threshold=None,
                        minDiameterMm=0.0, tta=True):
-        """Copy the CT out of the scene (main thread) and start the detector in a child process; returns
+        """Take the CT out of the scene (a view of its voxels, main thread) and start the detector in a child
+        process, which gets them through a file the helper thread writes; returns
         the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``."""
         core = self.core()
-        ct = core.slicer_scene.ct_from_volume_node(volumeNode)
+        ct = core.slicer_scene.ct_from_volume_node(volumeNode, copy=False)  # the helper thread writes it to a file
         job = core.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
             min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment())

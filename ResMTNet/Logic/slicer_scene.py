@@ -211,8 +211,14 @@ def volume_node_from_ct(scene: Any, ct: CTVolume, name: str | None = None, share
     return node
 
 
-def ct_from_volume_node(volume_node: Any) -> CTVolume:
-    """The core's :class:`CTVolume` (LPS, ITK order) from a scalar volume node (RAS)."""
+def ct_from_volume_node(volume_node: Any, copy: bool = True) -> CTVolume:
+    """The core's :class:`CTVolume` (LPS, ITK order) from a scalar volume node (RAS).
+
+    ``copy``: the voxels as a float32 copy, which the core may keep while the node changes. Without it the
+    array is a view of the node's own voxel buffer, in their own type, which keeps that buffer alive even if
+    the node is removed or given new voxels: what the Slicer job needs, which only writes the voxels to a
+    file on its helper thread (a 512x512x133 float32 copy held Slicer's main thread 60-300 ms).
+    """
     if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError("the input must be a scalar volume node (a CT)")
     if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -239,7 +245,7 @@ def ct_from_volume_node(volume_node: Any) -> CTVolume:
         offset_mm = np.asarray(extent[0::2]) * np.asarray(volume_node.GetSpacing())
         origin_lps = origin_lps + direction_lps @ offset_mm
     return CTVolume(
-        array=array.astype(np.float32),  # a copy: the core may keep it while the node changes
+        array=array.astype(np.float32) if copy else array,
         spacing=tuple(float(s) for s in volume_node.GetSpacing()),
         origin=tuple(float(o) for o in origin_lps),
         direction=tuple(float(d) for d in direction_lps.ravel()),
