@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 import urllib.parse
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +325,46 @@ def test_repository_with_its_history_stays_under_the_index_size_limit():
     history = int(usage.stdout.strip())
     assert files + history < REPOSITORY_SIZE_LIMIT, (
         f"{(files + history) / 2**20:.1f} MB: {files / 2**20:.1f} MB checked out, {history / 2**20:.1f} MB of history")
+
+
+# ------------------------------------------------------------------------------------------------
+# What ships: the weights and their model card, not the repository's documentation
+
+MODULE_CMAKE = REPO / "ResMTNet" / "CMakeLists.txt"
+SHIPPED_MODEL_FILES = ("resmtnet-phantom.pt", "MODEL_CARD.md")
+
+
+def cmake_resources() -> list[str]:
+    """The files the scripted module's CMakeLists.txt installs as resources."""
+    listed = re.search(r"set\(MODULE_PYTHON_RESOURCES\s+(.*?)\)", MODULE_CMAKE.read_text(), re.S)
+    assert listed, "MODULE_PYTHON_RESOURCES not found"
+    return [line.split("#")[0].strip() for line in listed.group(1).splitlines() if line.split("#")[0].strip()]
+
+
+def test_extension_ships_the_weights_and_model_card_but_not_the_model_history():
+    resources = cmake_resources()
+    for name in SHIPPED_MODEL_FILES:
+        assert f"Resources/Models/{name}" in resources, name
+    assert not [r for r in resources if "MODEL_HISTORY" in r], resources
+    assert (REPO / "docs" / "MODEL_HISTORY.md").is_file()
+    assert not (REPO / "ResMTNet" / "Resources" / "Models" / "MODEL_HISTORY.md").exists()
+
+
+def test_wheel_ships_the_weights_and_model_card_but_not_the_model_history(tmp_path):
+    """The wheel as pip builds it, from a copy of the sources (so no build folder lands in the checkout)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "ResMTNet", source / "ResMTNet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            str(source), "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    if build.returncode != 0 and "No module named pip" in build.stderr:
+        pytest.skip("pip is not installed in this environment")
+    assert build.returncode == 0, build.stderr
+    [wheel] = (tmp_path / "wheel").glob("resmtnet-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in SHIPPED_MODEL_FILES:
+        assert f"resmtnet/Models/{name}" in names, name
+    assert not [n for n in names if "MODEL_HISTORY" in n], names
+
