@@ -1,7 +1,7 @@
 """The memory bound of detection: a CT read compactly, the input grid worked through box by box with the
 same results as whole-volume processing, and a CT too large for the bound refused from its header.
 
-The memory itself is measured by `resmtnet bench --resize ... --outputs` (README, Benchmarks), not here.
+The memory itself is measured by `resmtnet bench --resize ... --outputs` (docs/benchmarks.md), not here.
 """
 
 from __future__ import annotations

@@ -368,3 +368,18 @@ def test_wheel_ships_the_weights_and_model_card_but_not_the_model_history(tmp_pa
         assert f"resmtnet/Models/{name}" in names, name
     assert not [n for n in names if "MODEL_HISTORY" in n], names
 
+
+def test_readme_and_docs_link_only_to_files_the_repository_has():
+    """Relative Markdown links of the README and docs/ (the README points users there) resolve."""
+    pages = [README, *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) > 1, "docs/ holds the pages the README links to"
+    readme_links = set()
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.exists(), f"{page.relative_to(REPO)}: {target} names no file"
+            if page == README:
+                readme_links.add(path)
+    assert set(pages[1:]) <= readme_links, "every page of docs/ is linked from the README"

@@ -3,8 +3,8 @@
 The network allocates and frees the same large buffers (activations, gradients, windows of tens of MB)
 at every step. By default glibc hands blocks that large straight back to the kernel (``munmap``) and
 asks for them again on the next step, and every page of a fresh block faults in, zero-filled: training
-spent about a third of its time in the kernel, and detection a sixth (numbers in the README). Serving
-large blocks from the heap and not trimming it keeps those pages mapped between steps. Results are the
+spent about a third of its time in the kernel, and detection a sixth (numbers in docs/benchmarks.md).
+Serving large blocks from the heap and not trimming it keeps those pages mapped between steps. Results are the
 same bit for bit: only where memory comes from changes.
 
 The cost is that memory freed late in a run stays with the process until it exits. That suits the

@@ -5,8 +5,9 @@ Detection holds the input grid only twice over: the CT's voxels (int16 where the
 store them; float32 otherwise) and the nodules' label map (one byte a voxel, of which only the pages around
 the nodules are ever touched). Everything else works box by box or on the lung crop at the model's 1.5 mm
 (``lungmask.LungMask``, ``prepare.to_model_grid``, the overview, the Slicer files), so the rest of the peak
-(Python, torch, the model, slicer-core, the boxes in flight) is 1-1.5 GB. Measured peaks (README, Benchmarks):
-1.07 GB for 512 x 512 x 133 int16, 3.2 GB for 1024 x 1024 x 800 int16, 3.5 GB for 1024 x 1024 x 476 float32.
+(Python, torch, the model, slicer-core, the boxes in flight) is 1-1.5 GB. Measured peaks
+(docs/benchmarks.md, *Memory bound*): 1.07 GB for 512 x 512 x 133 int16, 3.2 GB for 1024 x 1024 x 800 int16,
+3.5 GB for 1024 x 1024 x 476 float32.
 
 A CT whose voxels would need more than :data:`MAX_VOXEL_BYTES` (counted as in :data:`PEAK_BYTES_PER_VOXEL`)
 is refused, which keeps detection within 4 GB: up to 1.0 x 10^9 voxels stored as integers (1024 x 1024 x
