@@ -183,7 +183,8 @@ def test_windows_centre_more_often_on_small_faint_and_large_nodules():
 def test_a_nodule_drawn_outside_the_lung_is_background_in_training_and_excluded_in_validation(tmp_path):
     """Phantom nodules with lung_share under 0.5 sit in the chest wall or mediastinum: no reader marks them.
     Training neither centres windows on them nor marks them in its targets; validation scores them as
-    excluded marks (as ``evaluate --phantoms`` does); the share survives the cache; old files read as 1."""
+    excluded marks (as ``evaluate --phantoms`` does); the share survives the cache; a cached case without a
+    ``lung_share`` array reads as 1."""
     from resmtnet.training import PatchSampler, TrainConfig
     from resmtnet.training_data import TrainCase
     from resmtnet.validation import case_marks

@@ -79,7 +79,8 @@ class LoadedModel:
     def tta_flips(self) -> tuple[tuple[int, ...], ...]:
         """The test-time augmentation passes the threshold was calibrated with (axes flipped in each pass).
 
-        Checkpoints that record none predate the eight-pass default and were calibrated with four passes.
+        A checkpoint without ``decode.tta_flips`` was calibrated with the four passes of
+        :data:`~.inference.FOUR_MIRROR_FLIPS` (the scan and its three single-axis mirror images).
         """
         from .inference import FOUR_MIRROR_FLIPS
 

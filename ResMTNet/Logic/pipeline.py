@@ -65,7 +65,7 @@ def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int =
     """Peaks (model-grid voxel positions) of the network over a volume already on the model grid.
 
     ``tta``: average the network over the volume and the mirror images the model's threshold was calibrated
-    with (``model.tta_flips``: eight passes for current exports, four for older ones).
+    with (``model.tta_flips``: the passes the checkpoint records, four where it records none).
     """
     from .inference import predict_volume
 

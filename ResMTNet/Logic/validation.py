@@ -24,7 +24,7 @@ def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: f
     from .prepare import ModelGrid
 
     grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
-    lm = LoadedModel(net, {"decode": {"tta_flips": TTA_FLIPS}}, None)  # calibrate with today's default passes
+    lm = LoadedModel(net, {"decode": {"tta_flips": TTA_FLIPS}}, None)  # detection's default passes (all eight)
     peaks = find_peaks(lm, case.image.astype(np.float32), device, floor=floor, tta=tta)
     return [Finding(case.case_id, tuple(float(v) for v in grid.voxel_to_world(p.position_vox)), p.probability,
                     p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
