@@ -135,33 +135,16 @@ PyTorch extension) and SimpleITK.
 
 
 def registerSampleData():
-    """Add the "ResMTNet chest phantom" to Slicer's Sample Data module, generated here, nothing downloaded.
-
-    Sample Data loads a sample from its cache folder and downloads only what is missing there; this button's
-    loader first writes the phantom into that folder (a few seconds, the first time), so Sample Data finds it.
-    """
+    """Add the "ResMTNet chest phantom" to Slicer's Sample Data module, generated here, nothing downloaded
+    (``resmtnet.sample_data.register_sample``)."""
     import SampleData
 
     loadCore()
     sampleData = importlib.import_module(CORE_MODULE_NAME + ".sample_data")
-    iconsDir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons")
-
-    def cachePath():
-        return os.path.join(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory(), sampleData.FILE_NAME)
-
-    def generateAndLoad(source):
-        sampleData.ensure_sample_phantom(cachePath())
-        return SampleData.SampleDataLogic().downloadFromSource(source)
-
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category=sampleData.CATEGORY,
-        sampleName=sampleData.SAMPLE_NAME,
-        uris=pathlib.Path(cachePath()).as_uri(),
-        fileNames=sampleData.FILE_NAME,
-        nodeNames=sampleData.NODE_NAME,
-        thumbnailFileName=os.path.join(iconsDir, sampleData.NODE_NAME + ".png"),
-        loadFileType="VolumeFile",
-        customDownloader=generateAndLoad,
+    sampleData.register_sample(
+        SampleData,
+        cache_folder=lambda: slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory(),
+        icons_folder=os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons"),
     )
 
 
@@ -560,20 +543,14 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0, tta=True):
         """A function of (progress, cancel) that runs the detector on ``ct`` in this process (no MRML
-        inside). Used by :meth:`process`; the panel's Apply runs the detector in a child process instead."""
-        self.core()
+        inside; ``resmtnet.slicer_job.detect_in_this_process``). Used by :meth:`process`; the panel's Apply
+        runs the detector in a child process instead."""
+        core = self.core()
 
         def detect(progress=None, cancel=None):
-            import resmtnet.allocator
-            import resmtnet.pipeline  # torch is imported here
-
-            # Freed memory stays in Slicer's process while the detector runs (about a third faster: no
-            # page faults on its large buffers) and goes back to the system when it ends.
-            with resmtnet.allocator.freed_memory_kept():
-                # model: a checkpoint path, or None for the shipped weights
-                return resmtnet.pipeline.detect_ct(ct, model=checkpointPath or None, device=device,
-                                                   threshold=threshold, min_diameter_mm=minDiameterMm,
-                                                   progress=progress, cancel=cancel, tta=tta)
+            return core.slicer_job.detect_in_this_process(ct, model=checkpointPath or None, device=device,
+                                                          threshold=threshold, min_diameter_mm=minDiameterMm,
+                                                          tta=tta, progress=progress, cancel=cancel)
 
         return detect
 

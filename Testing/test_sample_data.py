@@ -1,19 +1,17 @@
 """The "ResMTNet chest phantom" of Slicer's Sample Data module.
 
-The core's generation (resmtnet.sample_data) runs for real: it writes a CT that reads back, once, and
-replaces a broken or foreign file. The module file's registerSampleData runs as extracted from
-ResMTNet/ResMTNet.py, on a real slicer-core scene (its cache manager, as in Slicer) and with a stand-in for
-the one thing that exists only in the Slicer application: the SampleData module, which here records the
-registration and, when the button's loader asks it to load the source, does what Slicer's does for a source
-whose file is already in the cache folder (loads it with the volumes logic, downloads nothing).
+The core's generation (resmtnet.sample_data) runs for real: it writes a CT that reads back, once, and replaces
+a broken or foreign file. Its registration (``register_sample``, which the module file's registerSampleData
+calls once Slicer has started) runs on a real slicer-core scene (its cache manager, as in Slicer) and with a
+stand-in for the one thing that exists only in the Slicer application: the SampleData module, which here
+records the registration and, when the button's loader asks it to load the source, does what Slicer's does for
+a source whose file is already in the cache folder (loads it with the volumes logic, downloads nothing).
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
 import os
-import pathlib
 import sys
 import types
 from pathlib import Path
@@ -73,17 +71,7 @@ def test_a_broken_or_foreign_file_is_replaced_whole(tmp_path, sample_file):
 
 
 # ------------------------------------------------------------------------------------------------
-# registerSampleData in the module file
-
-
-def _module_definitions(*names: str) -> str:
-    tree = ast.parse(MODULE_FILE.read_text())
-    source = MODULE_FILE.read_text()
-    chunks = [ast.get_source_segment(source, node) for node in tree.body
-              if getattr(node, "name", None) in names
-              or (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in names)]
-    assert len(chunks) == len(names), names
-    return "\n\n".join(chunks)
+# Registering the sample with Slicer's Sample Data module
 
 
 def test_module_registers_the_sample_when_slicer_has_started():
@@ -92,6 +80,9 @@ def test_module_registers_the_sample_when_slicer_has_started():
     init = next(n for n in module_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     connects = [c for c in ast.walk(init) if isinstance(c, ast.Call) and ast.unparse(c.func) == "slicer.app.connect"]
     assert [[ast.unparse(a) for a in c.args] for c in connects] == [["'startupCompleted()'", "registerSampleData"]]
+    register = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData")
+    calls = [ast.unparse(c.func) for c in ast.walk(register) if isinstance(c, ast.Call)]
+    assert "sampleData.register_sample" in calls  # the core's registration, tested above on a real scene
 
 
 class _SampleDataStandIn(types.ModuleType):
@@ -123,12 +114,9 @@ class _SampleDataStandIn(types.ModuleType):
 def test_registered_source_generates_the_phantom_into_the_cache_and_loads_it(monkeypatch, slicer_app):
     stand_in = _SampleDataStandIn(slicer_app.scene, slicer_app.logic("Volumes"))
     monkeypatch.setitem(sys.modules, "SampleData", stand_in)
-    namespace = {"__file__": str(MODULE_FILE), "importlib": importlib, "os": os, "pathlib": pathlib, "sys": sys,
-                 "slicer": types.SimpleNamespace(mrmlScene=slicer_app.scene)}
-    exec(compile(_module_definitions("CORE_MODULE_NAME", "CORE_SUBMODULES", "loadCore", "registerSampleData"),
-                 str(MODULE_FILE),
-                 "exec"), namespace)
-    namespace["registerSampleData"]()
+    cache_manager = slicer_app.scene.GetCacheManager()
+    sample_data.register_sample(stand_in, cache_folder=cache_manager.GetRemoteCacheDirectory,
+                                icons_folder=REPO / "ResMTNet" / "Resources" / "Icons")
 
     [kwargs] = stand_in.registered
     cache = Path(slicer_app.scene.GetCacheManager().GetRemoteCacheDirectory())

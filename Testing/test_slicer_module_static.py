@@ -5,8 +5,9 @@ stand-ins for Qt). What needs no Slicer at all is checked here by reading the fi
 code names exists in the .ui with a class that has what the code uses; every SlicerParameterName is a
 parameter of the wrapper, on a widget that Slicer's GUI connectors can bind to that parameter's type;
 every script and resource is listed in CMake; the .s4ext, CMake and catalog entry agree; and nothing
-heavy is imported at load time. The core loader and the in-process detection (``logic.process()``) are
-run for real, extracted from the file, in fresh interpreters.
+heavy is imported at load time. The core loader, which loads the core and so cannot live in it, is run for
+real, extracted from the file, in a fresh interpreter; the in-process detection behind ``logic.process()`` is
+the core's ``slicer_job.detect_in_this_process``, imported.
 """
 
 from __future__ import annotations
@@ -336,18 +337,9 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
     assert run.stdout.strip().endswith("ok")
 
 
-def _method_source(class_name: str, method: str) -> str:
-    """Source of one method of a class of the module file, dedented to a plain function."""
-    for node in module_tree().body:
-        if isinstance(node, ast.ClassDef) and node.name == class_name:
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == method:
-                    return textwrap.dedent(ast.get_source_segment(MODULE_FILE.read_text(), item))
-    raise AssertionError(f"{class_name}.{method} not found")
-
-
 def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_checkpoint, tmp_path):
-    """The Logic's detection, run for real in fresh interpreters (glibc's settings are per process): a
+    """The in-process detection the Logic's detectFunction hands over to, run for real in fresh interpreters
+    (glibc's settings are per process): a
     second detection in the same process faults far fewer pages in than the detector called bare, with
     glibc's defaults, as Slicer's process has them."""
     from resmtnet.ctio import write_volume
@@ -355,17 +347,18 @@ def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_ch
     ct_path = tmp_path / "phantom.nrrd"
     write_volume(phantom.ct, ct_path)
     head = textwrap.dedent("""
-        import resource, sys, types
-        import resmtnet
+        import resource, sys
         from resmtnet.ctio import read_ct
         from resmtnet.pipeline import detect_ct
-    """) + _method_source("ResMTNetLogic", "detectFunction")
+        from resmtnet.slicer_job import detect_in_this_process
+    """)
     body = textwrap.dedent(f"""
 
         ct = read_ct({str(ct_path)!r})
         if sys.argv[1] == "module":
-            detect = detectFunction(types.SimpleNamespace(core=lambda: resmtnet), ct, {str(untrained_checkpoint)!r},
-                                    "cpu", 0.0)
+            def detect(progress=None, cancel=None):
+                return detect_in_this_process(ct, {str(untrained_checkpoint)!r}, "cpu", 0.0, progress=progress,
+                                              cancel=cancel)
         else:
             def detect(progress=None, cancel=None):
                 return detect_ct(ct, model={str(untrained_checkpoint)!r}, device="cpu", threshold=0.0)
@@ -383,6 +376,10 @@ def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_ch
         found, counts[mode] = (int(v) for v in run.stdout.split())
         assert found > 0
     assert counts["module"] < 0.3 * counts["bare"], counts
+    method = next(f for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == "ResMTNetLogic"
+                  for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "detectFunction")
+    assert "core.slicer_job.detect_in_this_process" in [ast.unparse(c.func) for c in ast.walk(method)
+                                                         if isinstance(c, ast.Call)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 downloaded.
 
 Slicer's Sample Data module loads a sample from a file in its cache folder and downloads that file only when
-it is missing there. The module file registers the phantom under :data:`FILE_NAME` with a loader that first
-calls :func:`ensure_sample_phantom` on that cache path, so the first click generates the CT (a few seconds)
-and later clicks reuse it. The phantom is :func:`resmtnet.phantom.generate_phantom` with :data:`SEED`, small
-(coarse voxels, about 1.9 x 1.9 x 2 mm), axis-aligned: three solid nodules of 15, 10 and 5.5 mm that the shipped
-model finds (p 0.91, 0.86, 0.64) with no false finding.
+it is missing there. :func:`register_sample` (called by the module file) registers the phantom under
+:data:`FILE_NAME` with a loader that first calls :func:`ensure_sample_phantom` on that cache path, so the
+first click generates the CT (a few seconds) and later clicks reuse it. The phantom is
+:func:`resmtnet.phantom.generate_phantom` with :data:`SEED`, small (coarse voxels, about 1.9 x 1.9 x 2 mm),
+axis-aligned: three solid nodules of 15, 10 and 5.5 mm that the shipped model finds (p 0.91, 0.86, 0.64) with
+no false finding.
 
 Nothing heavy is imported here at module level: Slicer imports this when it starts, to register the sample.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SAMPLE_NAME = "ResMTNet chest phantom"  # the button's text, and the name SampleData.downloadSample knows
 NODE_NAME = "ResMTNetChestPhantom"  # the loaded volume's node name; the thumbnail is Resources/Icons/NODE_NAME.png
@@ -51,3 +54,30 @@ def ensure_sample_phantom(path: str | Path) -> Path:
     assert ct.seriesuid == SERIES_UID, ct.seriesuid
     write_volume(ct, path)  # whole or not at all (temporary name, then rename)
     return path
+
+
+def register_sample(sample_data_module: Any, cache_folder: Callable[[], str], icons_folder: str | Path) -> None:
+    """Add the sample to Slicer's Sample Data module (``sample_data_module``: the ``SampleData`` module).
+
+    ``cache_folder()`` is Slicer's cache folder, asked when the button is pressed (the user may change it);
+    ``icons_folder`` holds the thumbnail ``NODE_NAME.png``. The button's loader first writes the phantom into
+    the cache folder, so that Sample Data finds the file there and downloads nothing.
+    """
+
+    def cache_path() -> str:
+        return str(Path(cache_folder()) / FILE_NAME)
+
+    def generate_and_load(source):
+        ensure_sample_phantom(cache_path())
+        return sample_data_module.SampleDataLogic().downloadFromSource(source)
+
+    sample_data_module.SampleDataLogic.registerCustomSampleDataSource(
+        category=CATEGORY,
+        sampleName=SAMPLE_NAME,
+        uris=Path(cache_path()).as_uri(),
+        fileNames=FILE_NAME,
+        nodeNames=NODE_NAME,
+        thumbnailFileName=str(Path(icons_folder) / f"{NODE_NAME}.png"),
+        loadFileType="VolumeFile",
+        customDownloader=generate_and_load,
+    )

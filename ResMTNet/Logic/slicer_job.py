@@ -190,3 +190,21 @@ class DetectionProcess:
         if returncode != 0 or not done:
             return "error", (describe_exit(returncode), details)
         return "done", read_results(outdir)
+
+
+def detect_in_this_process(ct: Any, model: str | os.PathLike | None = None, device: str = "auto",
+                           threshold: float | None = None, min_diameter_mm: float = 0.0, tta: bool = True,
+                           progress: Any = None, cancel: Any = None) -> Any:
+    """The module's other way to detect: in Slicer's own process, on the calling thread (``logic.process()``,
+    for Slicer's Python console and scripts). ``model``: a checkpoint path, or None for the shipped weights.
+
+    Freed memory stays in the process while the detector runs (about a third faster: no page faults on its
+    large buffers) and goes back to the system when it ends, since Slicer lives on after the detection
+    (:func:`.allocator.freed_memory_kept`). torch is imported here, not when this module is.
+    """
+    from . import allocator
+    from .pipeline import detect_ct
+
+    with allocator.freed_memory_kept():
+        return detect_ct(ct, model=model or None, device=device, threshold=threshold,
+                         min_diameter_mm=min_diameter_mm, progress=progress, cancel=cancel, tta=tta)
