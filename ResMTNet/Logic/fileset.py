@@ -58,6 +58,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -260,6 +261,7 @@ def _publish_linked(outdir: Path, staging: Path, names: list[str], replaces: fro
             if legacy:
                 old = _migrate(outdir, legacy)
         new = _new_set_folder(tree)
+        os.chmod(staging, stat.S_IMODE(outdir.stat().st_mode))  # readable as the folder is (staging: 0700)
         _step("set folder")
         os.rename(staging, new)
         _fsync_dir(tree)
