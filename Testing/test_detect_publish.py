@@ -73,6 +73,33 @@ def test_a_run_replaces_the_previous_set_whole(capsys, tmp_path, scans, untraine
     assert "tiny-chest-1" in (out / "nodules.csv").read_text()
 
 
+def test_slicer_opens_the_results_through_their_links(tmp_path):
+    """Slicer's own readers (slicer-core) open the bundle, the markups and the segmentation by their names in
+    OUTDIR, which are links into the set's folder."""
+    import slicer
+    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.slicer_app import create_slicer_core_app
+    from synthetic_chest import tiny_detection
+
+    out = tmp_path / "out"
+    ct = tiny_chest(1)
+    detection = tiny_detection(ct)
+    write_detection_outputs(ct, detection, out)
+    assert all((out / n).is_symlink() for n in ("scene.mrb", "nodules.mrk.json", "nodules.seg.nrrd"))
+    count = len(detection.nodules)
+    assert count > 0
+    bundle = create_slicer_core_app()
+    assert bundle.scene.ReadFromMRB(str(out / "scene.mrb"))
+    assert bundle.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == count
+    files = create_slicer_core_app()
+    assert files.logic("Markups").LoadMarkups(str(out / "nodules.mrk.json"))
+    assert files.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == count
+    segmentation = files.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(out / "nodules.seg.nrrd"))
+    assert storage.ReadData(segmentation) and segmentation.GetSegmentation().GetNumberOfSegments() == count
+
+
 # Runs `resmtnet` with argv[2:], SIGKILLed just before the publishing step named argv[1].
 KILL_AT_STEP = textwrap.dedent("""
     import os, signal, sys

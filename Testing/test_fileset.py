@@ -313,3 +313,24 @@ def test_a_journal_found_on_disk_reaches_nothing_outside_the_folder(tmp_path):
         recover(outdir)
         assert (victim / "a.txt").read_text() == "keep" and not (outdir / JOURNAL).exists()
         assert _is_whole_set(outdir, OLD, "old")
+
+
+def test_a_link_tree_found_on_disk_reaches_nothing_outside_the_folder(tmp_path):
+    """A results folder from elsewhere may hold any ``.resmtnet``: a ``current`` pointing outside is not a set;
+    recovery removes that link only, never what it points at, nor files in ``.resmtnet`` it did not make."""
+    victim = tmp_path / "victim"
+    (victim / "set-x").mkdir(parents=True)
+    (victim / "set-x" / "a.txt").write_text("keep")
+    outdir = tmp_path / "out"
+    (outdir / TREE).mkdir(parents=True)
+    (outdir / TREE / "notes.txt").write_text("not ours")
+    for target in ("../../victim/set-x", "../../victim", str(victim / "set-x")):
+        (outdir / TREE / "current").unlink(missing_ok=True)
+        os.symlink(target, outdir / TREE / "current")
+        os.symlink(f"{TREE}/current/a.txt", outdir / "a.txt")
+        recover(outdir)
+        assert (victim / "set-x" / "a.txt").read_text() == "keep", target
+        assert not os.path.lexists(outdir / "a.txt") and not os.path.lexists(outdir / TREE / "current")
+        assert (outdir / TREE / "notes.txt").read_text() == "not ours"
+    _publish(outdir, NEW, "new")
+    assert _visible(outdir) == NEW and (outdir / TREE / "notes.txt").read_text() == "not ours"

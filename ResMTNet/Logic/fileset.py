@@ -346,16 +346,14 @@ def _recover_tree(outdir: Path) -> list[str]:
         for p in links:
             p.unlink()
         if tree.is_dir() and not tree.is_symlink():
-            if links or any(tree.iterdir()):
+            removed = _remove_sets(tree, keep=None)
+            with contextlib.suppress(OSError):  # only where nothing else is in it
+                tree.rmdir()
+            if links or removed:
                 done.append(f"removed the unused sets and links in {outdir}")
-            shutil.rmtree(tree)
         return done
-    for p in sorted(tree.iterdir()):
-        if p.name.startswith(f"{CURRENT}.") and p.is_symlink():
-            p.unlink()
-        elif p.name.startswith(SET_PREFIX) and p != current and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-            done.append(f"removed {TREE}/{p.name}, a set a killed run left")
+    for p in _remove_sets(tree, keep=current):
+        done.append(f"removed {TREE}/{p}, a set a killed run left")
     if not os.path.lexists(manifest):  # a migration cut short before it linked the manifest
         _replace_by_link(outdir, MANIFEST)
     for p in sorted(outdir.iterdir()):
@@ -366,6 +364,19 @@ def _recover_tree(outdir: Path) -> list[str]:
             _replace_by_link(outdir, p.name)  # a migration cut short: the same content, now by its link
             done.append(f"linked {p.name} to its set")
     return done
+
+
+def _remove_sets(tree: Path, keep: Path | None) -> list[str]:
+    """Remove the set folders in ``tree`` but ``keep`` and the temporary links to them (with ``keep`` None, also
+    ``current``); returns the names of the set folders removed. Nothing else in ``tree`` is touched."""
+    removed = []
+    for p in sorted(tree.iterdir()):
+        if (p.name == CURRENT and keep is None or p.name.startswith(f"{CURRENT}.")) and p.is_symlink():
+            p.unlink()
+        elif p.name.startswith(SET_PREFIX) and p != keep and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
 
 
 def _current_set(outdir: Path) -> Path | None:
