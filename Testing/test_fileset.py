@@ -122,9 +122,10 @@ def _is_clean(outdir: Path) -> bool:
             and {p.name for p in tree.iterdir()} == {"current", os.readlink(tree / "current")})
 
 
-def _shown(outdir: Path, sets: dict[str, dict[str, str]]) -> str:
+def _shown(outdir: Path, sets: dict[str, dict[str, str]], unlisted_old: bool = False) -> str:
     """Without recovering: the run whose set the folder shows. Every name that opens must hold that set's
-    content and every name of that set must open (its manifest's sizes and SHA-256 matching)."""
+    content and every name of that set must open (its manifest's sizes and SHA-256 matching; ``unlisted_old``:
+    the old set has no manifest, or the one made for it when it was turned into a linked set)."""
     opened = {}
     for p in outdir.iterdir():
         if not p.name.startswith(".") and p.name != USER_FILE:
@@ -133,7 +134,10 @@ def _shown(outdir: Path, sets: dict[str, dict[str, str]]) -> str:
     runs = [run for run, files in sets.items() if opened == files]
     assert len(runs) == 1, f"a mix or an incomplete set: {opened}"
     manifest = read_set(outdir, verify=True)
-    assert (manifest or {}).get("run") == (runs[0] if runs[0] != "none" else None), manifest
+    if unlisted_old and runs[0] == "old":
+        assert manifest is None or manifest.get("legacy") is True and set(manifest["files"]) == set(OLD), manifest
+    else:
+        assert (manifest or {}).get("run") == (runs[0] if runs[0] != "none" else None), manifest
     assert (outdir / USER_FILE).read_text() == "mine"
     return runs[0]
 
@@ -172,15 +176,19 @@ LINKED_STEPS = ["set folder", "link d.txt", "new current", "switch", "unlink c.t
                 "remove old set"]
 
 
-@pytest.mark.parametrize("start", ["empty", "earlier set", "legacy files"])
+@pytest.mark.parametrize("start", ["empty", "earlier set", "legacy files", "legacy files without a manifest"])
 def test_killed_at_every_step_of_publishing_the_folder_shows_the_old_set_or_the_new(tmp_path, start, monkeypatch):
     """SIGKILL at each step of a publish with links in turn, into an empty folder, one holding a set of other
-    files (c.txt goes, d.txt comes), and one holding an earlier version's plain files: every name that opens
+    files (c.txt goes, d.txt comes), and one holding an earlier version's plain files (with a manifest, or of a
+    version that wrote none): every name that opens
     shows one set, whole (before the switch the old one, after it the new one), with no recovery; the next
     recovery leaves the new (or old) set and nothing else."""
     def folder(name: str) -> Path:
         if start == "legacy files":
             return _legacy_folder(tmp_path, name, monkeypatch)
+        if start == "legacy files without a manifest":
+            (_legacy_folder(tmp_path, name, monkeypatch) / MANIFEST).unlink()
+            return tmp_path / name
         if start == "earlier set":
             return _old_folder(tmp_path, name)
         (tmp_path / name).mkdir()
@@ -203,11 +211,14 @@ def test_killed_at_every_step_of_publishing_the_folder_shows_the_old_set_or_the_
         res = _kill_publish_at(outdir, k)
         assert res.returncode == -signal.SIGKILL, (k, res.stderr)
         switched = "switch" in steps[:k - 1]
-        assert _shown(outdir, sets) == ("new" if switched else old_run), (k, steps[k - 1])
+        unlisted = start == "legacy files without a manifest"
+        assert _shown(outdir, sets, unlisted) == ("new" if switched else old_run), (k, steps[k - 1])
         recover(outdir)
-        assert _shown(outdir, sets) == ("new" if switched else old_run), k
+        assert _shown(outdir, sets, unlisted) == ("new" if switched else old_run), k
         if start == "legacy files" and f"link {MANIFEST}" not in steps[:k - 1]:  # back to the plain files
             assert _hidden(outdir) == {MANIFEST} and not any(p.is_symlink() for p in outdir.iterdir()), k
+        elif unlisted and "legacy current" not in steps[:k - 1]:
+            assert _hidden(outdir) == set() and not any(p.is_symlink() for p in outdir.iterdir()), k
         elif start == "empty" and not switched:
             assert _hidden(outdir) == set() and _visible(outdir) == {USER_FILE: "mine"}, k
         else:  # a migration cut short is finished
@@ -334,3 +345,25 @@ def test_a_link_tree_found_on_disk_reaches_nothing_outside_the_folder(tmp_path):
         assert (outdir / TREE / "notes.txt").read_text() == "not ours"
     _publish(outdir, NEW, "new")
     assert _visible(outdir) == NEW and (outdir / TREE / "notes.txt").read_text() == "not ours"
+
+
+def test_where_links_fail_a_linked_set_is_replaced_by_plain_files(tmp_path, monkeypatch):
+    """A linked set, then a publish where os.symlink raises (the journal method): the new set as plain files, the
+    old set's folder and links gone, the user's file kept; with links back, the next set is linked again."""
+    outdir = _old_folder(tmp_path, "out")
+    with monkeypatch.context() as m:
+        m.setattr(os, "symlink", _no_symlinks)
+        _publish(outdir, NEW, "new")
+    assert _is_whole_set(outdir, NEW, "new") and _hidden(outdir) == {MANIFEST}
+    assert not any(p.is_symlink() for p in outdir.iterdir())
+    _publish(outdir, THIRD, "third")
+    assert _is_whole_set(outdir, THIRD, "third") and _is_clean(outdir)
+
+
+def test_a_folder_at_a_name_of_the_new_set_stops_the_publish_before_any_change(tmp_path):
+    outdir = _old_folder(tmp_path, "out")
+    (outdir / "d.txt").mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder has the name of a result"):
+        _publish(outdir, NEW, "new")
+    (outdir / "d.txt").rmdir()
+    assert _is_whole_set(outdir, OLD, "old") and _is_clean(outdir)

@@ -150,7 +150,7 @@ class StagedSet:
         _fsync_dir(self.path)
         with _signals_held(), _locked(self.outdir):
             _recover_locked(self.outdir)
-            if _current_set(self.outdir) is not None or _links_work(self.outdir):
+            if _links_work(self.outdir):
                 self._committed = True  # from here the staging folder becomes a set folder or is removed
                 _publish_linked(self.outdir, self.path, names, self.replaces)
             else:
@@ -181,8 +181,8 @@ class UnfinishedPublish(OSError):
 def read_set(outdir: str | Path, *, verify: bool = False) -> dict[str, Any] | None:
     """The manifest of ``outdir``'s complete set, or None where it holds none (or a publish is unfinished).
 
-    Complete: the manifest is present, no journal is, and every file it lists is there with its size
-    (``verify``: and its SHA-256).
+    Complete: the manifest is present, no journal is, and every file it lists opens by its name in ``outdir``
+    (through the links into the current set) with its size (``verify``: and its SHA-256).
     """
     outdir = Path(outdir)
     if (outdir / JOURNAL).exists():
