@@ -92,7 +92,7 @@ def test_a_folder_of_30_scans_with_5_broken_ones_and_its_resume(tmp_path, folder
 
     # 25 complete sets, one sub-folder per scan, named after its input
     good = [f"chest-{s:02d}" for s in range(22)] + ["patient-a", "patient-b", "series-32"]
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(good)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(good)
     for name in good:
         manifest = read_set(out / name, verify=True)
         assert manifest is not None and set(manifest["files"]) == {"nodules.csv", "overview.png", "report.json"}

@@ -42,7 +42,8 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
     views = {"views.png"} if report["views"].get("file") == "views.png" else set()
     assert views or report["views"]["skipped"]
     assert names == {"nodules.csv", "report.json", "overview.png", "nodules.mrk.json", "nodules.seg.nrrd",
-                     "scene.mrb", ".resmtnet-set.json"} | views  # the files and the manifest of their set
+                     "scene.mrb", ".resmtnet-set.json", ".resmtnet"} | views  # the files, their set's manifest
+    assert all((out / n).is_symlink() for n in names - {".resmtnet"})  # and folder: links into .resmtnet/current
     with open(out / "nodules.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0].keys())[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]

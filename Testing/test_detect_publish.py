@@ -1,9 +1,10 @@
-"""`resmtnet detect` replaces OUTDIR's results as one set: killed, terminated or out of disk, OUTDIR keeps the
-previous set whole (or the next run finishes the new one), and every output error is one line, exit 2."""
+"""`resmtnet detect` replaces OUTDIR's results as one set: killed, terminated or out of disk, OUTDIR shows the
+previous set whole or the new one, and every output error is one line, exit 2."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
 from resmtnet.cli import main
 from resmtnet.ctio import write_volume
-from resmtnet.fileset import JOURNAL, MANIFEST, STAGING_PREFIX, read_set
+from resmtnet.fileset import MANIFEST, STAGING_PREFIX, TREE, read_set
 from resmtnet.outputs import OUTPUT_FILES
 from synthetic_chest import tiny_chest
 
@@ -68,19 +69,45 @@ def test_a_run_replaces_the_previous_set_whole(capsys, tmp_path, scans, untraine
     assert _detect(capsys, scans[1], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
     second = _set_of(out)
     assert set(second["files"]) == PLAIN_FILES and second["input"] == str(scans[1].resolve())
-    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {"mine.txt", MANIFEST}
+    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {"mine.txt", MANIFEST, TREE} and _is_clean(out)
     assert "tiny-chest-1" in (out / "nodules.csv").read_text()
 
 
+def test_slicer_opens_the_results_through_their_links(tmp_path):
+    """Slicer's own readers (slicer-core) open the bundle, the markups and the segmentation by their names in
+    OUTDIR, which are links into the set's folder."""
+    import slicer
+    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.slicer_app import create_slicer_core_app
+    from synthetic_chest import tiny_detection
+
+    out = tmp_path / "out"
+    ct = tiny_chest(1)
+    detection = tiny_detection(ct)
+    write_detection_outputs(ct, detection, out)
+    assert all((out / n).is_symlink() for n in ("scene.mrb", "nodules.mrk.json", "nodules.seg.nrrd"))
+    count = len(detection.nodules)
+    assert count > 0
+    bundle = create_slicer_core_app()
+    assert bundle.scene.ReadFromMRB(str(out / "scene.mrb"))
+    assert bundle.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == count
+    files = create_slicer_core_app()
+    assert files.logic("Markups").LoadMarkups(str(out / "nodules.mrk.json"))
+    assert files.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == count
+    segmentation = files.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(out / "nodules.seg.nrrd"))
+    assert storage.ReadData(segmentation) and segmentation.GetSegmentation().GetNumberOfSegments() == count
+
+
+# Runs `resmtnet` with argv[2:], SIGKILLed just before the publishing step named argv[1].
 KILL_AT_STEP = textwrap.dedent("""
     import os, signal, sys
     import resmtnet.fileset as fs
     from resmtnet.cli import main
-    kill_at, argv = int(sys.argv[1]), sys.argv[2:]
-    steps = []
+    kill_at, argv = sys.argv[1], sys.argv[2:]
     def hook(name):
-        steps.append(name)
-        if len(steps) == kill_at:
+        if name == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     fs.STEP_HOOK = hook
     sys.exit(main(argv))
@@ -105,70 +132,104 @@ WRITE_KILLED = textwrap.dedent("""
 """)
 
 
-def test_detection_files_killed_at_every_step_of_publishing(tmp_path):
+def _shown(out: Path) -> dict:
+    """Without recovering: the manifest of the set ``out`` shows. Every name that opens holds that set's file
+    (its SHA-256), and every file of the set opens."""
+    manifest = read_set(out, verify=True)
+    assert manifest is not None, sorted(p.name for p in out.iterdir())
+    opened = {}
+    for p in out.iterdir():
+        if not p.name.startswith(".") and not p.is_dir():
+            with contextlib.suppress(FileNotFoundError):  # a link into a set that is not the current one
+                opened[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    assert opened == {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    return manifest
+
+
+def _is_clean(out: Path) -> bool:
+    """Only the set: its names as links into .resmtnet/current, one set folder, nothing left by a killed run."""
+    names = set(read_set(out)["files"]) | {MANIFEST}
+    tree = out / TREE
+    return ({p.name for p in out.iterdir() if p.name.startswith(".") or p.is_symlink()} == names | {TREE}
+            and all(os.readlink(out / n) == f"{TREE}/current/{n}" for n in names)
+            and {p.name for p in tree.iterdir()} == {"current", os.readlink(tree / "current")})
+
+
+@pytest.mark.parametrize("earlier", ["linked", "plain files"])
+def test_detection_files_killed_at_every_step_of_publishing(tmp_path, monkeypatch, earlier):
     """A detection's files (the new set without Slicer files) replacing a set with them, the writer SIGKILLed at
-    each step of publishing in turn: before the commit the old set is whole; after it no set is shown (no
-    manifest; a journal) until recovery, which gives the whole new set; nothing else is ever left."""
+    each step of publishing in turn; the earlier set published with links, or as plain files (an earlier
+    version, or a disk without links, wrote them). Without any recovery, every name that opens shows one
+    set, whole: the old one before the switch, the new one after it. The next recovery leaves only that set."""
     from resmtnet.fileset import recover
     from resmtnet.outputs import write_detection_outputs
     from synthetic_chest import tiny_detection
 
     template = tmp_path / "old"
     ct = tiny_chest(0)
-    write_detection_outputs(ct, tiny_detection(ct), template)  # with the Slicer files
-    old = _set_of(template)
+    with monkeypatch.context() as m:
+        if earlier == "plain files":
+            m.setattr(os, "symlink", _no_symlinks)
+        write_detection_outputs(ct, tiny_detection(ct), template)  # with the Slicer files
+    old = _shown(template)
+    assert any((template / n).is_symlink() for n in old["files"]) == (earlier == "linked")
     testing = str(Path(__file__).parent)
 
     def write_killed_at(out: Path, step: int) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", WRITE_KILLED, str(out), str(step), testing],
                               capture_output=True, text=True, timeout=300)
 
-    steps = write_killed_at(shutil.copytree(template, tmp_path / "count"), 0).stdout.splitlines()
-    views = ["remove views.png"] if "views.png" in old["files"] else []  # where VTK renders offscreen
-    assert steps == ["commit", "remove manifest", "move nodules.csv", "move overview.png", "move report.json",
-                     "remove nodules.mrk.json", "remove nodules.seg.nrrd", "remove scene.mrb", *views, "manifest",
-                     "journal", "staging"]
+    def copy(name: str) -> Path:
+        return shutil.copytree(template, tmp_path / name, symlinks=True)
+
+    steps = write_killed_at(copy("count"), 0).stdout.splitlines()
+    slicer = sorted(set(old["files"]) - PLAIN_FILES)  # views.png where VTK renders offscreen
+    migration = ["legacy set", "legacy current", *(f"link {n}" for n in [MANIFEST, *sorted(old["files"])])]
+    assert steps == [*(migration if earlier == "plain files" else []), "set folder", "new current", "switch",
+                     *(f"unlink {n}" for n in slicer), "remove old set"]
     for k in range(1, len(steps) + 1):
-        out = shutil.copytree(template, tmp_path / f"kill-{k}")
+        out = copy(f"kill-{k}")
         res = write_killed_at(out, k)
         assert res.returncode == -signal.SIGKILL, res.stderr
-        if k == 1:
-            assert _set_of(out) == old
-        elif JOURNAL in _hidden(out):
-            # a manifest only before the old one is removed or once the new one is in: never over a mix
-            assert read_set(out) is None
-            assert (MANIFEST in _hidden(out)) == (steps[k - 1] in ("remove manifest", "journal"))
-        else:
-            assert _set_of(out)["seriesuid"] == "tiny-chest-1"
+        switched = "switch" in steps[:k - 1]
+        shown = _shown(out)
+        assert shown["seriesuid"] == "tiny-chest-1" if switched else shown == old, (k, steps[k - 1])
         recover(out)
-        manifest = _set_of(out)
-        assert manifest == old if k == 1 else manifest["seriesuid"] == "tiny-chest-1"
-        assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {MANIFEST}, k
+        assert _shown(out) == shown, k
+        if earlier == "linked" or f"link {MANIFEST}" in steps[:k - 1]:  # (a migration cut short is finished)
+            assert _is_clean(out), k
+        else:  # the plain files as they were
+            assert {p.name for p in out.iterdir()} == set(old["files"]) | {MANIFEST}, k
 
 
-def test_detect_killed_while_publishing_is_finished_by_the_next_run(capsys, tmp_path, scans, untrained_checkpoint):
-    """`resmtnet detect` SIGKILLed after the new nodules.csv moved in beside the old report and Slicer files:
-    a mix on disk, but marked as one (no manifest, a journal); the next run into OUTDIR finishes it first
-    and ends with its own set, nothing else left."""
-    step, name = 4, "move overview.png"
+def _no_symlinks(*args, **kwargs):
+    raise PermissionError(1, "Operation not permitted")  # what os.symlink raises on a FAT disk
+
+
+@pytest.mark.parametrize(("first", "second", "step", "shows"), [
+    (("--no-slicer-files",), (), "link scene.mrb", "old"),  # the new Slicer files' links (some) dangle
+    ((), ("--no-slicer-files",), "unlink nodules.mrk.json", "new"),  # the old Slicer files' links dangle
+])
+def test_detect_killed_while_publishing_shows_one_set_and_the_next_run_cleans_up(
+        capsys, tmp_path, scans, untrained_checkpoint, first, second, step, shows):
+    """`resmtnet detect` SIGKILLed while publishing, into OUTDIR holding a set with other files: the Slicer files
+    come (or go), but OUTDIR shows the old set whole (killed before the switch) or the new one (after it),
+    without any recovery. The next run into OUTDIR leaves its own set and nothing else."""
     out = tmp_path / "out"
-    assert _detect(capsys, scans[0], out, untrained_checkpoint)[0] == 0
-    old = _set_of(out)
+    assert _detect(capsys, scans[0], out, untrained_checkpoint, *first)[0] == 0
+    old = _shown(out)
     argv = ["detect", str(scans[1]), "-o", str(out), "--model", str(untrained_checkpoint), "--no-tta",
-            "--max-findings", "2", "--quiet", "--no-slicer-files"]
-    res = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), *argv], capture_output=True, text=True,
+            "--max-findings", "2", "--quiet", *second]
+    res = subprocess.run([sys.executable, "-c", KILL_AT_STEP, step, *argv], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == -signal.SIGKILL, res.stderr
-    if name == "commit":
-        assert _set_of(out) == old and JOURNAL not in _hidden(out)
-    else:  # a mix on disk, but marked: no manifest, a journal
-        assert "tiny-chest-1" in (out / "nodules.csv").read_text() and (out / "scene.mrb").exists()
-        assert json.loads((out / "report.json").read_text())["input"]["seriesuid"] == "tiny-chest-0"
-        assert read_set(out) is None and JOURNAL in _hidden(out) and MANIFEST not in _hidden(out)
+    shown = _shown(out)
+    assert shown == old if shows == "old" else shown["input"] == str(scans[1].resolve())
+    assert json.loads((out / "report.json").read_text())["input"]["seriesuid"] == shown["seriesuid"]
+    assert os.path.islink(out / "nodules.mrk.json") and not (out / "nodules.mrk.json").exists()  # dangling
     assert _detect(capsys, scans[2], out, untrained_checkpoint, "--no-slicer-files") == (0, "")
-    assert _set_of(out)["input"] == str(scans[2].resolve())
-    assert _hidden(out) == {MANIFEST}
-    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {MANIFEST}
+    assert _shown(out)["input"] == str(scans[2].resolve()) and _is_clean(out)
+    assert {p.name for p in out.iterdir()} == PLAIN_FILES | {MANIFEST, TREE}
 
 
 def test_sigterm_while_writing_says_so_in_one_line_and_keeps_the_previous_set(capsys, tmp_path, scans,
@@ -189,7 +250,7 @@ def test_sigterm_while_writing_says_so_in_one_line_and_keeps_the_previous_set(ca
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert err.strip().splitlines() == ["resmtnet detect: terminated (SIGTERM)"]
-    assert _set_of(out) == old and _hidden(out) == {MANIFEST}
+    assert _set_of(out) == old and _is_clean(out)
 
 
 def test_output_that_is_a_file_or_under_a_file_is_one_line(capsys, tmp_path, scans, untrained_checkpoint):
@@ -258,7 +319,7 @@ def test_full_disk_read_only_and_mount_point_outputs(capsys, tmp_path, scans, un
         with pytest.raises(OutputError, match="disk is full") as e:  # and while writing, where it fills up then
             write_detection_outputs(ct, tiny_detection(ct), out)
         assert str(out) in str(e.value) and "\n" not in str(e.value)
-        assert _set_of(out) == old and _hidden(out) == {MANIFEST}
+        assert _set_of(out) == old and _is_clean(out)
 
         filler.unlink()
         subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
@@ -268,4 +329,4 @@ def test_full_disk_read_only_and_mount_point_outputs(capsys, tmp_path, scans, un
 
         subprocess.run(["mount", "-o", "remount,rw", str(out)], check=True)
         assert _detect(capsys, scans[1], out, untrained_checkpoint) == (0, "")
-        assert set(_set_of(out)["files"]) == set(OUTPUT_FILES) and _hidden(out) == {MANIFEST}
+        assert set(_set_of(out)["files"]) == set(OUTPUT_FILES) and _is_clean(out)

@@ -1,41 +1,64 @@
 """A set of files published into a folder as one: a reader finds the previous set or the new one, never a mix.
 
-The files stay plain files in the folder the user named (Slicer and people open them there), so the
-set can't change in one rename; a journal makes the change one step instead:
+People and Slicer open the files by their plain names directly in the output folder, so where the file
+system has symbolic links (POSIX), each set lives in a hidden folder of its own and the names are links:
+
+    OUTDIR/.resmtnet/set-<id>/        the set's files and its manifest ``.resmtnet-set.json`` (each file's
+                                      name, size and SHA-256)
+    OUTDIR/.resmtnet/current          -> set-<id>   (the one link that changes)
+    OUTDIR/nodules.csv                -> .resmtnet/current/nodules.csv   (fixed: a link's text never changes)
+    OUTDIR/.resmtnet-set.json         -> .resmtnet/current/.resmtnet-set.json
+
+Publishing a set (each change named to :data:`STEP_HOOK` first):
 
 1. **Stage.** Every file is written into a hidden staging folder inside the output folder
-   (``.resmtnet-staging-*``: the same file system, so an output folder that is a mount point works), with
-   the manifest ``.resmtnet-set.json`` (each file's name, size and SHA-256), and flushed to disk.
-2. **Commit.** The journal ``.resmtnet-publish.json`` (the staging folder, the files it brings, the files of
-   the earlier set it drops) is written under a temporary name and renamed into place: the one atomic
-   step that decides. Before it, the folder holds the previous set, untouched; after it, the new one is
-   decided and only needs finishing.
-3. **Finish** (roll forward, each step safe to repeat): the old manifest is removed, each new file is
-   renamed into place, the earlier set's files that the new set lacks are removed, the new manifest is
-   renamed in last, then the journal and the staging folder are removed.
+   (``.resmtnet-staging-*``: the same file system, so an output folder that is a mount point works), then
+   the manifest, all flushed to disk; the staging folder is renamed to ``.resmtnet/set-<id>`` ("set folder").
+2. **Links.** The links the new set needs that are missing are made, the manifest's first ("link NAME").
+   Until the switch they point at names the current set lacks, so they open nothing.
+3. **Switch.** A temporary link to the new set folder ("new current") is renamed over ``.resmtnet/current``
+   ("switch"): the one atomic step that decides. Every name now opens the new set's file.
+4. **Clean up.** The links of names the new set lacks (dangling now) are removed ("unlink NAME"), then the
+   previous set folder ("remove old set").
 
-:func:`recover` finishes a journal a killed process left (step 3 again) and removes staging folders
-whose writer is gone; every new set first calls it, and so may a reader. So, at every moment: where the
-manifest is present, the files it lists are the folder's set, whole and from one run; where it is absent
-and the journal present, a publish was cut short and :func:`recover` completes it. Ctrl-C and SIGTERM
-are held off from the commit to the end of step 3, so only a hard kill (SIGKILL, power loss) can leave a
-journal behind. Files in the folder that no set named, and other folders, are never touched.
+So a reader, at every instant, opens each name from one set only, and every name of the old set (before
+the switch) or of the new one (after it) opens. A folder of plain files from an earlier version (listed by
+a plain manifest, or among ``replaces``) is first turned into such a set without a moment where a name is
+missing or changes content: the files are hard-linked (copied where that fails) into a set folder
+("legacy set"), ``current`` is pointed at it ("legacy current"), and each plain file is replaced by its link
+with one rename ("link NAME"), the manifest's first.
+
+Where symbolic links can't be made (Windows without the privilege, FAT/exFAT disks, some SMB mounts) a
+journal is used instead: after staging, the journal ``.resmtnet-publish.json`` is renamed into place
+("commit"), the old manifest removed, the files renamed into the folder one by one, the earlier set's other
+files removed, the new manifest renamed in last, then the journal and the staging folder removed. Killed
+between the commit and the end, the folder holds a mix that is marked as one (no manifest, a journal),
+which :func:`recover` finishes.
+
+:func:`recover` removes what a killed publish left: dangling links into ``.resmtnet/current/``, set folders
+other than the current one, staging folders of writers that are gone; it finishes a half-done migration
+and a journal. Every new set first calls it, and so may a reader. Ctrl-C and SIGTERM are held off while
+the output folder changes, so only a hard kill (SIGKILL, power loss) leaves anything for it. Files in the
+folder that no set named, and other folders, are never touched.
 
 Writers hold an advisory lock (``flock``) on their staging folder while they live, and on the output
-folder while they commit and finish, so two processes don't finish one journal at once and recovery
-never removes the staging folder of a live writer. Where ``fcntl`` is missing (Windows) there is no
-lock: recovery then treats every staging folder but its own process's as left over.
+folder while they publish, so two processes don't publish at once and recovery never removes the staging
+folder of a live writer. Where ``fcntl`` is missing (Windows) there is no lock: recovery then treats every
+staging folder but its own process's as left over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -53,10 +76,16 @@ MANIFEST = ".resmtnet-set.json"
 JOURNAL = ".resmtnet-publish.json"
 STAGING_PREFIX = ".resmtnet-staging-"
 SET_FORMAT = "resmtnet-set/1"
+TREE = ".resmtnet"  # the folder inside the output folder that holds the sets and the link ``current``
+CURRENT = "current"
+SET_PREFIX = "set-"
+LINK_TMP_PREFIX = ".resmtnet-link-"  # a link made beside a name, then renamed over it
 
-#: Called with a step's name just before each change a publish makes to the output folder ("commit",
-#: "remove manifest", "move NAME", "remove NAME", "manifest", "journal", "staging"). Tests set it to
-#: kill the process at each step in turn; it is None otherwise.
+#: Called with a step's name just before each change a publish makes to the output folder. With links:
+#: "legacy set", "legacy current", "link NAME" (migration of plain files), "set folder", "link NAME",
+#: "new current", "switch", "unlink NAME", "remove NAME", "remove old set". With the journal: "commit",
+#: "remove manifest", "move NAME", "remove NAME", "manifest", "journal", "staging". Tests set it to kill
+#: the process at each step in turn; it is None otherwise.
 STEP_HOOK: Callable[[str], None] | None = None
 
 _own_staging: set[str] = set()  # staging folders of this process (recovery leaves them alone without flock)
@@ -99,7 +128,7 @@ class StagedSet:
     def __exit__(self, *exc: object) -> None:
         assert self.path is not None
         try:
-            if not self._committed:  # once committed the journal owns the staging folder
+            if not self._committed:  # once committed, the publish owns the staging folder
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             _unlock(self._lock_fd)
@@ -121,17 +150,27 @@ class StagedSet:
         _fsync_dir(self.path)
         with _signals_held(), _locked(self.outdir):
             _recover_locked(self.outdir)
-            drop = (_listed_files(self.outdir) | {n for n in self.replaces if (self.outdir / n).exists()}) - set(names)
-            journal = {"staging": self.path.name, "files": names, "remove": sorted(drop)}
-            _step("commit")
-            atomic_write(self.outdir / JOURNAL, lambda tmp: _write_synced(tmp, json.dumps(journal, indent=1)))
-            self._committed = True
-            try:
-                _fsync_dir(self.outdir)
-                _finish(self.outdir, journal)
-            except OSError as e:
-                raise UnfinishedPublish(e.errno, e.strerror or str(e), e.filename) from e
+            if _links_work(self.outdir):
+                self._committed = True  # from here the staging folder becomes a set folder or is removed
+                _publish_linked(self.outdir, self.path, names, self.replaces)
+            else:
+                self._publish_journaled(names)
         return names
+
+    def _publish_journaled(self, names: list[str]) -> None:
+        """Where links can't be made: commit a journal, then move the files in (see the module's docstring)."""
+        assert self.path is not None
+        drop = (_listed_files(self.outdir) | {n for n in self.replaces if (self.outdir / n).exists()}) - set(names)
+        journal = {"staging": self.path.name, "files": names, "remove": sorted(drop)}
+        _step("commit")
+        atomic_write(self.outdir / JOURNAL, lambda tmp: _write_synced(tmp, json.dumps(journal, indent=1)))
+        self._committed = True
+        try:
+            _fsync_dir(self.outdir)
+            _finish(self.outdir, journal)
+            _recover_tree(self.outdir)  # a linked set this one replaced: its folder and links go
+        except OSError as e:
+            raise UnfinishedPublish(e.errno, e.strerror or str(e), e.filename) from e
 
 
 class UnfinishedPublish(OSError):
@@ -142,8 +181,8 @@ class UnfinishedPublish(OSError):
 def read_set(outdir: str | Path, *, verify: bool = False) -> dict[str, Any] | None:
     """The manifest of ``outdir``'s complete set, or None where it holds none (or a publish is unfinished).
 
-    Complete: the manifest is present, no journal is, and every file it lists is there with its size
-    (``verify``: and its SHA-256).
+    Complete: the manifest is present, no journal is, and every file it lists opens by its name in ``outdir``
+    (through the links into the current set) with its size (``verify``: and its SHA-256).
     """
     outdir = Path(outdir)
     if (outdir / JOURNAL).exists():
@@ -199,7 +238,218 @@ def _recover_locked(outdir: Path) -> list[str]:
             done.append(f"removed {p.name}, left by a killed run")
         elif p.name.startswith(TMP_PREFIX) and p.name.endswith((JOURNAL, MANIFEST)) and p.is_file():
             p.unlink(missing_ok=True)  # a journal a killed run was writing: that run had not committed
+    done += _recover_tree(outdir)
     return done
+
+
+# --- publishing with links ----------------------------------------------------------------------------------
+
+def _publish_linked(outdir: Path, staging: Path, names: list[str], replaces: frozenset[str]) -> None:
+    """Steps 2-4 of the module's docstring (after migrating plain files of an earlier version, if any)."""
+    tree = outdir / TREE
+    shown = [MANIFEST, *names]  # the manifest's link first: recovery takes a link set as in force by it
+    for name in shown:
+        if (outdir / name).is_dir() and not (outdir / name).is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise IsADirectoryError(errno.EISDIR, "a folder has the name of a result", str(outdir / name))
+    switched = False
+    try:
+        old = _current_set(outdir)
+        if old is None:
+            tree.mkdir(exist_ok=True)
+            legacy = _legacy_names(outdir, names, replaces)
+            if legacy:
+                old = _migrate(outdir, legacy)
+        new = _new_set_folder(tree)
+        os.chmod(staging, stat.S_IMODE(outdir.stat().st_mode))  # readable as the folder is (staging: 0700)
+        _step("set folder")
+        os.rename(staging, new)
+        _fsync_dir(tree)
+        for name in shown:
+            if not _is_our_link(outdir / name):
+                _step(f"link {name}")
+                _replace_by_link(outdir, name)
+        _fsync_dir(outdir)
+        _step("new current")
+        tmp = tree / f"{CURRENT}.{new.name}"
+        os.symlink(new.name, tmp)
+        _step("switch")
+        os.replace(tmp, tree / CURRENT)
+        switched = True
+        _fsync_dir(tree)
+    except BaseException:
+        if not switched:  # the previous set is still the one shown: take away what this publish added
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                _recover_tree(outdir)
+        raise
+    # the new set is in place; what is left if this is cut short, the next recovery removes
+    with contextlib.suppress(OSError):
+        for p in sorted(outdir.iterdir()):
+            if p.name not in shown and _is_our_link(p):
+                _step(f"unlink {p.name}")
+                p.unlink()
+            elif p.name in replaces and p.name not in shown and p.is_file() and not p.is_symlink():
+                _step(f"remove {p.name}")  # a plain file of an earlier version beside a linked set
+                p.unlink()
+        if old is not None:
+            _step("remove old set")
+            shutil.rmtree(old)
+        _fsync_dir(outdir)
+
+
+def _migrate(outdir: Path, legacy: list[str]) -> Path:
+    """Turn the plain files ``legacy`` (and a plain manifest) into the current linked set, each name showing
+    the same content at every instant; returns the set folder."""
+    tree = outdir / TREE
+    folder = _new_set_folder(tree)
+    _step("legacy set")
+    folder.mkdir()
+    for name in legacy:
+        _link_or_copy(outdir / name, folder / name)
+    if (outdir / MANIFEST).is_file() and not (outdir / MANIFEST).is_symlink():
+        _link_or_copy(outdir / MANIFEST, folder / MANIFEST)
+    else:  # files of a version that wrote no manifest: described as they are
+        manifest = {"format": SET_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "legacy": True, "files": {n: _describe(folder / n) for n in legacy}}
+        _write_synced(folder / MANIFEST, json.dumps(manifest, indent=1))
+    _fsync_dir(folder)
+    _step("legacy current")
+    os.symlink(folder.name, tree / CURRENT)
+    _fsync_dir(tree)
+    for name in [MANIFEST, *legacy]:
+        _step(f"link {name}")
+        _replace_by_link(outdir, name)
+    _fsync_dir(outdir)
+    return folder
+
+
+def _legacy_names(outdir: Path, names: list[str], replaces: frozenset[str]) -> list[str]:
+    """Plain files of an earlier set: listed by a plain manifest, or at a name sets of this kind hold."""
+    listed = _listed_files(outdir) if not (outdir / MANIFEST).is_symlink() else set()
+    return sorted(n for n in listed | replaces | set(names)
+                  if _plain_name(n) and (outdir / n).is_file() and not (outdir / n).is_symlink())
+
+
+def _recover_tree(outdir: Path) -> list[str]:
+    """Remove what a killed linked publish left; finish a migration cut short. Returns what was done."""
+    done = []
+    for p in sorted(outdir.iterdir()):
+        if p.name.startswith(LINK_TMP_PREFIX) and p.is_symlink():
+            p.unlink()
+    tree = outdir / TREE
+    current = _current_set(outdir)
+    manifest = outdir / MANIFEST
+    if current is None or (manifest.exists() and not _is_our_link(manifest)):
+        # no linked set in force (none yet, or a plain set was published over it): links and sets go
+        links = [p for p in sorted(outdir.iterdir()) if _is_our_link(p)]
+        for p in links:
+            p.unlink()
+        if tree.is_dir() and not tree.is_symlink():
+            removed = _remove_sets(tree, keep=None)
+            with contextlib.suppress(OSError):  # only where nothing else is in it
+                tree.rmdir()
+            if links or removed:
+                done.append(f"removed the unused sets and links in {outdir}")
+        return done
+    for p in _remove_sets(tree, keep=current):
+        done.append(f"removed {TREE}/{p}, a set a killed run left")
+    if not os.path.lexists(manifest):  # a migration cut short before it linked the manifest
+        _replace_by_link(outdir, MANIFEST)
+    for p in sorted(outdir.iterdir()):
+        if _is_our_link(p) and not p.exists():
+            p.unlink()
+            done.append(f"removed the link {p.name}, left by a killed run")
+        elif p.is_file() and not p.is_symlink() and _same_file(p, current / p.name):
+            _replace_by_link(outdir, p.name)  # a migration cut short: the same content, now by its link
+            done.append(f"linked {p.name} to its set")
+    return done
+
+
+def _remove_sets(tree: Path, keep: Path | None) -> list[str]:
+    """Remove the set folders in ``tree`` but ``keep`` and the temporary links to them (with ``keep`` None, also
+    ``current``); returns the names of the set folders removed. Nothing else in ``tree`` is touched."""
+    removed = []
+    for p in sorted(tree.iterdir()):
+        if (p.name == CURRENT and keep is None or p.name.startswith(f"{CURRENT}.")) and p.is_symlink():
+            p.unlink()
+        elif p.name.startswith(SET_PREFIX) and p != keep and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def _current_set(outdir: Path) -> Path | None:
+    """The folder ``.resmtnet/current`` points at, where it is one of the sets; else None."""
+    try:
+        target = os.readlink(outdir / TREE / CURRENT)
+    except OSError:
+        return None
+    folder = outdir / TREE / target
+    if not (target.startswith(SET_PREFIX) and _plain_name(target)) or folder.is_symlink() or not folder.is_dir():
+        return None
+    return folder
+
+
+def _new_set_folder(tree: Path) -> Path:
+    while True:
+        folder = tree / f"{SET_PREFIX}{secrets.token_hex(6)}"
+        if not os.path.lexists(folder):
+            return folder
+
+
+def _link_text(name: str) -> str:
+    return os.path.join(TREE, CURRENT, name)
+
+
+def _is_our_link(p: Path) -> bool:
+    """``p`` is the fixed link of its name into the current set."""
+    try:
+        return os.readlink(p) == _link_text(p.name)
+    except OSError:
+        return False
+
+
+def _replace_by_link(outdir: Path, name: str) -> None:
+    """Put the fixed link at ``name`` with one rename (whatever was there shows until that instant)."""
+    tmp = outdir / f"{LINK_TMP_PREFIX}{secrets.token_hex(6)}"
+    os.symlink(_link_text(name), tmp)
+    try:
+        os.replace(tmp, outdir / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _links_work(outdir: Path) -> bool:
+    """Whether symbolic links can be made in ``outdir`` (not on FAT/exFAT, some SMB mounts, Windows without
+    the privilege). A full or read-only disk is an error, not a reason to do without."""
+    probe = outdir / f"{LINK_TMP_PREFIX}{secrets.token_hex(6)}"
+    try:
+        os.symlink(TREE, probe)
+    except NotImplementedError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", -1)):
+            raise
+        return False
+    probe.unlink()
+    return True
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.is_file() and (os.path.samefile(a, b) or (a.stat().st_size == b.stat().st_size
+                                                           and _sha256(a) == _sha256(b)))
+    except OSError:
+        return False
 
 
 def _finish(outdir: Path, journal: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """Writing one detection's files as one set: the previous set or the new one, never a mix.
 
 The files are written into a staging folder inside the output folder and published together
-(:mod:`.fileset`: a journal, renames, the manifest ``.resmtnet-set.json`` last); an error or Ctrl-C while
-writing leaves the output folder's previous set as it was, and an output folder that can't be written
-becomes one clear :class:`~.errors.OutputError`.
+(:mod:`.fileset`: a set folder under ``.resmtnet/``, the names links into it, one rename switches sets); an
+error or Ctrl-C while writing leaves the output folder's previous set as it was, and an output folder that
+can't be written becomes one clear :class:`~.errors.OutputError`.
 """
 
 from __future__ import annotations
