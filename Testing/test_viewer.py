@@ -204,6 +204,14 @@ def test_page_shows_four_views_legend_and_note(page):
     assert "Research use only" in page.find_element(By.ID, "research-note").text
 
 
+def test_page_loads_nothing_from_elsewhere(page, server_url):
+    """Everything the page fetched (scripts, styles, fonts, images) came from the viewer itself."""
+    urls = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert urls, "no resources recorded"
+    elsewhere = [u for u in urls if not u.startswith((server_url, "blob:", "data:", server_url.replace("http", "ws")))]
+    assert not elsewhere
+
+
 def test_table_lists_the_findings(page, result_dir):
     from selenium.webdriver.common.by import By
 

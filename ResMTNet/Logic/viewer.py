@@ -246,6 +246,7 @@ class SceneViewer:
         red = scene.GetSingletonNode("Red", "vtkMRMLSliceNode")
         if red is not None:
             red.SetSliceVisible(True)  # the axial slice in the 3-D view, as views.png shows it
+        self.volume_name = volumes[0].GetName() or self.scene_path.name
         self._aim_three_d(volumes[0])
 
     def _aim_three_d(self, volume: Any) -> None:
@@ -298,7 +299,7 @@ class SceneViewer:
 
         from .slicer_scene import RESEARCH_NOTE
 
-        title = f"ResMTNet · {self.scene_path.name}"
+        title = f"ResMTNet · {self.volume_name}"
         self.server.state["trame__title"] = title
         self.server.state["findings"] = [f.row() for f in self.findings]
         with VAppLayout(self.server, full_height=True, theme="dark") as page:
@@ -308,8 +309,9 @@ class SceneViewer:
                         self.layout_manager.initialize_layout_grid(page)
                     html.Div("{{ slice_status }}", id=STATUS_ID, classes="text-caption px-2",
                              style="height: 22px; font-family: monospace;")
-                with html.Div(style="width: 420px; overflow-y: auto; padding: 8px;", classes="text-body-2"):
+                with html.Div(style="width: 440px; overflow-y: auto; padding: 8px;", classes="text-body-2"):
                     html.Div(title, classes="text-subtitle-1 font-weight-bold")
+                    html.Div(str(self.scene_path), classes="text-caption text-medium-emphasis")
                     html.Div(RESEARCH_NOTE, id="research-note", classes="text-warning my-2")
                     self._findings_table()
                     self._legend()
@@ -320,7 +322,7 @@ class SceneViewer:
         if not self.findings:
             html.Div("No findings in this scene.", id=TABLE_ID, classes="my-2")
             return
-        cell = "padding: 2px 6px; text-align: right;"
+        cell = "padding: 2px 6px; text-align: right; white-space: nowrap;"
         with html.Table(id=TABLE_ID, style="border-collapse: collapse; width: 100%; margin: 8px 0;"):
             with html.Thead(), html.Tr():
                 for text in ("", "Finding", "Centre L, P, S (mm)", "Size (mm)", "p", "Malignancy"):
