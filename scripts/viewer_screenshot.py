@@ -5,8 +5,8 @@
 
 Starts ``resmtnet view DETECT_OUTDIR --port 0`` (127.0.0.1 only), opens the page in Debian's ``chromium`` through
 ``chromedriver`` (selenium), waits until the four views are drawn, clicks row N of the findings table (default 1:
-the views stay on N1, as the page opens), saves the window as a PNG (palette-reduced to stay under 500 KB) and
-stops the server. Needs requirements.txt's packages and ``apt-get install chromium chromium-driver``.
+the views stay on N1, as the page opens), saves the window as a PNG (palette-reduced where needed to stay under
+500 KB) and stops the server. Needs requirements.txt's packages and ``apt-get install chromium chromium-driver``.
 """
 
 from __future__ import annotations
@@ -109,10 +109,12 @@ def screenshot(detect_dir: Path, out: Path, row: int = 1) -> Path:
         browser.quit()
         stop(process)
     tmp = out.with_name(out.name + ".tmp")
-    for colours in (256, 128, 64):
-        image.quantize(colours, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+    image.save(tmp, format="PNG", optimize=True)
+    for colours in (256, 128, 64):  # too large in full colour: a palette (octree keeps the legend's small swatches)
         if tmp.stat().st_size <= MAX_BYTES:
             break
+        image.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+            tmp, format="PNG", optimize=True)
     os.replace(tmp, out)
     return out
 
