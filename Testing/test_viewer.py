@@ -1,8 +1,9 @@
 """``resmtnet view``: a real result folder (``resmtnet detect`` on a small phantom) served by the real command and
 looked at in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium).
 
-One server for the page tests: the page loads, the four views are drawn, the table lists ``nodules.csv``'s findings,
-a click on row 2 moves the slice views to N2. The error cases run the command alone: exit status 2, one line.
+One server for the page tests (marked slow: ``resmtnet detect`` runs first): the page loads, the four views are
+drawn, the table lists ``nodules.csv``'s findings, a click on row 2 moves the slice views to N2. The error cases run
+the command alone: exit status 2, one line.
 Skips, saying so, where there is no Chromium, no selenium, no trame-slicer or no offscreen rendering.
 """
 
@@ -24,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest_slicer import offscreen_rendering  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 180  # the command's start: imports, the scene read into four views (seconds on a busy machine)
 PAGE_TIMEOUT_S = 90  # the page's first drawn views
@@ -186,6 +185,7 @@ def _status(browser) -> tuple[float, float, float]:
     return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
 def test_page_shows_four_views_legend_and_note(page):
     from selenium.webdriver.common.by import By
 
@@ -204,6 +204,7 @@ def test_page_shows_four_views_legend_and_note(page):
     assert "Research use only" in page.find_element(By.ID, "research-note").text
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
 def test_page_loads_nothing_from_elsewhere(page, server_url):
     """Everything the page fetched (scripts, styles, fonts, images) came from the viewer itself."""
     urls = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -212,6 +213,7 @@ def test_page_loads_nothing_from_elsewhere(page, server_url):
     assert not elsewhere
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
 def test_table_lists_the_findings(page, result_dir):
     from selenium.webdriver.common.by import By
 
@@ -229,12 +231,14 @@ def test_table_lists_the_findings(page, result_dir):
         assert abs(float(cells[5].rstrip(" %")) - 100 * float(truth["malignancy"])) <= 0.51
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
 def test_first_view_is_on_n1(page, result_dir):
     n1 = _csv_rows(result_dir)[0]
     for shown, key in zip(_status(page), ("coordX", "coordY", "coordZ")):
         assert abs(shown - float(n1[key])) < 1.0
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
 def test_click_on_row_2_moves_the_slice_views_to_n2(page, result_dir):
     from selenium.webdriver.common.by import By
 
