@@ -257,6 +257,21 @@ def test_click_on_row_2_moves_the_slice_views_to_n2(page, result_dir):
     _wait(redrawn, JUMP_TIMEOUT_S, "the three slice views redrawn")
 
 
+@pytest.mark.slow  # detect on a phantom, then the browser
+def test_scrolling_the_axial_view_moves_its_slice_and_the_status_follows(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+
+    before = _status(page)
+    axial = page.find_elements(By.CSS_SELECTOR, "img.image-display-area")[0]
+    ActionChains(page).move_to_element(axial).perform()
+    ActionChains(page).scroll_from_origin(ScrollOrigin.from_element(axial), 0, 120).perform()
+    after = _wait(lambda: (s := _status(page)) != before and s, JUMP_TIMEOUT_S, "the status line after a scroll")
+    assert after[:2] == before[:2]  # sagittal and coronal planes stay
+    assert abs(after[2] - before[2]) >= 0.5  # the axial plane moved by a slice or more
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors: one line, exit status 2, nothing served
 

@@ -206,9 +206,13 @@ class SceneViewer:
         self.findings = scene_findings(self.app.scene)
         self.legend_title, self.legend_entries = legend_from_scene(self.app.scene)
         self._build_page()
-        self.server.controller.jump_to_finding = self.jump_to_finding
         self.server.state["slice_status"] = slice_status(self.app.scene)
         self.server.state["selected_finding"] = self.findings[0].number if self.findings else None
+        # The status line follows the slice views however they move: a row's click, or scrolling in a view
+        for name, _orientation, _axis in SLICE_VIEWS:
+            node = self.app.scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+            if node is not None:
+                node.AddObserver(vtk.vtkCommand.ModifiedEvent, self._on_slice_moved)
 
     def _load(self) -> None:
         import zipfile
@@ -279,6 +283,12 @@ class SceneViewer:
             if node.GetLayoutName() == name:
                 return node
         return None
+
+    def _on_slice_moved(self, *_args: Any) -> None:
+        status = slice_status(self.app.scene)
+        if status != self.server.state["slice_status"]:
+            with self.server.state:
+                self.server.state["slice_status"] = status
 
     def jump_to_finding(self, number: int) -> None:
         """Centre the three slice views on finding ``number`` (as a click on its row in Slicer's table would)."""
