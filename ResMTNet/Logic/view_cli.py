@@ -11,6 +11,8 @@ import importlib.util
 from .errors import ResMTNetError
 from .viewer import DEFAULT_HOST, DEFAULT_PORT
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a result folder (with scene.mrb) or a scene file (.mrb, .mrml)")
@@ -21,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import print_warnings
     from .viewer import reserve_port, resolve_scene
 
     scene = resolve_scene(args.source)
@@ -31,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from .viewer import SceneViewer
 
     viewer = SceneViewer(scene)
+    if args.host not in LOOPBACK:
+        print_warnings([f"serving on {args.host}: anyone who can reach it sees the scan, with no login and no "
+                        "encryption; the page is meant for 127.0.0.1 (reach it from elsewhere through an SSH tunnel)"])
 
     def announce() -> None:
         print(f"Serving {scene} at http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)

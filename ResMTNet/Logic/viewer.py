@@ -17,6 +17,7 @@ Everything is read from the scene itself (the table node, the findings' fiducial
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,14 +76,19 @@ def resolve_scene(source: str | Path) -> Path:
 
 def reserve_port(host: str, port: int) -> int:
     """``port`` on ``host`` if it is free (0: a free port the system picks); ResMTNetError where it is not."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise ResMTNetError(f"cannot serve on {host}: not an address of this machine ({e})") from None
+    with socket.socket(family, kind, proto) as probe:
         # as the server binds (aiohttp): a port left in TIME_WAIT is free, one another program listens on is not
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as e:
-            raise ResMTNetError(f"cannot serve on {host}:{port}: {e.strerror or e} (another program uses the port? "
-                                "pick another with --port, or --port 0 for a free one)") from None
+            hint = (" (another program uses it: pick another with --port, or --port 0 for a free one)"
+                    if e.errno == errno.EADDRINUSE else "")
+            raise ResMTNetError(f"cannot serve on {host}:{port}: {e.strerror or e}{hint}") from None
         return int(probe.getsockname()[1])
 
 
