@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train_cli", "train Res-MTNet on phantoms, LUNA16 or LIDC-IDRI data"),
     "evaluate": ("evaluate_cli", "score predictions by the LUNA16 FROC protocol (CPM), AUC and size error"),
     "bench": ("bench_cli", "time each detection stage and measure peak memory"),
+    "view": ("view_cli", "serve a result's scene in a web page: Slicer's views, findings table, legend"),
     "realism": ("realism_cli", "compare phantoms with a real chest CT (lung HU, lung fraction, vessels)"),
 }
 
