@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,12 +180,15 @@ def test_three_d_view_shows_the_segments_and_the_legend(phantom_views):
             assert _changed(a, b).sum() > 0
 
 
-def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, phantom, phantom_truth, tmp_path):
+def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, phantom, phantom_truth, tmp_path,
+                                                          monkeypatch):
+    """Into an output folder named relative to the working folder, as `resmtnet detect x -o out` does."""
     from matplotlib.image import imread
     from resmtnet.outputs import write_detection_outputs
     from resmtnet.views import GAP, VIEW_SIZE
 
-    written = write_detection_outputs(phantom.ct, phantom_truth, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    written = write_detection_outputs(phantom.ct, phantom_truth, Path("out"))
     assert "views.png" in written
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["views"] == {"file": "views.png"}

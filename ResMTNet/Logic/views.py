@@ -366,7 +366,9 @@ def write_views_png(mrb: str | Path, out: str | Path, size: int = VIEW_SIZE,
     A child process, because VTK without an offscreen OpenGL may abort rather than raise: the caller's work
     (the detection) must survive that.
     """
-    command = [sys.executable, "-m", "resmtnet.views", str(mrb), str(out), "--size", str(size)]
+    # absolute: Slicer's ReadFromMRB unpacks into a folder of its own and can't find a relative bundle
+    command = [sys.executable, "-m", "resmtnet.views", str(Path(mrb).absolute()), str(Path(out).absolute()),
+               "--size", str(size)]
     try:
         run = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
