@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -370,10 +369,11 @@ class TrainCaseCache:
         """Build every missing case of ``ids`` (default: all), in ``workers`` processes."""
         import time
 
+        from .runtime import torchrun_ranks
+
         ids = list(self.source.case_ids() if ids is None else ids)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
+        world, rank, _local = torchrun_ranks()
         missing = [c for c in ids if not self.path(c).exists()]
         mine = missing[rank::world] if world > 1 else missing
         total = len(ids)

@@ -76,9 +76,9 @@ def _side(path: str, args: argparse.Namespace, model_holder: dict):
             raise InputError(f"{p}: its report.json names the CT {source or '(none)'}, which is not there: "
                              "the registration needs it")
         return read_ct(source), [Nodule.from_dict(d) for d in report["nodules"]], f"detect results in {p}"
-    from .inference import pick_device
     from .model_io import load_model
     from .pipeline import detect_ct
+    from .runtime import pick_device
 
     ct = read_ct(p)
     if "model" not in model_holder:

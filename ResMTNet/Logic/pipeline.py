@@ -169,7 +169,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     scan and all seven mirror images for the shipped weights, about eight times the network's time). It
     gives fewer false findings and steadier probabilities (model card); ``tta=False`` is the fast path.
     """
-    from .inference import compute_precision, pick_device
+    from .runtime import compute_precision, pick_device
 
     t_all = time.perf_counter()
     dev = pick_device(device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,15 +99,16 @@ def _process_group(device: str):
     """Under torchrun (``WORLD_SIZE`` > 1), the process group of the whole command: NCCL on GPUs, gloo on CPUs."""
     import torch
 
-    from .inference import pick_device
+    from .runtime import pick_device, torchrun_ranks
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+    world, _rank, local = torchrun_ranks()
+    if world <= 1 or torch.distributed.is_initialized():
         yield
         return
-    cuda = pick_device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    dev = pick_device(device, local_rank=local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     try:
         yield
     finally:
@@ -119,7 +119,9 @@ def _wait_for(path: Path, poll_s: float = 2.0) -> None:
     """Under torchrun, the other ranks wait for the file rank 0 writes (the first stage's export)."""
     import time
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    from .runtime import torchrun_ranks
+
+    if torchrun_ranks()[1] == 0:
         return
     while not path.is_file():
         time.sleep(poll_s)
@@ -262,11 +264,11 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
 
     from .atomic import atomic_write
     from .errors import ResMTNetError
-    from .inference import pick_device
     from .model import ModelConfig
     from .model_io import code_version, read_checkpoint
     from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .recipe import MODEL_KEYS, to_toml
+    from .runtime import pick_device, torchrun_ranks
     from .training import TrainConfig, train
     from .training_data import PhantomCases
     from .validation import score_cases
@@ -279,7 +281,7 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(r.train["loader_workers"], device)
     spacing = init.config.spacing_mm if init else float(r.model["spacing_mm"])
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank, _local = torchrun_ranks()
     if d["source"] == "phantoms":
         tr = PhantomCases(args.cache, d["phantom_seed"], d["phantoms"], spacing, d["max_nodules"])
         if d["thick_phantoms"]:
@@ -294,7 +296,7 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
             if ca is not None:  # made before training, so that a failure shows before the hours of training
                 ca.ensure(args.workers, _printer("calibration phantoms"))
             tr.ensure(args.workers, _printer("training phantoms"))
-        if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torch.distributed.is_available() and world > 1:
             # other ranks wait for rank 0's cache by polling the files it writes
             import time
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,9 @@ import torch.nn.functional as F
 
 from .errors import NonFiniteLossError, ResMTNetError
 from .hard_negatives import mine_false_findings, with_negatives
-from .inference import compute_precision
 from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
+from .runtime import compute_precision, pick_device, torchrun_ranks
 from .targets import encode
 from .training_data import TrainCase
 
@@ -273,13 +272,6 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -343,12 +335,9 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     """
     from .model_io import load_weights, read_checkpoint, save_checkpoint
 
-    world, rank, local = _dist_info()
+    world, rank, local = torchrun_ranks()
     distributed = world > 1
-    if device == "auto":
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device if device != "cuda" else f"cuda:{local}")
+    dev = pick_device(device, local_rank=local)
     owns_group = distributed and not torch.distributed.is_initialized()  # else the caller's, for several runs
     if owns_group:
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
