@@ -20,6 +20,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -333,8 +334,8 @@ def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_l
                         negatives_lps=neg, lung_share=np.array([t.lung_share for t in truths], np.float32))
 
 
-def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: str) -> None:
-    build_train_case(source, case_id, spacing, crop).save(Path(path))
+def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: Path) -> None:
+    build_train_case(source, case_id, spacing, crop).save(path)
 
 
 class TrainCaseCache:
@@ -366,39 +367,15 @@ class TrainCaseCache:
 
     def ensure(self, ids: Iterable[str] | None = None, workers: int = 1,
                progress: Callable[[int, int], None] | None = None, poll_s: float = 2.0) -> None:
-        """Build every missing case of ``ids`` (default: all), in ``workers`` processes."""
-        import time
-
-        from .runtime import torchrun_ranks
+        """Build every missing case of ``ids`` (default: all), in ``workers`` processes
+        (:func:`resmtnet.case_files.ensure_case_files`: under torchrun, each rank its share)."""
+        from .case_files import CaseFile, ensure_case_files
 
         ids = list(self.source.case_ids() if ids is None else ids)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        world, rank, _local = torchrun_ranks()
-        missing = [c for c in ids if not self.path(c).exists()]
-        mine = missing[rank::world] if world > 1 else missing
-        total = len(ids)
-        done = total - len(missing)
-        if progress:
-            progress(done, total)
-        if workers <= 1 or len(mine) <= 1:
-            for cid in mine:
-                build_train_case(self.source, cid, self.spacing, self.crop_to_lungs).save(self.path(cid))
-                done += 1
-                if progress:
-                    progress(done, total)
-        else:
-            from .processes import process_pool
-
-            with process_pool(workers) as pool:
-                futs = [pool.submit(_build_train_case_file, self.source, cid, self.spacing,
-                                    self.crop_to_lungs, str(self.path(cid))) for cid in mine]
-                for f in futs:
-                    f.result()
-                    done += 1
-                    if progress:
-                        progress(done, total)
-        while world > 1 and not all(self.path(c).exists() for c in ids):
-            time.sleep(poll_s)  # other ranks are still building their share
+        ensure_case_files([CaseFile(self.path(c), partial(_build_train_case_file, self.source, c, self.spacing,
+                                                          self.crop_to_lungs)) for c in ids],
+                          workers, progress, poll_s)
 
     def load(self, ids: Iterable[str] | None = None) -> list:
         """The cached :class:`resmtnet.training_data.TrainCase` of ``ids`` (building any that are missing)."""

@@ -260,7 +260,6 @@ def _printer(what: str):
 
 def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | None, export: str | None) -> int:
     """Train one stage of the recipe into ``out`` (from ``init_path``'s weights when given); export when asked."""
-    import torch
 
     from .atomic import atomic_write
     from .errors import ResMTNetError
@@ -281,7 +280,7 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(r.train["loader_workers"], device)
     spacing = init.config.spacing_mm if init else float(r.model["spacing_mm"])
-    world, rank, _local = torchrun_ranks()
+    rank = torchrun_ranks()[1]
     if d["source"] == "phantoms":
         tr = PhantomCases(args.cache, d["phantom_seed"], d["phantoms"], spacing, d["max_nodules"])
         if d["thick_phantoms"]:
@@ -291,17 +290,11 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
         n_cal = r.export["calibration_phantoms"]
         ca = PhantomCases(args.cache, r.export["calibration_seed"], n_cal, spacing, d["max_nodules"]) \
             if n_cal else None
-        if rank == 0:
-            va.ensure(args.workers, _printer("validation phantoms"))
-            if ca is not None:  # made before training, so that a failure shows before the hours of training
-                ca.ensure(args.workers, _printer("calibration phantoms"))
-            tr.ensure(args.workers, _printer("training phantoms"))
-        if torch.distributed.is_available() and world > 1:
-            # other ranks wait for rank 0's cache by polling the files it writes
-            import time
-
-            while not all(tr.path(cid).exists() for cid, _, _ in tr.items):
-                time.sleep(2)
+        shown = rank == 0  # every rank builds its share of each set; rank 0 says how far they are
+        va.ensure(args.workers, _printer("validation phantoms") if shown else None)
+        if ca is not None:  # made before training, so that a failure shows before the hours of training
+            ca.ensure(args.workers, _printer("calibration phantoms") if shown else None)
+        tr.ensure(args.workers, _printer("training phantoms") if shown else None)
         train_cases, val_cases = tr.load(), va.load()
         data_prov = {"source": "synthetic phantoms (resmtnet.phantom)", "phantom_seed": d["phantom_seed"],
                      "phantoms": d["phantoms"], "val_seed": d["val_seed"], "val_phantoms": d["val_phantoms"],
