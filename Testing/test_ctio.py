@@ -302,6 +302,29 @@ def test_dicom_series_in_a_sub_folder_is_found(tmp_path):
     assert ct.seriesuid == "1.2.826.0.1.3680043.2.1125.9" and ct.array.shape == (10, 24, 20)
 
 
+def test_a_dicom_folder_is_looked_through_once_and_the_ct_keeps_its_series(tmp_path):
+    """find_dicom_series lists each series with its files; read_ct reads the series it is handed (here the
+    smaller one) without looking again, and the CT keeps that series' plan: its files along the normal, its
+    uid, and its identity from one of them."""
+    from resmtnet.ctio import find_dicom_series
+    from resmtnet.dicom_export import read_source_series
+
+    _write_dicom_series(tmp_path, "1.2.826.0.1.3680043.2.1125.5", 12)
+    _write_dicom_series(tmp_path, "1.2.826.0.1.3680043.2.1125.6", 9, origin=(0.0, 0.0, 0.0))
+    found = find_dicom_series(tmp_path)
+    assert [(s.folder, s.series_uid, len(s.files)) for s in found] == [
+        (tmp_path, "1.2.826.0.1.3680043.2.1125.5", 12), (tmp_path, "1.2.826.0.1.3680043.2.1125.6", 9)]
+    assert all(Path(f).parent == tmp_path for s in found for f in s.files)
+    ct = read_ct(tmp_path, dicom_series=found[1:])
+    assert ct.seriesuid == "1.2.826.0.1.3680043.2.1125.6" and ct.array.shape == (9, 24, 20) and not ct.notes
+    assert ct.dicom is not None and ct.dicom.series_uid == ct.seriesuid
+    assert [Path(f).name for f in ct.dicom.files] == [f"1.2.826.0.1.3680043.2.1125.6-{k:03d}.dcm" for k in range(9)]
+    np.testing.assert_allclose(ct.dicom.positions[0], ct.origin, atol=1e-3)
+    assert read_source_series(tmp_path, ct).series_uid == ct.seriesuid
+    assert read_ct(tmp_path).dicom.series_uid == "1.2.826.0.1.3680043.2.1125.5"
+    assert read_ct(_volume(tmp_path / "v.nrrd", _noise())).dicom is None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Through the command line: a non-zero exit, a message, nothing written
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from resmtnet.ctio import read_ct, write_volume
 from resmtnet.errors import ResMTNetError
-from resmtnet.inference import compute_precision, pick_device
 from resmtnet.model_io import load_model
 from resmtnet.phantom import generate_phantom
 from resmtnet.pipeline import detect_ct
+from resmtnet.runtime import compute_precision, pick_device
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +220,9 @@ def test_reduced_precision_inference_matches_float32(model, device):
     """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
     CUDA: the centre map and the decoded peaks must stay those of float32 on the CPU."""
     import torch
-    from resmtnet.inference import compute_precision, predict_volume
+    from resmtnet.inference import predict_volume
     from resmtnet.prepare import to_model_grid
+    from resmtnet.runtime import compute_precision
     from resmtnet.targets import decode
 
     dev = torch.device(device)

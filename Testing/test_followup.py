@@ -5,7 +5,7 @@ one-voxel partial-volume edge) and sampled on each scan's grid: the prior at 1.2
 with the patient shifted (10, -6, 15) mm and rotated 4° about z and 3° about x, at 2 mm slices, with other
 noise. Between the two, nodule A grows from 6 to 9 mm, B from 10 to 12 mm, C stays 8 mm, D (7 mm) is gone
 and E (7 mm) is new; 180 days pass. The findings handed to the follow-up are what a detector gives: a centre
-off by up to 1 mm, and the size measured on each scan by the detector's own mask (``pipeline.grow_mask``).
+off by up to 1 mm, and the size measured on each scan by the detector's own mask (``measurement.grow_mask``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 from resmtnet.cli import main as cli_main
 from resmtnet.ctio import CTVolume
 from resmtnet.followup import compare, register_scans
+from resmtnet.measurement import equivalent_diameter, grow_mask
 from resmtnet.nodules import Detection, Nodule
 from resmtnet.outputs import write_detection_outputs
-from resmtnet.pipeline import equivalent_diameter, grow_mask
 
 INTERVAL_DAYS = 180
 #: name: (centre in the patient's coordinates mm, prior diameter or None, current diameter or None)

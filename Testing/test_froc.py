@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from resmtnet import froc
 from resmtnet.cli import main
-from resmtnet.froc import Finding, Mark
+from resmtnet.froc import Finding
+from resmtnet.luna16_csv import ReferenceNodule
 
 RATES = froc.FROC_FP_RATES
 
@@ -19,7 +20,7 @@ def F(sid, xyz, p, row=0, diameter=None, malignancy=None):
 
 
 def M(sid, xyz, d, rating=None, excluded=False):
-    return Mark(sid, tuple(float(v) for v in xyz), float(d), rating, excluded)
+    return ReferenceNodule(sid, tuple(float(v) for v in xyz), float(d), rating, excluded=excluded)
 
 
 def four_scan_case():
@@ -78,7 +79,7 @@ def test_the_operating_point_at_a_rate_finds_the_nodules_above_its_threshold():
     assert sum(froc.found_at(r, 0.5)[1]) / len(r.match.nodules) == r.sensitivities[RATES.index(0.5)]
 
 
-def test_kinds_found_at_two_fp_per_scan_by_hand(tmp_path):
+def test_kinds_found_at_two_fp_per_scan_by_hand():
     """Scan S: a solid pleural nodule hit at .9, a ground-glass one hit at .3, a 3 mm one (excluded) and three
     false positives at .8, .5 and .4: at 2 FP/scan (threshold .5) the solid one is found; the ground-glass one,
     hit only after the third false positive, is not; the excluded one is not scored. Without findings there is
@@ -86,21 +87,17 @@ def test_kinds_found_at_two_fp_per_scan_by_hand(tmp_path):
     from resmtnet.evaluate_cli import format_by_kind
     from resmtnet.phantom_eval import sensitivity_by_kind
 
-    csv_path = tmp_path / "annotations.csv"
-    csv_path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy,nodule_type,margin,location\n"
-                        "S,0,0,0,8,2,solid,smooth,pleural\n"
-                        "S,50,0,0,6,3,ground-glass,smooth,parenchyma\n"
-                        "S,100,0,0,3,1,solid,smooth,vascular\n")
-    marks = [Mark("S", (0.0, 0, 0), 8, 2, row=0), Mark("S", (50.0, 0, 0), 6, 3, row=1),
-             Mark("S", (100.0, 0, 0), 3, 1, excluded=True, row=2)]
+    marks = [ReferenceNodule("S", (0.0, 0, 0), 8, 2, "solid", location="pleural"),
+             ReferenceNodule("S", (50.0, 0, 0), 6, 3, "ground-glass", location="parenchyma"),
+             ReferenceNodule("S", (100.0, 0, 0), 3, 1, "solid", location="vascular", excluded=True)]
     findings = [F("S", (0, 0, 1), 0.9), F("S", (0, 40, 0), 0.8), F("S", (0, 80, 0), 0.5), F("S", (0, 120, 0), 0.4),
                 F("S", (51, 0, 0), 0.3), F("S", (100, 0, 0), 0.95)]
-    by_kind = sensitivity_by_kind(froc.evaluate(findings, marks, ["S"], n_bootstrap=0), csv_path)
+    by_kind = sensitivity_by_kind(froc.evaluate(findings, marks, ["S"], n_bootstrap=0))
     assert by_kind["threshold"] == 0.5
     assert by_kind["nodule_type"] == {"solid": {"found": 1, "nodules": 1}, "ground-glass": {"found": 0, "nodules": 1}}
     assert by_kind["location"] == {"pleural": {"found": 1, "nodules": 1}, "parenchyma": {"found": 0, "nodules": 1}}
     assert "by nodule type: ground-glass 0/1, solid 1/1" in format_by_kind(by_kind)
-    none = sensitivity_by_kind(froc.evaluate([], marks, ["S"], n_bootstrap=0), csv_path)
+    none = sensitivity_by_kind(froc.evaluate([], marks, ["S"], n_bootstrap=0))
     assert none["threshold"] is None and none["nodule_type"]["solid"] == {"found": 0, "nodules": 1}
     assert "no finding qualifies" in format_by_kind(none)
 
@@ -230,10 +227,10 @@ def _write_case_files(tmp_path):
                [[f.seriesuid, *f.center, f.probability, 9.0] for f in findings])
     ann = tmp_path / "annotations.csv"
     _write_csv(ann, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
-               [[m.seriesuid, *m.center, m.diameter_mm] for m in marks if not m.excluded])
+               [[m.seriesuid, *m.center_lps, m.diameter_mm] for m in marks if not m.excluded])
     exc = tmp_path / "annotations_excluded.csv"
     _write_csv(exc, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
-               [[m.seriesuid, *m.center, m.diameter_mm] for m in marks if m.excluded])
+               [[m.seriesuid, *m.center_lps, m.diameter_mm] for m in marks if m.excluded])
     sl = tmp_path / "seriesuids.csv"
     sl.write_text("\n".join(series) + "\n")
     return pred, ann, exc, sl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from resmtnet import phantom
-from resmtnet.datasets import TruthNodule, read_truth_csv
+from resmtnet.luna16_csv import ReferenceNodule, annotations_by_scan
 from resmtnet.phantom import MIN_LUNG_SHARE, generate_phantom, phantom_seed
 from resmtnet.phantom_eval import count_outside_lung, phantom_marks
 from scipy import ndimage
@@ -46,11 +46,12 @@ def test_measuring_the_lung_share_leaves_the_phantom_as_it_was(monkeypatch):
 
 
 def test_phantom_marks_leave_out_small_nodules_and_nodules_outside_the_lung(tmp_path):
-    truths = [TruthNodule((0.0, 0, 0), 8.0, 2, lung_share=0.97), TruthNodule((50.0, 0, 0), 5.5, 3, lung_share=0.30),
-              TruthNodule((90.0, 0, 0), 3.0, 1, lung_share=1.0)]
-    marks = phantom_marks("S", truths, 4.0, MIN_LUNG_SHARE)
-    assert [(m.excluded, m.row) for m in marks] == [(False, 0), (True, 1), (True, 2)]
-    assert [m.excluded for m in phantom_marks("S", truths, 4.0, 0.0)] == [False, False, True]
+    truths = [ReferenceNodule("S", (0.0, 0, 0), 8.0, 2, lung_share=0.97),
+              ReferenceNodule("S", (50.0, 0, 0), 5.5, 3, lung_share=0.30),
+              ReferenceNodule("S", (90.0, 0, 0), 3.0, 1, lung_share=1.0)]
+    marks = phantom_marks(truths, 4.0, MIN_LUNG_SHARE)
+    assert [(m.excluded, m.diameter_mm) for m in marks] == [(False, 8.0), (True, 5.5), (True, 3.0)]
+    assert [m.excluded for m in phantom_marks(truths, 4.0, 0.0)] == [False, False, True]
     csv_path = tmp_path / "annotations.csv"
     csv_path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy,nodule_type,margin,location,"
                         "lung_share\n"
@@ -58,7 +59,7 @@ def test_phantom_marks_leave_out_small_nodules_and_nodules_outside_the_lung(tmp_
                         "S,50,0,0,5.5,3,part-solid,smooth,pleural,0.300\n"
                         "S,90,0,0,3,1,solid,smooth,parenchyma,1.000\n"
                         "T,0,0,0,2,1,solid,smooth,pleural,0.000\n")
-    assert {uid: [t.lung_share for t in ts] for uid, ts in read_truth_csv(csv_path).items()} == {
+    assert {uid: [t.lung_share for t in ts] for uid, ts in annotations_by_scan(csv_path).items()} == {
         "S": [0.97, 0.3, 1.0], "T": [0.0]}
     assert count_outside_lung(csv_path) == 1  # the 2 mm one is out on its size already
     assert count_outside_lung(csv_path, min_diameter_mm=0.0) == 2

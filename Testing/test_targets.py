@@ -75,7 +75,7 @@ def test_malignancy_targets_follow_the_lidc_rating():
 
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
 def test_centre_moves_to_the_nodules_own_voxels_but_not_along_a_leak(direction):
-    from resmtnet.pipeline import grow_mask, refined_centre
+    from resmtnet.measurement import grow_mask, refined_centre
 
     a = np.full((60, 60, 60), -850, np.float32)
     zz, yy, xx = np.mgrid[:60, :60, :60]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from resmtnet.errors import NonFiniteLossError
-from resmtnet.inference import cpu_has_native_bf16
 from resmtnet.model_io import read_checkpoint
+from resmtnet.runtime import cpu_has_native_bf16
 from resmtnet.train_cli import tiny_model_config
 from resmtnet.training import MIN_BF16_FEATURE_VOXELS, TrainConfig, train, training_precision
 from resmtnet.training_data import TrainCase

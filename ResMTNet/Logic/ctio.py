@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,6 +20,9 @@ import SimpleITK as sitk
 from .atomic import TMP_PREFIX, atomic_write
 from .errors import InputError
 from .identity import read_identity
+
+if TYPE_CHECKING:
+    from .dicom_series import SeriesPlan
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mhd", ".mha")
 MIN_SPACING_MM = 0.05
@@ -49,6 +53,8 @@ class CTVolume:
     #: What the scan is called (DICOM patient ID, series number and description, or the file name);
     #: see :mod:`resmtnet.identity`.
     identity: dict[str, str] = field(default_factory=dict)
+    #: The DICOM series it was read from (files in z order, slice geometry); None for a volume file.
+    dicom: SeriesPlan | None = None
 
     @property
     def direction_matrix(self) -> np.ndarray:
@@ -143,19 +149,29 @@ class _ImageBuffer:
         self.__array_interface__ = {**view.__array_interface__, "data": (view.__array_interface__["data"][0], False)}
 
 
-def list_dicom_series(folder: str | Path) -> list[tuple[str, int]]:
-    """(SeriesInstanceUID, number of files) for each series directly in ``folder``, largest first."""
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series found on disk: the folder its files are in, its SeriesInstanceUID and its files (GDCM's
+    list, in GDCM's order)."""
+
+    folder: Path
+    series_uid: str
+    files: tuple[str, ...]
+
+
+def _series_in(folder: Path) -> list[DicomSeries]:
     with _quiet_itk():
         reader = sitk.ImageSeriesReader()
         ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-        series = [(sid, len(reader.GetGDCMSeriesFileNames(str(folder), sid))) for sid in ids]
-    return sorted(series, key=lambda s: -s[1])
+        return [DicomSeries(folder, sid, tuple(reader.GetGDCMSeriesFileNames(str(folder), sid))) for sid in ids]
 
 
-def _find_dicom_series(folder: Path, max_depth: int = 4) -> list[tuple[Path, str, int]]:
-    """(folder, SeriesInstanceUID, files) for each series in ``folder`` or, if it holds none, in its
-    sub-folders (as archives such as TCIA's unpack them), largest first."""
-    here = [(folder, sid, n) for sid, n in list_dicom_series(folder)]
+def find_dicom_series(folder: str | Path, max_depth: int = 4) -> list[DicomSeries]:
+    """Each DICOM series in ``folder`` or, if it holds none, in its sub-folders (as archives such as TCIA's
+    unpack them), the one with the most files first. One look at the folder: pass the result on
+    (``read_ct(..., dicom_series=)``) rather than looking again."""
+    folder = Path(folder)
+    here = sorted(_series_in(folder), key=lambda s: -len(s.files))
     if here:
         return here
     found = []
@@ -166,8 +182,8 @@ def _find_dicom_series(folder: Path, max_depth: int = 4) -> list[tuple[Path, str
             dirs[:] = []
         if Path(root) == folder:
             continue
-        found += [(Path(root), sid, n) for sid, n in list_dicom_series(root)]
-    return sorted(found, key=lambda s: -s[2])
+        found += _series_in(Path(root))
+    return sorted(found, key=lambda s: -len(s.files))
 
 
 class _quiet_itk:
@@ -182,10 +198,11 @@ class _quiet_itk:
         return False
 
 
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
+def _read_dicom_folder(folder: Path, series: list[DicomSeries] | None = None
+                       ) -> tuple[sitk.Image, list[str], SeriesPlan]:
     from .dicom_series import place_slices, plan_series  # pydicom imported only where DICOM is read
 
-    series = _find_dicom_series(folder)
+    series = find_dicom_series(folder) if series is None else series
     if not series:
         volumes = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_volume_name(p.name))
         if volumes:
@@ -193,16 +210,16 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
             raise InputError(f"{folder}: folder holds no DICOM series; it holds volume files ({shown}): "
                              "give one of them as the input")
         raise InputError(f"{folder}: folder holds no DICOM files (and no volume file was given)")
-    where, sid, count = series[0]
+    where, sid, count = series[0].folder, series[0].series_uid, len(series[0].files)
     notes = []
     if len(series) > 1:
-        listing = "; ".join(f"{s} ({n} files{'' if d == folder else ', in ' + str(d.relative_to(folder))})"
-                            for d, s, n in series)
+        listing = "; ".join(f"{s.series_uid} ({len(s.files)} files"
+                            f"{'' if s.folder == folder else ', in ' + str(s.folder.relative_to(folder))})"
+                            for s in series)
         notes.append(f"{folder}: {len(series)} DICOM series found: {listing}; read the one with the most slices, "
                      f"{sid}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
     # the slice geometry from the headers first: what to read, in which order, and where it really is
-    plan = plan_series(files, series_uid=sid, label=str(folder), folder=where)
+    plan = plan_series(series[0].files, series_uid=sid, label=str(folder), folder=where)
     notes += plan.notes
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(plan.files)
@@ -212,7 +229,7 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, list[str]]:
     except RuntimeError as e:
         raise InputError(f"{folder}: DICOM series {sid} ({count} files) could not be read: "
                          f"{_reason(e)}") from e
-    return place_slices(img, plan), sid, notes
+    return place_slices(img, plan), notes, plan
 
 
 def _is_volume_name(name: str) -> bool:
@@ -320,21 +337,25 @@ def _short_data_file(header: Path) -> str | None:
     return None
 
 
-def read_ct(path: str | Path, *, hu: bool = True, int16: bool = False) -> CTVolume:
+def read_ct(path: str | Path, *, hu: bool = True, int16: bool = False,
+            dicom_series: list[DicomSeries] | None = None) -> CTVolume:
     """Read a CT volume file or DICOM series folder; raise :class:`InputError`, with a message naming
     the problem, for anything that is not a usable CT volume.
 
     ``hu=False`` reads a label map or mask the same way, without requiring Hounsfield units. ``int16``:
     whole-number HU (as scanners store them) as int16 instead of float32: half the memory, and no copy of
     the voxels where the file stores them as integers; what detection of a large CT needs (see
-    :mod:`.memory`).
+    :mod:`.memory`). ``dicom_series``: what :func:`find_dicom_series` found in the folder ``path``, where the
+    caller looked already.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     notes: list[str] = []
+    plan = None
     if p.is_dir():
-        img, sid, notes = _read_dicom_folder(p)
+        img, notes, plan = _read_dicom_folder(p, dicom_series)
+        sid = plan.series_uid
     else:
         img, sid = _read_file(p)
     _check_image(p, img)
@@ -342,7 +363,8 @@ def read_ct(path: str | Path, *, hu: bool = True, int16: bool = False) -> CTVolu
     vol = CTVolume.from_sitk(img, seriesuid=sid, source=str(p), int16=int16)
     del img
     vol.notes = tuple(notes)
-    vol.identity = read_identity(p, sid)
+    vol.dicom = plan
+    vol.identity = read_identity(p, plan.files[0] if plan is not None else None)
     _check_values(p, vol.array, hu)
     return vol
 

@@ -1,6 +1,6 @@
 """Case sources for training and evaluation beside generated phantoms: LUNA16, LIDC-IDRI, phantom folders.
 
-A *case source* lists cases and loads one as ``(CTVolume, [TruthNodule])`` (world LPS mm), with known
+A *case source* lists cases and loads one as ``(CTVolume, [ReferenceNodule])`` (world LPS mm), with known
 non-nodules as hard negatives (:class:`CaseSource`). Sources here:
 
 - :class:`Luna16Source`: LUNA16's ``subset*/<seriesuid>.mhd`` (+ ``.raw``) and ``annotations.csv``
@@ -17,48 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .csvio import parse_float as _num
-from .csvio import read_csv_rows as _read_csv
 from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
 from .errors import InputError
-
-Point = tuple[float, float, float]
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
-
-
-@dataclass(frozen=True)
-class TruthNodule:
-    """A reference nodule: centre (LPS mm), diameter (mm), malignancy rating 1–5 (None: unknown, as in
-    LUNA16), type (solid, part-solid, ground-glass, calcified; None: unknown) and the share of it drawn in
-    aerated lung (a phantom's ``lung_share`` column; 1 where the CSV has none: readers mark lung nodules)."""
-
-    center_lps: Point
-    diameter_mm: float
-    malignancy_rating: int | None = None
-    nodule_type: str | None = None
-    lung_share: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["center_lps"] = [float(v) for v in self.center_lps]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TruthNodule:
-        return cls(center_lps=tuple(float(v) for v in d["center_lps"]), diameter_mm=float(d["diameter_mm"]),
-                   malignancy_rating=d.get("malignancy_rating"), nodule_type=d.get("nodule_type"),
-                   lung_share=float(d.get("lung_share", 1.0)))
+from .luna16_csv import Point, ReferenceNodule, annotations_by_scan, read_negatives, rounded_rating
 
 
 @runtime_checkable
@@ -71,40 +41,12 @@ class CaseSource(Protocol):
 
     def case_ids(self) -> list[str]: ...
 
-    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]: ...
+    def load(self, case_id: str) -> tuple[CTVolume, list[ReferenceNodule]]: ...
 
     def negatives(self, case_id: str) -> list[Point]: ...
 
 
 # ---------------------------------------------------------------- CSV-annotated volume folders
-
-
-def _rating(text: str | None) -> int | None:
-    text = (text or "").strip()
-    if not text or text.lower() in ("nan", "none", "na"):
-        return None
-    return int(round(float(text)))
-
-
-def read_truth_csv(path: str | Path) -> dict[str, list[TruthNodule]]:
-    """LUNA16-style annotations grouped by seriesuid; optional ``malignancy`` (rating), ``nodule_type`` and
-    ``lung_share`` (a phantom set's)."""
-    p = Path(path)
-    out: dict[str, list[TruthNodule]] = {}
-    for i, r in enumerate(_read_csv(p, ANNOTATION_COLUMNS, "annotations CSV")):
-        line = i + 2
-        try:
-            rating = _rating(r.get("malignancy"))
-        except ValueError:
-            raise InputError(f"{p}: line {line}: malignancy is not a rating: "
-                             f"{r.get('malignancy')!r}") from None
-        kind = (r.get("nodule_type") or "").strip() or None
-        share = _num(r, "lung_share", p, line) if (r.get("lung_share") or "").strip() else 1.0
-        out.setdefault(r["seriesuid"].strip(), []).append(TruthNodule(
-            center_lps=(_num(r, "coordX", p, line), _num(r, "coordY", p, line), _num(r, "coordZ", p, line)),
-            diameter_mm=_num(r, "diameter_mm", p, line), malignancy_rating=rating, nodule_type=kind,
-            lung_share=share))
-    return out
 
 
 def _volume_stem(path: Path, suffixes: Iterable[str]) -> str | None:
@@ -147,7 +89,7 @@ class AnnotatedVolumeFolder:
         self.candidates_csv = Path(candidates_csv) if candidates_csv is not None else None
         if self.candidates_csv is not None and not self.candidates_csv.is_file():
             raise InputError(f"{self.candidates_csv}: candidates CSV not found")
-        self._truth = read_truth_csv(self.annotations_csv)
+        self._truth = annotations_by_scan(self.annotations_csv)
         self._paths: dict[str, Path] = {}
         for p in sorted(self.folder.rglob("*")):
             if not p.is_file() or p.name.startswith(".") or ".labels." in p.name:
@@ -171,11 +113,11 @@ class AnnotatedVolumeFolder:
         except KeyError:
             raise InputError(f"{self.folder}: no case {case_id!r}") from None
 
-    def truths(self, case_id: str) -> list[TruthNodule]:
+    def truths(self, case_id: str) -> list[ReferenceNodule]:
         self.path_of(case_id)
         return list(self._truth.get(case_id, []))
 
-    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
+    def load(self, case_id: str) -> tuple[CTVolume, list[ReferenceNodule]]:
         ct = read_ct(self.path_of(case_id))
         ct.seriesuid = case_id
         return ct, self.truths(case_id)
@@ -186,21 +128,8 @@ class AnnotatedVolumeFolder:
         if self.candidates_csv is None:
             return []
         if self._negatives is None:
-            self._negatives = self._read_negatives()
+            self._negatives = read_negatives(self.candidates_csv, wanted=self._paths)
         return list(self._negatives.get(case_id, []))
-
-    def _read_negatives(self) -> dict[str, list[Point]]:
-        p = self.candidates_csv
-        assert p is not None
-        out: dict[str, list[Point]] = {}
-        wanted = set(self._paths)
-        for i, r in enumerate(_read_csv(p, CANDIDATE_COLUMNS, "candidates CSV")):
-            sid = r["seriesuid"].strip()
-            if sid not in wanted or r["class"].strip() not in ("0", "0.0"):
-                continue
-            out.setdefault(sid, []).append((_num(r, "coordX", p, i + 2), _num(r, "coordY", p, i + 2),
-                                            _num(r, "coordZ", p, i + 2)))
-        return out
 
     def source_files(self, case_id: str) -> list[Path]:
         path = self.path_of(case_id)
@@ -293,19 +222,19 @@ class LidcSource:
             self.load(case_id)
         return self._cases[case_id]
 
-    def load(self, case_id: str) -> tuple[CTVolume, list[TruthNodule]]:
+    def load(self, case_id: str) -> tuple[CTVolume, list[ReferenceNodule]]:
         from .lidc import read_lidc_case
 
         ct, case = read_lidc_case(self.xml_of(case_id))
         self._cases[case_id] = case
-        return ct, self._truths_of(case)
+        return ct, self._truths_of(case_id, case)
 
-    def truths(self, case_id: str) -> list[TruthNodule]:
-        return self._truths_of(self.lidc_case(case_id))
+    def truths(self, case_id: str) -> list[ReferenceNodule]:
+        return self._truths_of(case_id, self.lidc_case(case_id))
 
-    def _truths_of(self, case) -> list[TruthNodule]:
-        return [TruthNodule(center_lps=n.center_lps, diameter_mm=n.diameter_mm,
-                            malignancy_rating=n.malignancy_rating, nodule_type=n.nodule_type)
+    def _truths_of(self, case_id: str, case) -> list[ReferenceNodule]:
+        return [ReferenceNodule(case_id, center_lps=n.center_lps, diameter_mm=n.diameter_mm,
+                                malignancy_rating=n.malignancy_rating, nodule_type=n.nodule_type)
                 for n in case.accepted(self.min_readers)]
 
     def negatives(self, case_id: str) -> list[Point]:
@@ -399,14 +328,14 @@ def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_l
             warnings.warn(f"{case_id}: {e}; training on the whole scan", stacklevel=2)
     centers = np.array([t.center_lps for t in truths], dtype=np.float64).reshape(-1, 3)
     diameters = np.array([t.diameter_mm for t in truths], dtype=np.float64)
-    ratings = np.array([t.malignancy_rating or 0 for t in truths], dtype=np.int16)
+    ratings = np.array([rounded_rating(t.malignancy_rating) or 0 for t in truths], dtype=np.int16)
     neg = np.array(source.negatives(case_id), dtype=np.float64).reshape(-1, 3)
     return case_from_ct(case_id, ct, centers, diameters, ratings, float(spacing), lung_mask=mask,
                         negatives_lps=neg, lung_share=np.array([t.lung_share for t in truths], np.float32))
 
 
-def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: str) -> None:
-    build_train_case(source, case_id, spacing, crop).save(Path(path))
+def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: Path) -> None:
+    build_train_case(source, case_id, spacing, crop).save(path)
 
 
 class TrainCaseCache:
@@ -438,38 +367,15 @@ class TrainCaseCache:
 
     def ensure(self, ids: Iterable[str] | None = None, workers: int = 1,
                progress: Callable[[int, int], None] | None = None, poll_s: float = 2.0) -> None:
-        """Build every missing case of ``ids`` (default: all), in ``workers`` processes."""
-        import time
+        """Build every missing case of ``ids`` (default: all), in ``workers`` processes
+        (:func:`resmtnet.case_files.ensure_case_files`: under torchrun, each rank its share)."""
+        from .case_files import CaseFile, ensure_case_files
 
         ids = list(self.source.case_ids() if ids is None else ids)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        missing = [c for c in ids if not self.path(c).exists()]
-        mine = missing[rank::world] if world > 1 else missing
-        total = len(ids)
-        done = total - len(missing)
-        if progress:
-            progress(done, total)
-        if workers <= 1 or len(mine) <= 1:
-            for cid in mine:
-                build_train_case(self.source, cid, self.spacing, self.crop_to_lungs).save(self.path(cid))
-                done += 1
-                if progress:
-                    progress(done, total)
-        else:
-            from .processes import process_pool
-
-            with process_pool(workers) as pool:
-                futs = [pool.submit(_build_train_case_file, self.source, cid, self.spacing,
-                                    self.crop_to_lungs, str(self.path(cid))) for cid in mine]
-                for f in futs:
-                    f.result()
-                    done += 1
-                    if progress:
-                        progress(done, total)
-        while world > 1 and not all(self.path(c).exists() for c in ids):
-            time.sleep(poll_s)  # other ranks are still building their share
+        ensure_case_files([CaseFile(self.path(c), partial(_build_train_case_file, self.source, c, self.spacing,
+                                                          self.crop_to_lungs)) for c in ids],
+                          workers, progress, poll_s)
 
     def load(self, ids: Iterable[str] | None = None) -> list:
         """The cached :class:`resmtnet.training_data.TrainCase` of ``ids`` (building any that are missing)."""

@@ -76,8 +76,8 @@ def _detect_options(args: argparse.Namespace) -> dict:
 
 def _load_model(args: argparse.Namespace):
     """The model, loaded once and before any CT is read: a bad checkpoint stops the run in seconds."""
-    from .inference import pick_device
     from .model_io import load_model
+    from .runtime import pick_device
 
     return load_model(args.model, pick_device(args.device))
 

@@ -65,20 +65,20 @@ def read_source_series(source: str | Path, ct: CTVolume) -> SourceSeries:
     not the source slices (a non-DICOM input, a resampled series, a multi-frame file, another geometry)."""
     import pydicom
 
-    from .ctio import _find_dicom_series
+    from .ctio import find_dicom_series
     from .dicom_series import plan_series
 
     folder = Path(source)
     if not folder.is_dir():
         raise InputError(f"{folder}: DICOM outputs (--dicom-out) need a DICOM series folder as the input")
-    found = [(where, sid) for where, sid, _n in _find_dicom_series(folder) if sid == ct.seriesuid]
-    if not found:
-        raise InputError(f"{folder}: the DICOM series {ct.seriesuid} the CT was read from is not found there again")
-    where, sid = found[0]
-    import SimpleITK as sitk
-
-    plan = plan_series(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid), series_uid=sid,
-                       label=str(folder), folder=where)
+    plan = ct.dicom
+    if plan is None or Path(ct.source) != folder or plan.series_uid != ct.seriesuid:  # read elsewhere: look again
+        found = [s for s in find_dicom_series(folder) if s.series_uid == ct.seriesuid]
+        if not found:
+            raise InputError(f"{folder}: the DICOM series {ct.seriesuid} the CT was read from is not found there "
+                             "again")
+        plan = plan_series(found[0].files, series_uid=ct.seriesuid, label=str(folder), folder=found[0].folder)
+    sid = plan.series_uid
     refuse = f"{folder}: no DICOM outputs (--dicom-out) for this series:"
     if plan.positions is None:
         raise InputError(f"{refuse} it is one multi-frame file; DICOM outputs need a series of single slices")

@@ -76,6 +76,8 @@ class SeriesPlan:
 
     files: list[str]
     notes: list[str] = field(default_factory=list)
+    #: The series' SeriesInstanceUID (as the caller gave it to :func:`plan_series`).
+    series_uid: str = ""
     #: ImagePositionPatient of each file in ``files`` (n, 3), LPS mm; None when the geometry was not checked.
     positions: np.ndarray | None = None
     row: np.ndarray | None = None
@@ -234,7 +236,7 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
 
     # a single file, e.g. an enhanced multi-frame CT: ITK reads it whole; nothing to order
     if len(slices) == 1 and not broken:
-        return SeriesPlan(files=[str(slices[0].path)], notes=notes)
+        return SeriesPlan(files=[str(slices[0].path)], notes=notes, series_uid=series_uid)
     if any(h.frames > 1 for h in slices):
         raise refuse(f"mixes {len(slices)} files with multi-frame ones ({_names([h for h in slices if h.frames > 1])})"
                      ": give one multi-frame file, or a series of single slices")
@@ -320,7 +322,7 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
         if broken:
             raise refuse(f"has one readable slice; the others are unreadable: "
                          f"{'; '.join(f'{h.name}: {h.problem}' for h in broken[:_SHOWN])}")
-        return SeriesPlan(files=[str(slices[0].path)], notes=notes)
+        return SeriesPlan(files=[str(slices[0].path)], notes=notes, series_uid=series_uid)
 
     # gaps: a missing or unreadable slice leaves a step far larger than the others
     steps = np.diff(d)
@@ -346,7 +348,8 @@ def plan_series(files: Sequence[str | Path], series_uid: str = "", label: str = 
     off = positions - even
     off_normal = np.abs(off @ normal)
     off_plane = np.linalg.norm(off - np.outer(off @ normal, normal), axis=1)
-    plan = SeriesPlan(files=[str(h.path) for h in slices], notes=notes, positions=positions, row=row, col=col)
+    plan = SeriesPlan(files=[str(h.path) for h in slices], notes=notes, series_uid=series_uid, positions=positions,
+                      row=row, col=col)
     if max(off_normal.max(), off_plane.max()) <= OFF_GRID_MM:
         return plan
     plan.even = False

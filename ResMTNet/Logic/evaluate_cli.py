@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from . import froc
     from .cli import print_warnings
     from .errors import InputError
+    from .luna16_csv import read_annotations
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.predictions or not args.annotations:
         raise InputError("give PREDICTIONS.csv and ANNOTATIONS.csv, or --phantoms N")
     findings = froc.read_predictions(args.predictions)
-    marks = froc.read_annotations_csv(args.annotations)
+    marks = read_annotations(args.annotations)
     if args.excluded:
-        marks += froc.read_annotations_csv(args.excluded, excluded=True)
+        marks += read_annotations(args.excluded, excluded=True)
     if args.series_list:
         series = froc.read_series_list(args.series_list)
         series_from = f"series list {args.series_list}"
@@ -124,7 +125,7 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
                         "model": args.model or "shipped", "min_diameter_mm": args.min_diameter,
                         "min_lung_share": args.min_lung_share, "excluded_outside_lung": outside,
                         "test_time_augmentation": args.tta, "tta_passes": len(model.tta_flips) if args.tta else 1}}
-    by_kind = sensitivity_by_kind(result, annotations)
+    by_kind = sensitivity_by_kind(result)
     extra["by_kind"] = by_kind
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "

@@ -40,24 +40,10 @@ def _date(text: str) -> _dt.date:
 
 def _study_date(ct) -> _dt.date | None:
     """The StudyDate of the DICOM series ``ct`` was read from (None for a volume file or no date)."""
-    import pydicom
-
-    from .ctio import _find_dicom_series
-
-    folder = Path(ct.source)
-    if not ct.source or not folder.is_dir():
+    try:
+        return _dt.datetime.strptime(ct.identity.get("study_date", ""), "%Y%m%d").date()
+    except ValueError:
         return None
-    import SimpleITK as sitk
-
-    for where, sid, _n in _find_dicom_series(folder):
-        if sid == ct.seriesuid:
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
-            value = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("StudyDate", "") or "")
-            try:
-                return _dt.datetime.strptime(value.strip(), "%Y%m%d").date()
-            except ValueError:
-                return None
-    return None
 
 
 def _side(path: str, args: argparse.Namespace, model_holder: dict):
@@ -76,9 +62,9 @@ def _side(path: str, args: argparse.Namespace, model_holder: dict):
             raise InputError(f"{p}: its report.json names the CT {source or '(none)'}, which is not there: "
                              "the registration needs it")
         return read_ct(source), [Nodule.from_dict(d) for d in report["nodules"]], f"detect results in {p}"
-    from .inference import pick_device
     from .model_io import load_model
     from .pipeline import detect_ct
+    from .runtime import pick_device
 
     ct = read_ct(p)
     if "model" not in model_holder:

@@ -49,11 +49,9 @@ from .atomic import atomic_write
 from .csvio import parse_float as _float
 from .csvio import read_csv_rows as _read_csv_rows
 from .errors import InputError
+from .luna16_csv import SUBMISSION_COLUMNS, ReferenceNodule, optional_float, parse_center, within
 
 FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-EXCLUDED_DEFAULT_DIAMETER_MM = 10.0  # the script's size for marks without one (diameter < 0)
-PREDICTION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
 
 @dataclass(frozen=True)
@@ -68,28 +66,11 @@ class Finding:
     row: int = 0
 
 
-@dataclass(frozen=True)
-class Mark:
-    """One reference mark: an included nodule, or an excluded (irrelevant) finding."""
-
-    seriesuid: str
-    center: tuple[float, float, float]
-    diameter_mm: float
-    malignancy_rating: float | None = None
-    excluded: bool = False
-    row: int = 0
-
-    @property
-    def radius_mm(self) -> float:
-        d = self.diameter_mm if self.diameter_mm >= 0 else EXCLUDED_DEFAULT_DIAMETER_MM
-        return d / 2.0
-
-
 @dataclass
 class NoduleOutcome:
     """What became of one included nodule: its best hit (None when missed) and how many hits it had."""
 
-    mark: Mark
+    mark: ReferenceNodule
     best: Finding | None
     n_hits: int
 
@@ -180,7 +161,7 @@ class EvaluationResult:
                       "sensitivity": [_num(v) for v in self.curve.sensitivity],
                       "threshold": [_num(v) for v in self.curve.thresholds]},
             "nodules": [
-                {"seriesuid": n.mark.seriesuid, "center": list(n.mark.center),
+                {"seriesuid": n.mark.seriesuid, "center": list(n.mark.center_lps),
                  "diameter_mm": n.mark.diameter_mm,
                  "malignancy_rating": n.mark.malignancy_rating, "detected": n.detected, "hits": n.n_hits,
                  "probability": None if n.best is None else n.best.probability,
@@ -206,40 +187,20 @@ def _num(v: Any) -> float | None:
 # ---------------------------------------------------------------- reading the CSVs
 
 
-def _center(row: dict[str, str], path: str | Path, line: int) -> tuple[float, float, float]:
-    return tuple(_float(row, k, path, line) for k in ("coordX", "coordY", "coordZ"))  # type: ignore[return-value]
-
-
-def _optional_float(row: dict[str, str], key: str, path: str | Path, line: int) -> float | None:
-    text = (row.get(key) or "").strip()
-    if text == "" or text.lower() in ("nan", "none", "na"):
-        return None
-    return _float(row, key, path, line)
-
-
-def _within(value: float | None, key: str, path: str | Path, line: int, low: float, high: float = math.inf
-            ) -> float | None:
-    """``value`` when it lies in [low, high] (or is None: not given); InputError naming the file and line."""
-    if value is not None and not low <= value <= high:
-        want = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise InputError(f"{path}: line {line}: {key} {value:g} is impossible (must be {want})")
-    return value
-
-
 def read_predictions_csv(path: str | Path) -> list[Finding]:
     """Read a LUNA16 submission: ``seriesuid,coordX,coordY,coordZ,probability`` (+diameter_mm, malignancy).
 
     Probabilities and malignancy must lie in [0, 1], diameters be >= 0: anything else is refused."""
-    rows = _read_csv_rows(path, PREDICTION_COLUMNS, "predictions CSV")
+    rows = _read_csv_rows(path, SUBMISSION_COLUMNS, "predictions CSV")
     out = []
     for i, r in enumerate(rows):
         line = i + 2
         out.append(Finding(
             seriesuid=r["seriesuid"].strip(),
-            center=_center(r, path, line),
-            probability=_within(_float(r, "probability", path, line), "probability", path, line, 0.0, 1.0),
-            diameter_mm=_within(_optional_float(r, "diameter_mm", path, line), "diameter_mm", path, line, 0.0),
-            malignancy=_within(_optional_float(r, "malignancy", path, line), "malignancy", path, line, 0.0, 1.0),
+            center=parse_center(r, path, line),
+            probability=within(_float(r, "probability", path, line), "probability", path, line, 0.0, 1.0),
+            diameter_mm=within(optional_float(r, "diameter_mm", path, line), "diameter_mm", path, line, 0.0),
+            malignancy=within(optional_float(r, "malignancy", path, line), "malignancy", path, line, 0.0, 1.0),
             row=i,
         ))
     return out
@@ -258,29 +219,6 @@ def read_predictions(path: str | Path) -> list[Finding]:
     for f in files:
         for x in read_predictions_csv(f):
             out.append(Finding(x.seriesuid, x.center, x.probability, x.diameter_mm, x.malignancy, row=len(out)))
-    return out
-
-
-def read_annotations_csv(path: str | Path, excluded: bool = False) -> list[Mark]:
-    """Read LUNA16 ``annotations.csv`` (or ``annotations_excluded.csv`` with ``excluded=True``).
-
-    An optional ``malignancy`` column holds reader ratings (1–5, a median may be fractional). A negative
-    diameter is refused for included nodules; excluded marks may have one (LUNA16 writes -1: size unknown).
-    """
-    rows = _read_csv_rows(path, ANNOTATION_COLUMNS, "annotations CSV")
-    out = []
-    for i, r in enumerate(rows):
-        line = i + 2
-        out.append(Mark(
-            seriesuid=r["seriesuid"].strip(),
-            center=_center(r, path, line),
-            diameter_mm=_float(r, "diameter_mm", path, line) if excluded
-            else _within(_float(r, "diameter_mm", path, line), "diameter_mm", path, line, 0.0),
-            malignancy_rating=_within(_optional_float(r, "malignancy", path, line), "malignancy", path, line,
-                                      1.0, 5.0),
-            excluded=excluded,
-            row=i,
-        ))
     return out
 
 
@@ -307,7 +245,7 @@ def _hit_order_key(f: Finding, d2: float) -> tuple[float, float, int]:
     return (-f.probability, d2, f.row)
 
 
-def match_findings(series: list[str], findings: list[Finding], marks: list[Mark]) -> MatchResult:
+def match_findings(series: list[str], findings: list[Finding], marks: list[ReferenceNodule]) -> MatchResult:
     """Apply the hit rules scan by scan and build the script's FROC vectors (see the module doc)."""
     index = {s: i for i, s in enumerate(series)}
     by_scan_f: dict[str, list[Finding]] = {}
@@ -317,7 +255,7 @@ def match_findings(series: list[str], findings: list[Finding], marks: list[Mark]
             by_scan_f.setdefault(f.seriesuid, []).append(f)
         else:
             outside += 1
-    by_scan_m: dict[str, list[Mark]] = {}
+    by_scan_m: dict[str, list[ReferenceNodule]] = {}
     for m in marks:
         if m.seriesuid in index:
             by_scan_m.setdefault(m.seriesuid, []).append(m)
@@ -337,7 +275,7 @@ def match_findings(series: list[str], findings: list[Finding], marks: list[Mark]
         hit_included = np.zeros(len(fs), dtype=bool)
         hit_excluded = np.zeros(len(fs), dtype=bool)
         for m in ms:
-            d2 = ((centers - np.asarray(m.center)) ** 2).sum(axis=1)
+            d2 = ((centers - np.asarray(m.center_lps)) ** 2).sum(axis=1)
             hits = np.flatnonzero(d2 < m.radius_mm ** 2)
             if m.excluded:
                 hit_excluded[hits] = True
@@ -538,7 +476,7 @@ def diameter_error(nodules: list[NoduleOutcome]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the whole evaluation
 
 
-def evaluate(findings: list[Finding], marks: list[Mark], series: list[str], *, n_bootstrap: int = 1000,
+def evaluate(findings: list[Finding], marks: list[ReferenceNodule], series: list[str], *, n_bootstrap: int = 1000,
              seed: int = 0, fp_rates: Iterable[float] = FROC_FP_RATES) -> EvaluationResult:
     """Score ``findings`` against ``marks`` (included and excluded) over the scans in ``series``."""
     series = list(dict.fromkeys(series))
@@ -566,7 +504,7 @@ def evaluate(findings: list[Finding], marks: list[Mark], series: list[str], *, n
     return result
 
 
-def unannotated_series(findings: list[Finding], marks: list[Mark], series: list[str]) -> list[str]:
+def unannotated_series(findings: list[Finding], marks: list[ReferenceNodule], series: list[str]) -> list[str]:
     """Scans scored and named by the findings that no annotation row (included or excluded) names.
 
     LUNA16 lists no row for a scan without nodules, so such a scan is legitimate; many of them usually mean
@@ -576,7 +514,7 @@ def unannotated_series(findings: list[Finding], marks: list[Mark], series: list[
     return [s for s in dict.fromkeys(f.seriesuid for f in findings) if s in scored and s not in annotated]
 
 
-def default_series(marks: list[Mark], findings: list[Finding], include_findings: bool = True) -> list[str]:
+def default_series(marks: list[ReferenceNodule], findings: list[Finding], include_findings: bool = True) -> list[str]:
     """Scans named by the reference marks (included and excluded), then, optionally, by the findings."""
     s = [m.seriesuid for m in marks]
     if include_findings:

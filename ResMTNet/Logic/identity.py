@@ -40,15 +40,12 @@ def _clean(text: str) -> str:
     return " ".join(str(text).replace("\x00", " ").split())[:MAX_TEXT]
 
 
-def dicom_identity(folder: str | Path, seriesuid: str) -> dict[str, str]:
-    """The identity tags of series ``seriesuid`` under ``folder`` (read from one of its files' header)."""
+def dicom_identity(series_file: str | Path) -> dict[str, str]:
+    """The identity tags of a DICOM series, read from the header of one of its files."""
     import SimpleITK as sitk
 
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), seriesuid, False, True)
-    if not files:
-        return {}
     reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
+    reader.SetFileName(str(series_file))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -57,11 +54,12 @@ def dicom_identity(folder: str | Path, seriesuid: str) -> dict[str, str]:
             if reader.HasMetaDataKey(tag) and _clean(reader.GetMetaData(tag))}
 
 
-def read_identity(path: str | Path, seriesuid: str) -> dict[str, str]:
-    """Identity of the scan read from ``path``: DICOM tags for a series folder, else the file name."""
+def read_identity(path: str | Path, series_file: str | Path | None = None) -> dict[str, str]:
+    """Identity of the scan read from ``path``: for a series folder, the DICOM tags of ``series_file`` (one file of
+    the series read), else the file name."""
     path = Path(path)
     if path.is_dir():
-        identity = dicom_identity(path, seriesuid)
+        identity = dicom_identity(series_file) if series_file is not None else {}
         identity.setdefault("file_name", path.name)
         return identity
     return {"file_name": path.name}

@@ -39,6 +39,7 @@ import numpy as np
 
 from .ctio import CTVolume
 from .errors import InputError
+from .luna16_csv import rounded_rating
 
 CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation",
                    "spiculation", "texture", "malignancy")
@@ -407,10 +408,7 @@ def median_rating(ratings: list[int]) -> int | None:
     """Median of 1–5 ratings; a half-way median rounds toward 3 (see the module doc)."""
     if not ratings:
         return None
-    m = statistics.median(ratings)
-    if float(m).is_integer():
-        return int(m)
-    return int(math.ceil(m)) if m < 3 else int(math.floor(m))
+    return rounded_rating(statistics.median(ratings))
 
 
 def malignancy_label(rating: int | None) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .ctio import CTVolume, read_ct
+from .ctio import CTVolume, DicomSeries, find_dicom_series, read_ct
 from .errors import InputError
 
 #: Budget for the voxel-sized arrays of a detection (bytes); with the fixed part, within 4 GB.
@@ -38,20 +38,21 @@ def max_voxels(storage: str) -> int:
     return int(MAX_VOXEL_BYTES // PEAK_BYTES_PER_VOXEL[storage])
 
 
-def stored_size(path: str | Path) -> tuple[tuple[int, ...], str] | None:
+def stored_size(path: str | Path, dicom_series: list[DicomSeries] | None = None
+                ) -> tuple[tuple[int, ...], str] | None:
     """Size (x, y, z) and storage (a key of :data:`PEAK_BYTES_PER_VOXEL`) of a CT file or DICOM series
-    folder, from its header(s) only; None where the headers do not tell (reading the CT then says why)."""
-    from .ctio import _find_dicom_series, _quiet_itk
+    folder, from its header(s) only; None where the headers do not tell (reading the CT then says why).
+    ``dicom_series``: what :func:`~resmtnet.ctio.find_dicom_series` found in the folder, where it was looked at
+    already."""
+    from .ctio import _quiet_itk
 
     p = Path(path)
     try:
         if p.is_dir():
-            series = _find_dicom_series(p)
+            series = find_dicom_series(p) if dicom_series is None else dicom_series
             if not series:
                 return None
-            where, sid, count = series[0]
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(where), sid)
-            header = files[0]
+            header, count = series[0].files[0], len(series[0].files)
         else:
             header, count = str(p), None
         reader = sitk.ImageFileReader()
@@ -69,9 +70,10 @@ def stored_size(path: str | Path) -> tuple[tuple[int, ...], str] | None:
     return size, storage
 
 
-def check_fits(path: str | Path) -> None:
-    """Refuse (:class:`InputError`) a CT too large for detection's memory bound, from its header alone."""
-    found = stored_size(path)
+def check_fits(path: str | Path, dicom_series: list[DicomSeries] | None = None) -> None:
+    """Refuse (:class:`InputError`) a CT too large for detection's memory bound, from its header alone
+    (``dicom_series``: as for :func:`stored_size`)."""
+    found = stored_size(path, dicom_series)
     if found is None:
         return
     size, storage = found
@@ -90,6 +92,9 @@ def check_fits(path: str | Path) -> None:
 
 def read_ct_for_detection(path: str | Path) -> CTVolume:
     """A CT read as detection needs it: refused from its header when too large (:func:`check_fits`), its
-    voxels int16 where they are whole HU (``read_ct(..., int16=True)``)."""
-    check_fits(path)
-    return read_ct(path, int16=True)
+    voxels int16 where they are whole HU (``read_ct(..., int16=True)``). A DICOM folder is looked through once,
+    for both."""
+    p = Path(path)
+    series = find_dicom_series(p) if p.is_dir() else None
+    check_fits(p, series)
+    return read_ct(p, int16=True, dicom_series=series)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-LUNA16_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
-NODULES_CSV_COLUMNS = LUNA16_COLUMNS + ["diameter_mm", "malignancy", "volume_mm3", "lung_rads"]
+from .luna16_csv import SUBMISSION_COLUMNS
+
+NODULES_CSV_COLUMNS = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy", "volume_mm3", "lung_rads"]
 
 
 def lung_rads_size_category(diameter_mm: float) -> str:

@@ -24,9 +24,7 @@ Everything is drawn from one seed, so a phantom is reproducible.
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .ctio import CTVolume, write_volume
+from .luna16_csv import PHANTOM_ANNOTATION_COLUMNS, ReferenceNodule, write_annotations
 
 #: Direction matrices (row-major, ITK) the generator draws from: axis-aligned, with flipped axes.
 DIRECTIONS: list[tuple[float, ...]] = [
@@ -666,35 +665,29 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
 # ----------------------------------------------------------------------------------------------------------
 # Writing sets
 
-ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "malignancy", "nodule_type",
-                      "margin", "location", "lung_share"]
-
-
 def phantom_seed(seed: int, index: int) -> int:
     """Seed of the ``index``-th phantom of a set drawn from ``seed`` (sets with other seeds don't overlap)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small: bool) -> list[list]:
-    """Generate and write phantom ``index`` of a set; return its annotation rows."""
+def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small: bool) -> list[ReferenceNodule]:
+    """Generate and write phantom ``index`` of a set; return its nodules as annotations."""
     uid = f"phantom-s{seed}-{index:04d}"
     ph = generate_phantom(phantom_seed(seed, index), small=small)
     ph.ct.seriesuid = uid
     write_volume(ph.ct, outdir / f"{uid}.{fmt}", integer=True)
     if masks:
         write_volume(replace(ph.ct, array=ph.labels), outdir / f"{uid}.labels.{fmt}", integer=False)
-    rows = []
-    for nod in ph.nodules:
-        x, y, z = nod.center_lps
-        rows.append([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{nod.diameter_mm:.3f}", nod.malignancy,
-                     nod.nodule_type, nod.margin, nod.location, f"{nod.lung_share:.3f}"])
-    return rows
+    return [ReferenceNodule(uid, tuple(nod.center_lps), nod.diameter_mm, malignancy_rating=nod.malignancy,
+                            nodule_type=nod.nodule_type, lung_share=nod.lung_share, margin=nod.margin,
+                            location=nod.location)
+            for nod in ph.nodules]
 
 
 def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = False, fmt: str = "nrrd",
                       small: bool = False, workers: int = 1, progress=None) -> list[Path]:
     """Write ``n`` phantoms and one ``annotations.csv`` (LUNA16 columns, then malignancy, type, margin, location
-    and lung share: :data:`ANNOTATION_COLUMNS`) to ``outdir``.
+    and lung share: :data:`resmtnet.luna16_csv.PHANTOM_ANNOTATION_COLUMNS`) to ``outdir``.
 
     Files appear whole: each volume is written under a temporary name and renamed; the CSV last.
     ``workers`` > 1 generates phantoms in that many processes (same files, same order).
@@ -705,10 +698,10 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
         raise ValueError("n must be at least 1")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    rows_by_index: dict[int, list[list]] = {}
+    nodules_by_index: dict[int, list[ReferenceNodule]] = {}
     if workers <= 1:
         for i in range(n):
-            rows_by_index[i] = _write_one(out, seed, i, masks, fmt, small)
+            nodules_by_index[i] = _write_one(out, seed, i, masks, fmt, small)
             if progress:
                 progress((i + 1) / n, f"phantom {i + 1}/{n}")
     else:
@@ -719,14 +712,9 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
         with process_pool(workers) as pool:
             futs = {pool.submit(_write_one, out, seed, i, masks, fmt, small): i for i in range(n)}
             for done, fut in enumerate(as_completed(futs), start=1):
-                rows_by_index[futs[fut]] = fut.result()
+                nodules_by_index[futs[fut]] = fut.result()
                 if progress:
                     progress(done / n, f"phantom {done}/{n}")
-    tmp = out / ".annotations.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(ANNOTATION_COLUMNS)
-        for i in range(n):
-            w.writerows(rows_by_index[i])
-    os.replace(tmp, out / "annotations.csv")
+    write_annotations(out / "annotations.csv", [nod for i in range(n) for nod in nodules_by_index[i]],
+                      PHANTOM_ANNOTATION_COLUMNS)
     return [out / f"phantom-s{seed}-{i:04d}.{fmt}" for i in range(n)]

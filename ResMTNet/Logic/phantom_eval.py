@@ -9,17 +9,17 @@ nodule).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .froc import EvaluationResult, Finding, Mark, evaluate, found_at
+from .froc import EvaluationResult, Finding, evaluate, found_at
+from .luna16_csv import ReferenceNodule, annotation_columns, annotations_by_scan, read_annotations
 from .phantom import MIN_LUNG_SHARE
 
 if TYPE_CHECKING:
-    from .datasets import TruthNodule
     from .model_io import LoadedModel
 
 #: the smallest phantom nodule that counts (issue 3's protocol); smaller ones are excluded marks
@@ -34,7 +34,6 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
     `resmtnet detect` does, and score by the LUNA16 rules. Excluded marks: nodules under ``min_diameter_mm``
     and nodules with less than ``min_lung_share`` of themselves in the lung (0 scores every nodule)."""
     from .ctio import read_ct
-    from .datasets import read_truth_csv
     from .model_io import LoadedModel, load_model
     from .nodules import write_nodules_csv
     from .phantom import write_phantom_set
@@ -46,10 +45,10 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
     if not _set_holds(phantom_dir, series):
         write_phantom_set(phantom_dir, n, seed, workers=workers,
                           progress=(lambda f, m: progress(m)) if progress else None)
-    truths = read_truth_csv(phantom_dir / "annotations.csv")
+    truths = annotations_by_scan(phantom_dir / "annotations.csv")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     findings: list[Finding] = []
-    marks: list[Mark] = []
+    marks: list[ReferenceNodule] = []
     for i, uid in enumerate(series):
         ct = read_ct(phantom_dir / f"{uid}.nrrd")
         det = detect_ct(ct, model=loaded, device=device, threshold=0.0, tta=tta)
@@ -58,19 +57,18 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)
         findings += [Finding(uid, n_.center_lps, n_.probability, n_.diameter_mm, n_.malignancy, row=j)
                      for j, n_ in enumerate(det.nodules)]
-        marks += phantom_marks(uid, truths.get(uid, []), min_diameter_mm, min_lung_share)
+        marks += phantom_marks(truths.get(uid, []), min_diameter_mm, min_lung_share)
         if progress:
             progress(f"detected {i + 1}/{n}: {uid} ({len(det.nodules)} findings)")
     return evaluate(findings, marks, series, n_bootstrap=n_bootstrap, seed=0)
 
 
-def phantom_marks(uid: str, truths: list[TruthNodule], min_diameter_mm: float, min_lung_share: float
-                  ) -> list[Mark]:
-    """A phantom's nodules as FROC marks (``row``: the nodule's place in its scan); excluded: those under
-    ``min_diameter_mm`` and those with less than ``min_lung_share`` of themselves in the lung."""
-    return [Mark(uid, tuple(t.center_lps), t.diameter_mm, t.malignancy_rating,
-                 excluded=t.diameter_mm < min_diameter_mm or t.lung_share < min_lung_share, row=j)
-            for j, t in enumerate(truths)]
+def phantom_marks(truths: list[ReferenceNodule], min_diameter_mm: float, min_lung_share: float
+                  ) -> list[ReferenceNodule]:
+    """A phantom's nodules as FROC marks; excluded: those under ``min_diameter_mm`` and those with less than
+    ``min_lung_share`` of themselves in the lung."""
+    return [replace(t, excluded=t.diameter_mm < min_diameter_mm or t.lung_share < min_lung_share)
+            for t in truths]
 
 
 def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
@@ -78,52 +76,35 @@ def _set_holds(phantom_dir: Path, series: list[str]) -> bool:
     with their truth, and that truth has ``lung_share`` (a set written before it existed is made again, as
     is one of another seed or of fewer phantoms, whose truth is not these phantoms' own)."""
     annotations = phantom_dir / "annotations.csv"
-    if not _has_lung_share(annotations):
+    if "lung_share" not in annotation_columns(annotations):
         return False
-    with open(annotations, newline="", encoding="utf-8") as f:
-        listed = {r["seriesuid"] for r in csv.DictReader(f)}  # every phantom has at least one nodule
+    listed = annotations_by_scan(annotations)  # every phantom has at least one nodule
     return all(uid in listed and (phantom_dir / f"{uid}.nrrd").is_file() for uid in series)
-
-
-def _has_lung_share(annotations_csv: Path) -> bool:
-    if not annotations_csv.is_file():
-        return False
-    with open(annotations_csv, newline="", encoding="utf-8") as f:
-        return "lung_share" in (csv.DictReader(f).fieldnames or ())
 
 
 def count_outside_lung(annotations_csv: str | Path, min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM,
                        min_lung_share: float = MIN_LUNG_SHARE) -> int:
     """How many nodules of at least ``min_diameter_mm`` a phantom set has under ``min_lung_share``."""
-    from .datasets import read_truth_csv
-
     return sum(t.diameter_mm >= min_diameter_mm and t.lung_share < min_lung_share
-               for truths in read_truth_csv(annotations_csv).values() for t in truths)
+               for t in read_annotations(annotations_csv))
 
 
 #: the annotation columns of a phantom set that :func:`sensitivity_by_kind` breaks the result down by
 KIND_COLUMNS = ("nodule_type", "location")
 
 
-def sensitivity_by_kind(result: EvaluationResult, annotations_csv: str | Path, fp_rate: float = 2.0
-                        ) -> dict[str, Any]:
+def sensitivity_by_kind(result: EvaluationResult, fp_rate: float = 2.0) -> dict[str, Any]:
     """Which kinds of nodule the operating point at ``fp_rate`` FP/scan finds: for each value of the phantom
     annotations' ``nodule_type`` (solid, part-solid, ground-glass, calcified) and ``location`` (parenchyma,
     pleural, vascular), nodules found and nodules scored; ``threshold`` is None where no finding qualifies.
-    ``result`` must come from :func:`evaluate_on_phantoms` on that set, whose marks keep each nodule's row
-    within its scan.
+    ``result`` comes from :func:`evaluate_on_phantoms` (its marks carry each nodule's type and location).
     """
-    rows: dict[str, list[dict[str, str]]] = {}
-    with open(annotations_csv, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            rows.setdefault(r["seriesuid"], []).append(r)
     threshold, found = found_at(result, fp_rate)
     out: dict[str, Any] = {"fp_rate": fp_rate, "threshold": threshold if math.isfinite(threshold) else None,
                            **{k: {} for k in KIND_COLUMNS}}
     for nodule, hit in zip(result.match.nodules, found, strict=True):
-        row = rows[nodule.mark.seriesuid][nodule.mark.row]
         for column in KIND_COLUMNS:
-            cell = out[column].setdefault(row.get(column) or "unknown", {"found": 0, "nodules": 0})
+            cell = out[column].setdefault(getattr(nodule.mark, column) or "unknown", {"found": 0, "nodules": 0})
             cell["found"] += int(hit)
             cell["nodules"] += 1
     return out

@@ -15,7 +15,6 @@ these are measured inside it:
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import tempfile
@@ -27,6 +26,7 @@ from scipy import ndimage
 
 from .ctio import VOLUME_SUFFIXES, CTVolume, read_ct
 from .errors import InputError
+from .luna16_csv import read_annotations
 from .lungmask import in_field, segment_chest
 
 HIST_EDGES = np.arange(-1100.0, 200.0 + 1e-6, 10.0)
@@ -130,19 +130,17 @@ def _view(ct: CTVolume, lungs: np.ndarray, name: str) -> _ScanView:
 
 
 def nodules_from_annotations(ct: CTVolume, csv_path: str | Path) -> np.ndarray | None:
-    """Spheres (diameter from the row) around the LUNA16 rows of ``csv_path`` that belong to ``ct``."""
-    rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row.get("seriesuid") in (ct.seriesuid, Path(ct.source).name.split(".")[0]):
-                rows.append(row)
-    if not rows:
+    """Spheres (the annotated diameter) around the LUNA16 annotations in ``csv_path`` that belong to ``ct``
+    (by seriesuid, or by the volume file's stem)."""
+    ids = (ct.seriesuid, Path(ct.source).name.split(".")[0])
+    marks = [m for m in read_annotations(csv_path) if m.seriesuid in ids]
+    if not marks:
         return None
     mask = np.zeros(ct.array.shape, dtype=bool)
     sp = np.asarray(ct.spacing)
-    for row in rows:
-        centre = np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
-        r_mm = float(row.get("diameter_mm") or 10.0) / 2.0
+    for mark in marks:
+        centre = np.asarray(mark.center_lps, dtype=np.float64)
+        r_mm = mark.diameter_mm / 2.0
         c = ct.world_to_index(centre)
         lo = np.maximum(np.floor(c - r_mm / sp).astype(int), 0)
         hi = np.minimum(np.ceil(c + r_mm / sp).astype(int) + 1, ct.shape_xyz)

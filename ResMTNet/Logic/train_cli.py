@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,15 +99,16 @@ def _process_group(device: str):
     """Under torchrun (``WORLD_SIZE`` > 1), the process group of the whole command: NCCL on GPUs, gloo on CPUs."""
     import torch
 
-    from .inference import pick_device
+    from .runtime import pick_device, torchrun_ranks
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+    world, _rank, local = torchrun_ranks()
+    if world <= 1 or torch.distributed.is_initialized():
         yield
         return
-    cuda = pick_device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    dev = pick_device(device, local_rank=local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     try:
         yield
     finally:
@@ -119,7 +119,9 @@ def _wait_for(path: Path, poll_s: float = 2.0) -> None:
     """Under torchrun, the other ranks wait for the file rank 0 writes (the first stage's export)."""
     import time
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    from .runtime import torchrun_ranks
+
+    if torchrun_ranks()[1] == 0:
         return
     while not path.is_file():
         time.sleep(poll_s)
@@ -258,15 +260,14 @@ def _printer(what: str):
 
 def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | None, export: str | None) -> int:
     """Train one stage of the recipe into ``out`` (from ``init_path``'s weights when given); export when asked."""
-    import torch
 
     from .atomic import atomic_write
     from .errors import ResMTNetError
-    from .inference import pick_device
     from .model import ModelConfig
     from .model_io import code_version, read_checkpoint
     from .phantom_eval import PHANTOM_MIN_DIAMETER_MM
     from .recipe import MODEL_KEYS, to_toml
+    from .runtime import pick_device, torchrun_ranks
     from .training import TrainConfig, train
     from .training_data import PhantomCases
     from .validation import score_cases
@@ -279,7 +280,7 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
     device = pick_device(args.device)  # an unusable --device stops here, before any data is made
     loader_workers = _loader_workers(r.train["loader_workers"], device)
     spacing = init.config.spacing_mm if init else float(r.model["spacing_mm"])
-    rank = int(os.environ.get("RANK", "0"))
+    rank = torchrun_ranks()[1]
     if d["source"] == "phantoms":
         tr = PhantomCases(args.cache, d["phantom_seed"], d["phantoms"], spacing, d["max_nodules"])
         if d["thick_phantoms"]:
@@ -289,17 +290,11 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
         n_cal = r.export["calibration_phantoms"]
         ca = PhantomCases(args.cache, r.export["calibration_seed"], n_cal, spacing, d["max_nodules"]) \
             if n_cal else None
-        if rank == 0:
-            va.ensure(args.workers, _printer("validation phantoms"))
-            if ca is not None:  # made before training, so that a failure shows before the hours of training
-                ca.ensure(args.workers, _printer("calibration phantoms"))
-            tr.ensure(args.workers, _printer("training phantoms"))
-        if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # other ranks wait for rank 0's cache by polling the files it writes
-            import time
-
-            while not all(tr.path(cid).exists() for cid, _, _ in tr.items):
-                time.sleep(2)
+        shown = rank == 0  # every rank builds its share of each set; rank 0 says how far they are
+        va.ensure(args.workers, _printer("validation phantoms") if shown else None)
+        if ca is not None:  # made before training, so that a failure shows before the hours of training
+            ca.ensure(args.workers, _printer("calibration phantoms") if shown else None)
+        tr.ensure(args.workers, _printer("training phantoms") if shown else None)
         train_cases, val_cases = tr.load(), va.load()
         data_prov = {"source": "synthetic phantoms (resmtnet.phantom)", "phantom_seed": d["phantom_seed"],
                      "phantoms": d["phantoms"], "val_seed": d["val_seed"], "val_phantoms": d["val_phantoms"],

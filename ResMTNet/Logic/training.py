@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,9 @@ import torch.nn.functional as F
 
 from .errors import NonFiniteLossError, ResMTNetError
 from .hard_negatives import mine_false_findings, with_negatives
-from .inference import compute_precision
 from .model import ModelConfig, ResMTNet
 from .prepare import HU_MIN, normalize_hu
+from .runtime import compute_precision, pick_device, torchrun_ranks
 from .targets import encode
 from .training_data import TrainCase
 
@@ -273,13 +272,6 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -332,24 +324,34 @@ def training_precision(device: torch.device, cfg: TrainConfig, model_cfg: ModelC
     return dtype, "float32 (this CPU has no native bfloat16)"
 
 
-def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
-          *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
-          resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
-          progress_bar: bool = True, init_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Train and return the path of the final checkpoint (``out_dir/last.pt``; ``best.pt`` by val score).
+@dataclass
+class _Runtime:
+    """Where one training process runs: its device and its place among torchrun's processes."""
 
-    ``init_state``: weights to start from (fine-tuning) instead of a fresh initialisation; a run that
-    resumes from ``last.pt`` takes that instead.
-    """
-    from .model_io import load_weights, read_checkpoint, save_checkpoint
+    dev: torch.device
+    rank: int
+    local: int
+    distributed: bool
+    owns_group: bool  # the process group was started here (else the caller's, for several runs)
 
-    world, rank, local = _dist_info()
+
+@dataclass
+class _Progress:
+    """What a run carries from epoch to epoch, and what ``last.pt`` keeps to resume it."""
+
+    start_epoch: int = 0
+    best_score: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    mined: dict[str, np.ndarray] = field(default_factory=dict)  # hard negatives the network found, by case id
+
+
+def _set_up(cfg: TrainConfig, device: str) -> _Runtime:
+    """The device (``cuda:LOCAL_RANK`` under torchrun), the process group where this process starts it, torch's
+    threads, and the seed."""
+    world, rank, local = torchrun_ranks()
     distributed = world > 1
-    if device == "auto":
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device if device != "cuda" else f"cuda:{local}")
-    owns_group = distributed and not torch.distributed.is_initialized()  # else the caller's, for several runs
+    dev = pick_device(device, local_rank=local)
+    owns_group = distributed and not torch.distributed.is_initialized()
     if owns_group:
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if cfg.threads:
@@ -357,102 +359,143 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one window size all along: pick the fastest 3-D convolutions once
     torch.manual_seed(cfg.seed)
+    return _Runtime(dev, rank, local, distributed, owns_group)
+
+
+def _resume(last: Path, resume: bool, net: ResMTNet, opt: torch.optim.Optimizer,
+            init_state: dict[str, torch.Tensor] | None, log: Callable[[str], None]) -> _Progress:
+    """The weights, optimizer and progress of ``last.pt`` where the run resumes from it; else ``init_state``'s
+    weights where given (fine-tuning), or the fresh network as it is."""
+    from .model_io import load_weights, read_checkpoint
+
+    ck = read_checkpoint(last) if resume and last.exists() else None
+    if ck is None:
+        if init_state is not None:
+            net.load_state_dict(init_state)
+        return _Progress()
+    st = ck.get("train_state", {})
+    load_weights(net, ck["state_dict"], last)
+    try:
+        if "optimizer" in st:
+            opt.load_state_dict(st["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ResMTNetError(f"{last}: its training state does not fit this run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
+                            "started with, or train into a new folder") from e
+    log(f"resumed from {last} at epoch {int(st.get('epoch', 0))}")
+    return _Progress(start_epoch=int(st.get("epoch", 0)), best_score=float(st.get("best_score", -1.0)),
+                     history=st.get("history", []),
+                     mined={k: np.asarray(v, np.float32).reshape(-1, 3)
+                            for k, v in st.get("mined_negatives", {}).items()})
+
+
+def _run_epoch(epoch: int, stream, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, amp_dtype: torch.dtype, dev: torch.device, cfg: TrainConfig,
+               last: Path, show: bool) -> dict[str, float]:
+    """One epoch of ``cfg.steps_per_epoch`` steps on the batches of ``stream``; the mean of each loss.
+    A loss that is not finite stops the run (:class:`NonFiniteLossError`) before the step is taken."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    sums: dict[str, float] = {}
+    steps = range(cfg.steps_per_epoch)
+    if show:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+    for s in steps:
+        step = epoch * cfg.steps_per_epoch + s
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total_steps, cfg)
+        x, t = next(stream)
+        x = x.to(dev, non_blocking=True)
+        t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            out = model(x)
+        losses = multitask_losses(out, t)
+        loss = weighted_total(losses, cfg.loss_weights)
+        values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach())}
+        if not math.isfinite(values["total"]):
+            raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {values['total']} "
+                                     f"({values}); the last good checkpoint is "
+                                     f"{last if last.exists() else 'none yet'}")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        scaler.step(opt)
+        scaler.update()
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if show:
+            steps.set_postfix(loss=f"{sums['total'] / (s + 1):.3f}")
+    return {k: v / cfg.steps_per_epoch for k, v in sums.items()}
+
+
+def _save_epoch(out_dir: Path, net: ResMTNet, opt: torch.optim.Optimizer, progress: _Progress,
+                record: dict[str, Any], cfg: TrainConfig, provenance: dict[str, Any] | None) -> None:
+    """``last.pt`` after each epoch (with what a resume needs), and ``best.pt`` when the validation score beats
+    the best so far."""
+    from .model_io import save_checkpoint
+
+    score = float(record.get("val", {}).get("score", -1.0))
+    state = {"epoch": record["epoch"], "optimizer": opt.state_dict(), "best_score": max(progress.best_score, score),
+             "history": progress.history, "mined_negatives": progress.mined}
+    prov = {"train_config": cfg.to_dict(), **(provenance or {})}
+    save_checkpoint(out_dir / "last.pt", net, provenance=prov, metrics=record.get("val", {}),
+                    extra={"train_state": state})
+    if score > progress.best_score:
+        progress.best_score = score
+        save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
+
+
+def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
+          *, val_fn: Callable[[ResMTNet], dict[str, float]] | None = None, provenance: dict[str, Any] | None = None,
+          resume: bool = True, device: str = "auto", log: Callable[[str], None] = print,
+          progress_bar: bool = True, init_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Train and return the path of the final checkpoint (``out_dir/last.pt``; ``best.pt`` by val score).
+
+    ``init_state``: weights to start from (fine-tuning) instead of a fresh initialisation; a run that
+    resumes from ``last.pt`` takes that instead. The steps: set up the device and process group
+    (:func:`_set_up`), build the network and optimizer, resume (:func:`_resume`), then per epoch mine hard
+    negatives where the recipe says (:func:`_mine`), train (:func:`_run_epoch`), validate and save
+    (:func:`_save_epoch`).
+    """
+    rt = _set_up(cfg, device)
     model_cfg = model_cfg or ModelConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    net = ResMTNet(model_cfg).to(dev)
-    params = list(net.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp_dtype, precision_note = training_precision(dev, cfg, model_cfg)
+    net = ResMTNet(model_cfg).to(rt.dev)
+    opt = torch.optim.AdamW(list(net.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp_dtype, precision_note = training_precision(rt.dev, cfg, model_cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
-    if rank == 0:
+    if rt.rank == 0:
         log(f"precision: {precision_note}")
-    start_epoch, best_score, history = 0, -1.0, []
-    mined: dict[str, np.ndarray] = {}  # hard negatives found by the network itself, by case id
     last = out_dir / "last.pt"
-    ck = read_checkpoint(last) if resume and last.exists() else None
-    st = ck.get("train_state", {}) if ck is not None else {}
-    if ck is not None:
-        load_weights(net, ck["state_dict"], last)
-        try:
-            if "optimizer" in st:
-                opt.load_state_dict(st["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ResMTNetError(f"{last}: its training state does not fit this run ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
-                                "started with, or train into a new folder") from e
-        start_epoch = int(st.get("epoch", 0))
-        best_score = float(st.get("best_score", -1.0))
-        history = st.get("history", [])
-        mined = {k: np.asarray(v, np.float32).reshape(-1, 3) for k, v in st.get("mined_negatives", {}).items()}
-        log(f"resumed from {last} at epoch {start_epoch}")
-    elif init_state is not None:
-        net.load_state_dict(init_state)
-    ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local] if dev.type == "cuda" else None) \
-        if distributed else net
+    progress = _resume(last, resume, net, opt, init_state, log)
+    ddp_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rt.local] if rt.dev.type == "cuda"
+                                                        else None) if rt.distributed else net
     stream = None
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    show = progress_bar and rank == 0
-    for epoch in range(start_epoch, cfg.epochs):
+    show = progress_bar and rt.rank == 0
+    for epoch in range(progress.start_epoch, cfg.epochs):
         if epoch in cfg.mine_negatives_at:
-            mined = _mine(net, cases, dev, cfg.mine_floor, epoch, log, show)
+            progress.mined = _mine(net, cases, rt.dev, cfg.mine_floor, epoch, log, show)
             stream = None  # let the workers of the last stream go first
         if stream is None:
-            stream = batches(with_negatives(cases, mined), cfg, model_cfg,
-                             seed=cfg.seed * 1000 + rank + 7919 * epoch, pin=dev.type == "cuda")
+            stream = batches(with_negatives(cases, progress.mined), cfg, model_cfg,
+                             seed=cfg.seed * 1000 + rt.rank + 7919 * epoch, pin=rt.dev.type == "cuda")
         net.train()
         t0 = time.time()
-        sums: dict[str, float] = {}
-        steps = range(cfg.steps_per_epoch)
-        if show:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-        for s in steps:
-            step = epoch * cfg.steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, cfg)
-            x, t = next(stream)
-            x = x.to(dev, non_blocking=True)
-            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-                out = ddp_net(x)
-            losses = multitask_losses(out, t)
-            loss = weighted_total(losses, cfg.loss_weights)
-            values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(loss.detach())}
-            if not math.isfinite(values["total"]):
-                raise NonFiniteLossError(f"epoch {epoch + 1}, step {s + 1}: the loss is {values['total']} "
-                                         f"({values}); the last good checkpoint is "
-                                         f"{last if last.exists() else 'none yet'}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            scaler.step(opt)
-            scaler.update()
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if show:
-                steps.set_postfix(loss=f"{sums['total'] / (s + 1):.3f}")
-        means = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
+        means = _run_epoch(epoch, stream, ddp_net, opt, scaler, amp_dtype, rt.dev, cfg, last, show)
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
                                   "loss": {k: round(v, 4) for k, v in means.items()}}
-        if rank == 0:
+        if rt.rank == 0:
             if val_fn is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
                 record["val"] = val_fn(net)
-            history.append(record)
+            progress.history.append(record)
             log(json.dumps(record))
-            score = float(record.get("val", {}).get("score", -1.0))
-            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "best_score": max(best_score, score),
-                     "history": history, "mined_negatives": mined}
-            prov = {"train_config": cfg.to_dict(), **(provenance or {})}
-            save_checkpoint(last, net, provenance=prov, metrics=record.get("val", {}),
-                            extra={"train_state": state})
-            if score > best_score:
-                best_score = score
-                save_checkpoint(out_dir / "best.pt", net, provenance=prov, metrics=record.get("val", {}))
-        if distributed:
+            _save_epoch(out_dir, net, opt, progress, record, cfg, provenance)
+        if rt.distributed:
             torch.distributed.barrier()
-    if owns_group:
+    if rt.owns_group:
         torch.distributed.destroy_process_group()
     return last

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,40 +128,18 @@ class PhantomCases:
         return self._paths[case_id]
 
     def ensure(self, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> None:
-        """Generate every missing case (in ``workers`` processes)."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        todo = [(cid, s, m) for cid, s, m in self.items if not self.path(cid).exists()]
-        done = len(self.items) - len(todo)
-        if progress:
-            progress(done, len(self.items))
-        if not todo:
-            return
-        if workers <= 1:
-            for cid, s, m in todo:
-                _phantom_case(cid, s, self.spacing, self.max_nodules, m).save(self.path(cid))
-                done += 1
-                if progress:
-                    progress(done, len(self.items))
-            return
-        from .processes import process_pool
+        """Generate every missing case (in ``workers`` processes; under torchrun, each rank its share:
+        :func:`resmtnet.case_files.ensure_case_files`)."""
+        from .case_files import CaseFile, ensure_case_files
 
-        with process_pool(workers) as pool:
-            futs = [pool.submit(_build_and_save, cid, s, self.spacing, self.max_nodules, str(self.path(cid)), m)
-                    for cid, s, m in todo]
-            for f in futs:
-                f.result()
-                done += 1
-                if progress:
-                    progress(done, len(self.items))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        ensure_case_files([CaseFile(self.path(cid), partial(_save_phantom_case, cid, s, self.spacing, self.max_nodules,
+                                                            m)) for cid, s, m in self.items], workers, progress)
 
     def load(self, ids: Sequence[str] | None = None) -> list[TrainCase]:
         wanted = set(ids) if ids is not None else None
         return [TrainCase.load(self.path(cid), cid) for cid, _, _ in self.items if wanted is None or cid in wanted]
 
 
-def _build_and_save(case_id: str, seed: int, spacing: float, max_nodules: int, path: str,
-                    mix: str = "screening") -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    _phantom_case(case_id, seed, spacing, max_nodules, mix).save(Path(path))
+def _save_phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix: str, path: Path) -> None:
+    _phantom_case(case_id, seed, spacing, max_nodules, mix).save(path)

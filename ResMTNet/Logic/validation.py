@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .froc import Finding, Mark, evaluate
+from .froc import Finding, evaluate
+from .luna16_csv import ReferenceNodule
 from .model import ResMTNet
 from .model_io import LoadedModel
 from .training_data import TrainCase
@@ -30,17 +31,16 @@ def case_findings(net: ResMTNet, case: TrainCase, device: torch.device, floor: f
                     p.diameter_mm, p.malignancy, row=i) for i, p in enumerate(peaks)]
 
 
-def case_marks(case: TrainCase, min_diameter_mm: float = 0.0, min_lung_share: float = 0.0) -> list[Mark]:
+def case_marks(case: TrainCase, min_diameter_mm: float = 0.0, min_lung_share: float = 0.0) -> list[ReferenceNodule]:
     """The case's nodules as FROC marks; those under ``min_diameter_mm`` or with less than ``min_lung_share``
     of themselves in the lung (:meth:`TrainCase.in_lung`) are excluded marks: a finding on one is neither a
     hit nor a false positive, as LUNA16 treats its irrelevant findings and ``evaluate --phantoms`` these."""
     from .prepare import ModelGrid
 
     grid = ModelGrid(origin=np.asarray(case.origin, float), spacing=case.spacing, shape=case.image.shape)
-    return [Mark(case.case_id, tuple(float(v) for v in grid.voxel_to_world(c)), float(d),
-                 float(r) if r > 0 else None, excluded=bool(d < min_diameter_mm or not lung), row=i)
-            for i, (c, d, r, lung) in enumerate(zip(case.centers, case.diameters, case.malignancy,
-                                                     case.in_lung(min_lung_share)))]
+    return [ReferenceNodule(case.case_id, tuple(float(v) for v in grid.voxel_to_world(c)), float(d),
+                            float(r) if r > 0 else None, excluded=bool(d < min_diameter_mm or not lung))
+            for c, d, r, lung in zip(case.centers, case.diameters, case.malignancy, case.in_lung(min_lung_share))]
 
 
 def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.device | str, tta: bool = False,
@@ -51,7 +51,7 @@ def _evaluate_cases(net: ResMTNet, cases: Sequence[TrainCase], device: torch.dev
     was_training = net.training
     net.eval()
     findings: list[Finding] = []
-    marks: list[Mark] = []
+    marks: list[ReferenceNodule] = []
     for c in cases:
         findings += case_findings(net, c, device, tta=tta)
         marks += case_marks(c, min_diameter_mm, min_lung_share)
