@@ -1,6 +1,9 @@
-"""Detection over a whole CT: lungs → canonical grid → Res-MTNet in windows → peaks → nodules + masks.
+"""Detection over a whole CT: canonical voxel order → lungs → model grid → Res-MTNet in windows → peaks →
+nodules + masks.
 
-:func:`detect_ct` is the one entry point the command line, the benchmark and the Slicer module share.
+:func:`detect_ct` is the one entry point the command line, the benchmark and the Slicer module share, and the
+one place a CT is brought to the canonical voxel order (:mod:`resmtnet.orientation`), so that a scan gives the
+same findings however its voxels are stored.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from .errors import Cancelled
 from .lungmask import LungMask
 from .model_io import LoadedModel, load_model
 from .nodules import Detection, Nodule
+from .orientation import canonical_ct
 from .prepare import ModelGrid, index_bounds_to_world, to_model_grid, world_bounds
 from .targets import Peak, decode, merge_duplicates
 
@@ -168,6 +172,10 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     the maps averaged: the passes the checkpoint's threshold was calibrated with (``model.tta_flips``; the
     scan and all seven mirror images for the shipped weights, about eight times the network's time). It
     gives fewer false findings and steadier probabilities (model card); ``tta=False`` is the fast path.
+
+    The lungs, the crop, the model grid and the nodules' masks are found on ``ct`` in the canonical voxel
+    order (a view of its voxels); the nodules are in LPS world mm, and the label map is on ``ct``'s own grid,
+    in its own voxel order.
     """
     from .inference import compute_precision, pick_device
 
@@ -181,6 +189,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     if batch_size is None:  # one window at a time on the CPU keeps Cancel quick; GPUs like batches
         batch_size = 4 if dev.type == "cuda" else 1
     st = _Stages(progress, cancel)
+    given = ct
+    ct, order = canonical_ct(given)
 
     # Memory: the input grid is only ever held as ct.array (int16 where the scan stores whole HU) and the
     # label map; lungs, bounds and resampling go through it box by box (lungmask.LungMask, to_model_grid).
@@ -214,14 +224,15 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     findings.sort(key=lambda p: -p.probability)
     if max_findings is not None:
         findings = findings[:max_findings]
-    labels = np.zeros(ct.array.shape, np.uint8 if len(findings) <= np.iinfo(np.uint8).max else np.uint16)
+    labels = np.zeros(given.array.shape, np.uint8 if len(findings) <= np.iinfo(np.uint8).max else np.uint16)
+    canonical_labels = order.view(labels)  # the canonical grid's view of the label map on the given one
     nodules: list[Nodule] = []
     voxel_mm3 = float(np.prod(ct.spacing))
     for i, p in enumerate(findings, start=1):
         st.check()
         centre = grid.voxel_to_world(p.position_vox)
         box, mask, measured = grow_mask(ct, centre, p.diameter_mm)
-        region = labels[box]
+        region = canonical_labels[box]
         own = mask & (region == 0)  # where two masks touch, the more probable nodule keeps the voxels
         region[own] = i
         volume = float(own.sum()) * voxel_mm3
@@ -248,11 +259,12 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
                        "shape_zyx": list(grid.shape)},
         "lung_volume_ml": float(lungs.voxel_count()) * voxel_mm3 / 1000.0,
         "candidates": len(peaks),
+        "voxel_order": order.to_dict(),
     }
     if progress is not None:
         progress(1.0, f"{len(nodules)} nodule(s) found")
-    return Detection(seriesuid=ct.seriesuid, nodules=nodules, labels=labels, spacing=ct.spacing, origin=ct.origin,
-                     direction=ct.direction, info=info)
+    return Detection(seriesuid=given.seriesuid, nodules=nodules, labels=labels, spacing=given.spacing,
+                     origin=given.origin, direction=given.direction, info=info)
 
 
 def _near_lung(lung: np.ndarray, grid: ModelGrid) -> np.ndarray:
