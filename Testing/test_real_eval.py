@@ -145,8 +145,8 @@ def test_evaluate_real_on_a_folder_of_phantom_cases(tmp_path, capsys):
 
 
 def test_evaluate_real_says_what_a_case_lacks(tmp_path, capsys):
-    """A case without truth, a truth file with words for numbers, a list naming a missing folder: one line
-    naming the file, exit status 2, nothing written."""
+    """A case without truth, a truth file with words for numbers or naming an RT structure the case lacks, a list
+    naming a missing folder: one line naming the file, before any detection, exit status 2, nothing written."""
     case = tmp_path / "c1"
     case.mkdir()
     write_volume(generate_phantom(1, small=True).ct, case / "ct.nrrd")
@@ -158,12 +158,16 @@ def test_evaluate_real_says_what_a_case_lacks(tmp_path, capsys):
     (truth / "c1.csv").write_text("coordX,coordY,coordZ,diameter_mm\n1,2,three,4\n")
     assert main(["evaluate", "--real", str(case), "--truth", str(truth), "-o", str(out)]) == 2
     assert "c1.csv: row 1 needs numbers" in capsys.readouterr().err
+    (truth / "c1.csv").write_text("coordX,coordY,coordZ,diameter_mm,source\n,,,,rtstruct GTV\n")
+    assert main(["evaluate", "--real", str(case), "--truth", str(truth), "-o", str(out)]) == 2
+    assert "c1.csv: row 1 names RT structure 'GTV', but" in capsys.readouterr().err
     listing = tmp_path / "cases.txt"
     listing.write_text("# the cases\nc1\nmissing\n")
     assert main(["evaluate", "--real", str(listing), "-o", str(out)]) == 2
     assert "missing, which is not a folder" in capsys.readouterr().err
     assert not out.exists()
-    assert [c.name for c in find_cases(listing.with_name("c1"), truth)] == ["c1"]
+    (truth / "c1.csv").write_text("coordX,coordY,coordZ,diameter_mm\n1,2,3,4\n")
+    assert [(c.name, c.truth_path) for c in find_cases(case, truth)] == [("c1", truth / "c1.csv")]
 
 
 @pytest.mark.skipif(not (SHARED / "4D-Lung-113_HM10395" / "rtstruct").is_dir(),

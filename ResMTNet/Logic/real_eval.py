@@ -115,6 +115,7 @@ def find_cases(where: str | Path, truth_dir: str | Path | None = None) -> list[R
                                                                    if truth_dir else "")
                              + ": write the case's lesions as LUNA16 rows (coordX, coordY, coordZ, diameter_mm)")
         cases.append(RealCase(folder.name, folder, ct, truth))
+        read_truth(cases[-1], None)  # a bad truth file is told before any detection
     return cases
 
 
@@ -125,9 +126,10 @@ def _ct_of(folder: Path) -> Path | None:
     return volumes[0] if len(volumes) == 1 else None
 
 
-def read_truth(case: RealCase, ct: CTVolume) -> list[Lesion]:
-    """The case's lesions; rows naming an RT structure are measured on its mask on ``ct``'s grid."""
-    from .rtstruct import find_rtstructs, roi_mask
+def read_truth(case: RealCase, ct: CTVolume | None) -> list[Lesion]:
+    """The case's lesions; rows naming an RT structure are measured on its mask on ``ct``'s grid. Without a CT
+    the file is only checked (the rows' numbers, the RT structures they name), and those rows are left out."""
+    from .rtstruct import find_rtstructs, roi_mask, roi_names
 
     with open(case.truth_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -140,6 +142,11 @@ def read_truth(case: RealCase, ct: CTVolume) -> list[Lesion]:
             if not files:
                 raise InputError(f"{case.truth_path}: row {i} names RT structure {roi!r}, but {case.folder} holds no "
                                  "RT structure set (rtstruct/*.dcm)")
+            if ct is None:
+                if roi not in roi_names(files[0]):
+                    raise InputError(f"{case.truth_path}: row {i} names RT structure {roi!r}, which {files[0]} "
+                                     f"does not hold (it has: {', '.join(roi_names(files[0]))})")
+                continue
             m = roi_mask(files[0], roi, ct)
             lesions.append(Lesion(roi, m.centre_lps, m.equivalent_diameter_mm, f"{files[0].name} mask",
                                   m.longest_axial_mm))
@@ -154,7 +161,7 @@ def read_truth(case: RealCase, ct: CTVolume) -> list[Lesion]:
             raise InputError(f"{case.truth_path}: row {i} holds a position or diameter that is not a finite "
                              "positive number")
         lesions.append(Lesion(f"row {i}" + (f" ({source})" if source else ""), centre, diameter, case.truth_path.name))
-    if not lesions:
+    if not rows:
         raise InputError(f"{case.truth_path}: holds no lesion")
     return lesions
 
