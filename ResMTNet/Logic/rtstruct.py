@@ -24,7 +24,7 @@ PLANE_TOLERANCE_SLICES = 0.25
 
 @dataclass
 class RoiMask:
-    """An ROI filled on a CT's grid (in the CT's canonical voxel order), with what follows from it."""
+    """What follows from an ROI filled on a CT's grid: its volume, centre and sizes."""
 
     name: str
     voxels: int
