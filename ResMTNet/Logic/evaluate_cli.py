@@ -12,6 +12,12 @@ predictions. Scans without any finding still count. Writes froc.json and froc.pn
 With --phantoms N instead of the two files: generates N fresh phantoms (--phantom-seed, never one used
 for training), runs the detector on each (--model, default the shipped weights) and scores it, nodules
 under --min-diameter counting as excluded marks.
+
+With --real DIR instead: detects each real CT case of DIR (a folder of case folders, one case folder, or a
+text file naming case folders) and judges the findings against the case's own lesions (annotations.csv, an
+RT structure set's contours; see resmtnet.real_eval): per lesion the rank, distance and size error of the
+finding that hits it, per scan the findings at or above the threshold that hit nothing. Writes real.json and
+real.md (the table) to OUTDIR.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph = parser.add_argument_group("end to end on fresh phantoms")
     ph.add_argument("--phantoms", type=int, metavar="N", help="generate N phantoms, detect, and score")
     ph.add_argument("--phantom-seed", type=int, default=7, help="seed of that phantom set (default 7)")
-    ph.add_argument("--model", help="checkpoint (default: the shipped weights)")
+    ph.add_argument("--model", help="checkpoint (default: the shipped weights; also for --real)")
     ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ph.add_argument("--min-diameter", type=float, default=PHANTOM_MIN_DIAMETER_MM,
                     help="nodules below this (mm) are excluded marks (default 4)")
@@ -53,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "into the chest wall or mediastinum) are excluded marks (default 0.5; 0 scores them all)")
     ph.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                     help="detect with (default) or without test-time augmentation (see resmtnet detect)")
+    real = parser.add_argument_group("end to end on real CT cases")
+    real.add_argument("--real", metavar="DIR", help="a folder of cases (each: a CT in dicom/ or one volume file, and "
+                      "annotations.csv), one case folder, or a text file naming case folders")
+    real.add_argument("--truth", metavar="DIR", help="a folder of truth files CASE.csv (LUNA16 rows), used instead "
+                      "of a case folder's own annotations.csv")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
+    if args.real is not None:
+        if args.phantoms is not None or args.predictions or args.annotations:
+            raise InputError("--real scores its own detections: give it alone, without PREDICTIONS.csv, "
+                             "ANNOTATIONS.csv or --phantoms")
+        return _run_on_real_cases(args)
+    if args.truth is not None:
+        raise InputError("--truth goes with --real")
     if args.phantoms is not None:
         return _run_on_phantoms(args)
     if not args.predictions or not args.annotations:
@@ -133,6 +151,25 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
                                  f"mostly outside the lungs (lung_share < {args.min_lung_share:g})"))
     print(format_by_kind(by_kind))
     print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _run_on_real_cases(args: argparse.Namespace) -> int:
+    from .model_io import load_model
+    from .real_eval import evaluate_cases, find_cases, format_table, write_results
+
+    cases = find_cases(args.real, args.truth)
+    outdir = Path(args.outdir or "real-evaluation")
+    model = load_model(args.model)  # detect_ct moves it to the device
+    results = evaluate_cases(cases, model=model, device=args.device, tta=args.tta,
+                             progress=lambda m: print(m, flush=True))
+    extra = {"inputs": {"real": str(args.real), "truth": args.truth, "model": args.model or "shipped",
+                        "threshold": model.threshold, "test_time_augmentation": args.tta,
+                        "tta_passes": len(model.tta_flips) if args.tta else 1},
+             "hit": "a finding hits a lesion when its centre lies within the lesion's radius"}
+    json_path, md_path = write_results(results, outdir, extra)
+    print(format_table(results))
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

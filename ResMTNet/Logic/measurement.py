@@ -102,13 +102,19 @@ def combined_diameter(regressed_mm: float, measured_mm: float | None) -> float:
     return float(0.5 * (regressed_mm + measured_mm))
 
 
-def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check: Callable[[], None] | None = None
-                     ) -> tuple[np.ndarray, list[Nodule]]:
+def label_map_dtype(count: int) -> type:
+    """The smallest label map type that numbers ``count`` nodules."""
+    return np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16
+
+
+def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check: Callable[[], None] | None = None,
+                     into: np.ndarray | None = None) -> tuple[np.ndarray, list[Nodule]]:
     """The nodules of ``findings`` (most probable first) measured on ``ct``: the label map on ct's grid (label
     ``i``: nodule ``i``; where two masks touch, the more probable nodule keeps the voxels) and each nodule with
     its volume, its size (:func:`combined_diameter`) and its centre (:func:`refined_centre`). ``check()`` is
-    called before each nodule (it raises to stop)."""
-    labels = np.zeros(ct.array.shape, np.uint8 if len(findings) <= np.iinfo(np.uint8).max else np.uint16)
+    called before each nodule (it raises to stop). ``into``: a zeroed array of ct's shape to write the labels
+    into (a view of a label map stored in another voxel order); a new one where None."""
+    labels = np.zeros(ct.array.shape, label_map_dtype(len(findings))) if into is None else into
     nodules: list[Nodule] = []
     voxel_mm3 = float(np.prod(ct.spacing))
     for i, p in enumerate(findings, start=1):

@@ -1,7 +1,9 @@
-"""Detection over a whole CT: lungs → canonical grid → Res-MTNet in windows → peaks → nodules + masks
-(measured by :mod:`.measurement`).
+"""Detection over a whole CT: canonical voxel order → lungs → model grid → Res-MTNet in windows → peaks →
+nodules + masks (measured by :mod:`.measurement`).
 
-:func:`detect_ct` is the one entry point the command line, the benchmark and the Slicer module share.
+:func:`detect_ct` is the one entry point the command line, the benchmark and the Slicer module share, and the
+one place a CT is brought to the canonical voxel order (:mod:`resmtnet.orientation`), so that a scan gives the
+same findings however its voxels are stored.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from scipy import ndimage
 from .ctio import CTVolume
 from .errors import Cancelled
 from .lungmask import LungMask
-from .measurement import measure_findings
+from .measurement import label_map_dtype, measure_findings
 from .model_io import LoadedModel, load_model
 from .nodules import Detection
+from .orientation import canonical_ct
 from .prepare import ModelGrid, index_bounds_to_world, to_model_grid, world_bounds
 from .targets import Peak, decode, merge_duplicates
 
@@ -89,6 +92,10 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     the maps averaged: the passes the checkpoint's threshold was calibrated with (``model.tta_flips``; the
     scan and all seven mirror images for the shipped weights, about eight times the network's time). It
     gives fewer false findings and steadier probabilities (model card); ``tta=False`` is the fast path.
+
+    The lungs, the crop, the model grid and the nodules' masks are found on ``ct`` in the canonical voxel
+    order (a view of its voxels); the nodules are in LPS world mm, and the label map is on ``ct``'s own grid,
+    in its own voxel order.
     """
     from .runtime import compute_precision, pick_device
 
@@ -102,6 +109,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     if batch_size is None:  # one window at a time on the CPU keeps Cancel quick; GPUs like batches
         batch_size = 4 if dev.type == "cuda" else 1
     st = _Stages(progress, cancel)
+    given = ct
+    ct, order = canonical_ct(given)
 
     # Memory: the input grid is only ever held as ct.array (int16 where the scan stores whole HU) and the
     # label map; lungs, bounds and resampling go through it box by box (lungmask.LungMask, to_model_grid).
@@ -135,7 +144,9 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     findings.sort(key=lambda p: -p.probability)
     if max_findings is not None:
         findings = findings[:max_findings]
-    labels, nodules = measure_findings(ct, findings, grid, check=st.check)
+    labels = np.zeros(given.array.shape, label_map_dtype(len(findings)))
+    # measured on the canonical grid, written through its view of the label map on the given one
+    _, nodules = measure_findings(ct, findings, grid, check=st.check, into=order.view(labels))
     st.end()
     info: dict[str, Any] = {
         "device": str(dev),
@@ -149,11 +160,12 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
                        "shape_zyx": list(grid.shape)},
         "lung_volume_ml": float(lungs.voxel_count()) * float(np.prod(ct.spacing)) / 1000.0,
         "candidates": len(peaks),
+        "voxel_order": order.to_dict(),
     }
     if progress is not None:
         progress(1.0, f"{len(nodules)} nodule(s) found")
-    return Detection(seriesuid=ct.seriesuid, nodules=nodules, labels=labels, spacing=ct.spacing, origin=ct.origin,
-                     direction=ct.direction, info=info)
+    return Detection(seriesuid=given.seriesuid, nodules=nodules, labels=labels, spacing=given.spacing,
+                     origin=given.origin, direction=given.direction, info=info)
 
 
 def _near_lung(lung: np.ndarray, grid: ModelGrid) -> np.ndarray:
