@@ -82,3 +82,34 @@ def test_followup_pairs_each_nodule_with_itself_growth_and_doubling_time_of_the_
         true_vdt = INTERVAL_DAYS * math.log(2) / math.log((after[i].diameter_mm / before[i].diameter_mm) ** 3)
         assert abs(r.volume_doubling_time_days - true_vdt) < 0.2 * true_vdt, (i, r.volume_doubling_time_days, true_vdt)
         assert r.growing  # both grew by more than 1.5 mm
+
+
+def test_followup_command_writes_the_picture_with_the_table_as_one_set(prior_and_current, tmp_path):
+    from resmtnet.cli import main as cli_main
+    from resmtnet.ctio import write_volume
+    from resmtnet.fileset import read_set
+    from resmtnet.nodules import Detection
+    from resmtnet.outputs import write_detection_outputs
+
+    folders = []
+    for label, ph in zip(("prior", "current"), prior_and_current):
+        ph.ct.source = str(tmp_path / f"{label}.nrrd")
+        write_volume(ph.ct, ph.ct.source)
+        det = Detection(ph.ct.seriesuid, measured_findings(ph), ph.labels, ph.ct.spacing, ph.ct.origin,
+                        ph.ct.direction)
+        write_detection_outputs(ph.ct, det, tmp_path / label, slicer_files=False)
+        folders.append(str(tmp_path / label))
+    out = tmp_path / "followup"
+    assert cli_main(["followup", *folders, "-o", str(out), "--prior-date", "2025-01-10",
+                     "--current-date", "2025-07-09"]) == 0
+    manifest = read_set(out, verify=True)
+    assert manifest is not None and {"followup.csv", "followup.json", "followup.png"} <= set(manifest["files"])
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(out / "followup.png")
+    assert picture.shape[0] == 4 * 330 and picture.shape[1] == 640  # a row per table row, prior | current
+    # each side shows the chest: grey lung and tissue in every crop, not an empty panel
+    for row in range(4):
+        for col in range(2):
+            crop = picture[row * 330 + 60: row * 330 + 300, col * 320 + 20: col * 320 + 300, 0]
+            assert crop.std() > 0.05, (row, col)
