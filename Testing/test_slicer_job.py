@@ -109,3 +109,26 @@ def test_the_worker_script_loads_the_core_from_its_own_folder(tmp_path, phantom)
     assert "@resmtnet error" in run.stdout and "constant" in run.stdout, run.stdout + run.stderr
     assert "exit 2" in lines and f"core {copy / '__init__.py'}" in lines, lines
     assert "own folder on the path False" in lines, lines
+
+
+def test_follow_up_mode_detects_both_scans_and_pairs_each_finding(phantom, untrained_checkpoint):
+    """The panel's follow-up mode: the prior scan is the same scan, so every finding pairs with itself."""
+    job = DetectionProcess(phantom.ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False,
+                           prior_ct=phantom.ct, interval_days=90.0)
+    job.start()
+    messages = wait(job, timeout_s=240.0)
+    kind, detection = messages[-1]
+    assert kind == "done", messages[-1]
+    texts = [payload[1] for kind, payload in messages if kind == "progress"]
+    assert any(t.startswith("prior scan: ") for t in texts) and any(t.startswith("current scan: ") for t in texts)
+    fractions = [payload[0] for kind, payload in messages if kind == "progress"]
+    assert fractions == sorted(fractions)
+    followup = detection.info["followup"]
+    assert followup["interval_days"] == 90.0 and len(followup["prior_nodules"]) == len(detection.nodules) > 0
+    pairs = followup["pairs"]
+    assert [p["status"] for p in pairs] == ["matched"] * len(detection.nodules)
+    assert [p["current_number"] for p in pairs] == [n.number for n in detection.nodules]
+    for p in pairs:
+        assert p["prior_number"] == p["current_number"] and p["distance_mm"] < 1.0
+        assert abs(p["diameter_change_mm"]) < 1e-6 and p["volume_doubling_time_days"] is None
+    assert not os.path.exists(job.tempDir)
