@@ -167,6 +167,8 @@ class ResMTNetParameterNode:
     testTimeAugmentation - also run the network on the mirror images and average (default; about 8x the
       network's time with the shipped weights, fewer false findings).
     outputSegmentation, outputTable - filled by a run; created when not chosen.
+    priorVolume - follow-up mode: an earlier CT of the same patient, detected too and paired with inputVolume's
+      nodules (a follow-up table and a line joining each pair); None: detection only.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -180,6 +182,7 @@ class ResMTNetParameterNode:
     testTimeAugmentation: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
+    priorVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -324,7 +327,8 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startDetection(
                 p.inputVolume, checkpointPath=self.logic.checkpointFile(p), device=p.device,
                 threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm,
-                tta=p.testTimeAugmentation)
+                tta=p.testTimeAugmentation,
+                priorVolumeNode=p.priorVolume if p.priorVolume is not p.inputVolume else None)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Starting...")
@@ -393,6 +397,14 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillResultsTable(detection, nodes["table"], p.colorBy)
             count = len(detection.nodules)
             status = (_("No nodule found.") if count == 0 else _("{count} nodule(s) found.").format(count=count))
+            followup = detection.info.get("followup")
+            if followup is not None:
+                self.logic.showFollowup(volume, followup)
+                pairs = followup["pairs"]
+                counts = {kind: sum(r["status"] == kind for r in pairs) for kind in ("matched", "new", "resolved")}
+                status += " " + _("Follow-up: {matched} paired ({uncertain} uncertain), {new} new, "
+                                  "{resolved} resolved.").format(
+                    uncertain=sum(r["status"] == "matched" and r["uncertain"] for r in pairs), **counts)
             keptAsTheyWere = [n.GetName() for n in picked if n not in (nodes["segmentation"], nodes["table"])]
             if keptAsTheyWere:
                 status += " " + _("{names}: other results, left as they were; the results are in new nodes.").format(
@@ -576,15 +588,18 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             return None
 
     def startDetection(self, volumeNode, checkpointPath=None, device="auto", threshold=None,
-                       minDiameterMm=0.0, tta=True):
+                       minDiameterMm=0.0, tta=True, priorVolumeNode=None):
         """Take the CT out of the scene (a view of its voxels, main thread) and start the detector in a child
         process, which gets them through a file the helper thread writes; returns
-        the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``."""
+        the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``.
+        With ``priorVolumeNode`` (follow-up mode) the child detects that scan too and pairs the two scans'
+        nodules: the result's ``info["followup"]``."""
         core = self.core()
         ct = core.slicer_scene.ct_from_volume_node(volumeNode, copy=False)  # the helper thread writes it to a file
+        prior = None if priorVolumeNode is None else core.slicer_scene.ct_from_volume_node(priorVolumeNode, copy=False)
         job = core.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
-            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment())
+            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior)
         job.start()
         return job
 
@@ -634,6 +649,12 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             displayNode.SetPreferredDisplayRepresentationName3D("Closed surface")
             displayNode.SetVisibility(True)
         return nodes
+
+    def showFollowup(self, volumeNode, followup):
+        """The follow-up table and a line joining each pair across the two volumes (main thread only)."""
+        slicerFollowup = importlib.import_module(f"{CORE_MODULE_NAME}.slicer_followup")  # SimpleITK: only when asked
+        return slicerFollowup.add_followup_nodes(slicer.mrmlScene, followup["pairs"],
+                                                 name=_("{name} follow-up").format(name=volumeNode.GetName()))
 
     def process(self, volumeNode, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0,
                 colorBy="malignancy", segmentationNode=None, tableNode=None, tta=True):

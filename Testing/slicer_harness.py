@@ -262,6 +262,35 @@ def scenario_apply(h, args):
     return {**run, **outputs}
 
 
+def scenario_followup(h, args):
+    """Follow-up mode: a prior volume chosen in the panel (here the same CT loaded again), Apply: the volume's
+    outputs as in a plain run, plus a follow-up table and a line joining each pair across the two volumes."""
+    h.load_module()
+    volume = h.load_volume(args.volume[0], "Chest A")
+    prior = h.load_volume(args.volume[0], "Chest A prior")
+    p = h.parameters()
+    p.inputVolume = volume
+    h.ui.priorVolumeSelector.setCurrentNode(prior)  # as the user picks it
+    assert p.priorVolume is prior, "the panel's prior selector does not set the parameter"
+    use_checkpoint(h, args.checkpoint)
+    run = apply_and_wait(h, timeout_s=300.0)
+    assert not h.errors.records, h.errors.records
+    assert "torch" not in sys.modules, "torch was imported into Slicer's process"
+    outputs = check_outputs(h, volume)
+    scene = h.slicer.mrmlScene
+    tables = [n for n in scene.GetNodesByClass("vtkMRMLTableNode")
+              if n.GetAttribute("ResMTNet.FollowupRole") == "table"]
+    lines = [n for n in scene.GetNodesByClass("vtkMRMLMarkupsLineNode")
+             if n.GetAttribute("ResMTNet.FollowupRole") == "line"]
+    assert len(tables) == 1, tables
+    table = tables[0].GetTable()
+    statuses = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+    lengths = [n.GetLineLengthWorld() for n in lines]
+    assert any("prior scan" in s for s in run["statuses"]), run["statuses"]
+    return {**outputs, "statuses": statuses, "lines": len(lines), "line_lengths_mm": lengths,
+            "status": h.ui.statusLabel.text}
+
+
 def scenario_second_volume(h, args):
     """A run on volume B creates B's outputs and leaves A's as they were."""
     h.load_module()
@@ -464,7 +493,8 @@ def scenario_bench(h, args, repeats=3):
 
 SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "cancel": scenario_cancel,
              "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
-             "selftest": scenario_selftest, "bench": scenario_bench}
+             "selftest": scenario_selftest, "bench": scenario_bench,
+             "followup": scenario_followup}
 
 
 def main(argv=None) -> int:

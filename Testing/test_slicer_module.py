@@ -62,6 +62,14 @@ def test_apply_works_in_a_fresh_session(volumes, untrained_checkpoint):
     assert result["largest_stall_s"] < 0.5, result  # loosely: the benchmark reports it
 
 
+def test_follow_up_mode_pairs_the_volume_with_its_prior_in_a_table_and_lines(volumes, untrained_checkpoint):
+    """The same CT as its own prior: every finding paired with itself, a line of (about) zero length each."""
+    result = run_harness("followup", volumes[:1], untrained_checkpoint)
+    assert result["nodules"] > 0 and result["statuses"] == ["matched"] * result["nodules"]
+    assert result["lines"] == result["nodules"] and max(result["line_lengths_mm"]) < 1.0
+    assert f"Follow-up: {result['nodules']} paired (0 uncertain), 0 new, 0 resolved." in result["status"], result
+
+
 def test_a_run_on_a_second_volume_leaves_the_first_volumes_outputs_alone(volumes, untrained_checkpoint):
     result = run_harness("second-volume", volumes, untrained_checkpoint)
     assert result["a"]["segmentation"] != result["b"]["segmentation"]
