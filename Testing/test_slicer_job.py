@@ -132,3 +132,39 @@ def test_follow_up_mode_detects_both_scans_and_pairs_each_finding(phantom, untra
         assert p["prior_number"] == p["current_number"] and p["distance_mm"] < 1.0
         assert abs(p["diameter_change_mm"]) < 1e-6 and p["volume_doubling_time_days"] is None
     assert not os.path.exists(job.tempDir)
+
+
+def test_dicom_outputs_on_the_series_the_volume_came_from(tmp_path, untrained_checkpoint):
+    """The panel's "DICOM SEG + SR to folder": the CT as the scene holds it (voxels and series UID), the folder
+    of its DICOM series; the SEG and SR reference that series' slices and carry one segment per finding."""
+    import pydicom
+    from resmtnet.ctio import read_ct
+    from synthetic_chest import tiny_chest
+    from test_dicom_export import write_series
+
+    chest = tiny_chest(34)
+    chest.origin = tuple(round(v, 2) for v in chest.origin)
+    folder = write_series(chest, tmp_path / "series")
+    ct = read_ct(folder)
+    job = DetectionProcess(ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False,
+                           dicom_out=str(tmp_path / "dicom"), dicom_source=str(folder))
+    job.start()
+    kind, detection = wait(job)[-1]
+    assert kind == "done", detection
+    assert detection.info["dicom_out"]["files"] == ["nodules-seg.dcm", "nodules-sr.dcm"]
+    seg = pydicom.dcmread(tmp_path / "dicom" / "nodules-seg.dcm")
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in folder.iterdir()}
+    assert len(seg.SegmentSequence) == len([n for n in detection.nodules if (detection.labels == n.number).any()])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.seriesuid
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} <= sources
+    sr = pydicom.dcmread(tmp_path / "dicom" / "nodules-sr.dcm")
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
+
+
+def test_dicom_outputs_for_a_volume_not_from_dicom_are_refused_before_the_work(phantom, tmp_path):
+    job = DetectionProcess(phantom.ct, sys.executable, device="cpu", dicom_out=str(tmp_path / "dicom"))
+    job.start()
+    kind, (message, _details) = wait(job)[-1]
+    assert kind == "error" and message == ("DICOM outputs need a volume loaded from DICOM "
+                                           "(its series files were not found)")
+    assert not (tmp_path / "dicom").exists()

@@ -68,15 +68,19 @@ class DetectionProcess:
     (None: the model's), ``min_diameter_mm``, ``tta``. Follow-up mode: ``prior_ct``, the prior scan (a
     :class:`~resmtnet.ctio.CTVolume`) the child also detects and pairs with ``ct``'s nodules, and
     ``interval_days`` between them (None: unknown); the result's ``info["followup"]`` then holds the table.
+    DICOM outputs: ``dicom_out`` (a folder), with ``dicom_source`` (the folder of ``ct``'s DICOM series) and
+    ``ct.seriesuid`` its SeriesInstanceUID; the result's ``info["dicom_out"]`` then names the files written.
     """
 
     def __init__(self, ct: Any, python: str, *, model: str | None = None, device: str = "auto",
                  threshold: float | None = None, min_diameter_mm: float = 0.0, tta: bool = True,
                  env: Mapping[str, str] | None = None, temp_root: str | None = None, prior_ct: Any = None,
-                 interval_days: float | None = None):
+                 interval_days: float | None = None, dicom_out: str | None = None,
+                 dicom_source: str | None = None):
         self.ct = ct
         self.prior_ct = prior_ct
         self.interval_days = interval_days
+        self.dicom = None if dicom_out is None else (str(dicom_out), dicom_source, getattr(ct, "seriesuid", ""))
         self.python = python
         self.options = {"model": model, "device": device, "threshold": threshold,
                         "min_diameter_mm": float(min_diameter_mm), "tta": bool(tta)}
@@ -135,6 +139,11 @@ class DetectionProcess:
             cmd += ["--prior", os.path.join(os.path.dirname(input_path), "prior.nrrd")]
             if self.interval_days is not None:
                 cmd += ["--interval-days", repr(float(self.interval_days))]
+        if self.dicom is not None:
+            dicom_out, source, series_uid = self.dicom
+            cmd += ["--dicom-out", dicom_out]
+            if source and series_uid:
+                cmd += ["--dicom-source", str(source), "--series-uid", series_uid]
         return cmd
 
     # ---- the helper thread
