@@ -291,6 +291,27 @@ def scenario_followup(h, args):
             "status": h.ui.statusLabel.text}
 
 
+def scenario_dicom_refused(h, args):
+    """"DICOM SEG + SR to folder" ticked: Apply waits for a folder; on a volume not loaded from DICOM the run
+    ends with the one-line refusal, and nothing is written."""
+    h.load_module()
+    volume = h.load_volume(args.volume[0], "Chest A")
+    use_checkpoint(h, args.checkpoint)
+    p = h.parameters()
+    assert not h.ui.dicomOutputFolderLineEdit.enabled
+    h.ui.writeDicomCheckBox.checked = True  # as the user ticks it
+    assert p.writeDicom and h.ui.dicomOutputFolderLineEdit.enabled
+    waiting = (h.ui.applyButton.enabled, h.ui.applyButton.toolTip)
+    folder = Path(args.volume[0]).parent / "dicom-out"
+    h.ui.dicomOutputFolderLineEdit.currentPath = str(folder)
+    assert p.dicomOutputFolder == folder and h.ui.applyButton.enabled
+    h.press(h.ui.applyButton)
+    h.run_until(lambda: not h.running(), 120.0, "the end of the run")
+    return {"waiting": waiting, "status": h.ui.statusLabel.text, "errors": [str(r) for r in h.errors.records],
+            "written": folder.exists(), "volume": volume.GetName(),
+            "outputs": h.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")}
+
+
 def scenario_second_volume(h, args):
     """A run on volume B creates B's outputs and leaves A's as they were."""
     h.load_module()
@@ -494,7 +515,7 @@ def scenario_bench(h, args, repeats=3):
 SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "cancel": scenario_cancel,
              "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
              "selftest": scenario_selftest, "bench": scenario_bench,
-             "followup": scenario_followup}
+             "followup": scenario_followup, "dicom-refused": scenario_dicom_refused}
 
 
 def main(argv=None) -> int:

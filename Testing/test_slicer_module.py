@@ -70,6 +70,13 @@ def test_follow_up_mode_pairs_the_volume_with_its_prior_in_a_table_and_lines(vol
     assert f"Follow-up: {result['nodules']} paired (0 uncertain), 0 new, 0 resolved." in result["status"], result
 
 
+def test_dicom_outputs_wait_for_a_folder_and_refuse_a_volume_not_from_dicom(volumes, untrained_checkpoint):
+    result = run_harness("dicom-refused", volumes[:1], untrained_checkpoint)
+    assert result["waiting"] == [False, "Choose the folder for the DICOM SEG and SR, or untick it"]
+    assert result["status"] == "Failed: DICOM outputs need a volume loaded from DICOM (its series files were not found)"
+    assert not result["written"] and result["outputs"] == 0, result
+
+
 def test_a_run_on_a_second_volume_leaves_the_first_volumes_outputs_alone(volumes, untrained_checkpoint):
     result = run_harness("second-volume", volumes, untrained_checkpoint)
     assert result["a"]["segmentation"] != result["b"]["segmentation"]
