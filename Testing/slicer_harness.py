@@ -312,6 +312,48 @@ def scenario_dicom_refused(h, args):
             "outputs": h.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")}
 
 
+class FolderDicomDatabase:
+    """Slicer's DICOM database (``slicer.dicomDatabase``) as far as the module asks it: the file of an
+    instance, here of the series files in one folder."""
+
+    def __init__(self, folder):
+        import pydicom
+
+        self.files = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: str(f)
+                      for f in Path(folder).iterdir() if f.suffix == ".dcm"}
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+
+def scenario_dicom(h, args):
+    """A CT loaded as Slicer's DICOM module loads one (the volume, its instance UIDs, the series UID on its
+    subject hierarchy item), "DICOM SEG + SR to folder" ticked: Apply writes them beside the scene's outputs."""
+    import pydicom
+
+    h.load_module()
+    db = FolderDicomDatabase(args.dicom_series)
+    h.slicer.dicomDatabase = db
+    volume = h.load_volume(args.volume[0], "Chest DICOM")
+    headers = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in db.files.values()),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(d.SOPInstanceUID for d in headers))
+    sh = h.slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(h.slicer.mrmlScene)
+    item = sh.GetItemByDataNode(volume) or sh.CreateItem(sh.GetSceneItemID(), volume)
+    sh.SetItemUID(item, "DICOM", headers[0].SeriesInstanceUID)
+    use_checkpoint(h, args.checkpoint)
+    p = h.parameters()
+    p.minDiameterMm = 0.0  # the tiny chest's findings are small
+    h.ui.writeDicomCheckBox.checked = True
+    folder = Path(args.dicom_series).parent / "dicom-out"
+    h.ui.dicomOutputFolderLineEdit.currentPath = str(folder)
+    apply_and_wait(h)
+    assert not h.errors.records, h.errors.records
+    outputs = check_outputs(h, volume)
+    return {**outputs, "status": h.ui.statusLabel.text, "written": sorted(f.name for f in folder.glob("*.dcm")),
+            "folder": str(folder)}
+
+
 def scenario_second_volume(h, args):
     """A run on volume B creates B's outputs and leaves A's as they were."""
     h.load_module()
@@ -515,7 +557,8 @@ def scenario_bench(h, args, repeats=3):
 SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "cancel": scenario_cancel,
              "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
              "selftest": scenario_selftest, "bench": scenario_bench,
-             "followup": scenario_followup, "dicom-refused": scenario_dicom_refused}
+             "followup": scenario_followup, "dicom-refused": scenario_dicom_refused,
+             "dicom": scenario_dicom}
 
 
 def main(argv=None) -> int:
@@ -523,6 +566,7 @@ def main(argv=None) -> int:
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--volume", action="append", default=[], help="a CT file to load (repeat for a second)")
     parser.add_argument("--checkpoint", help="the model the panel is set to use (default: the shipped weights)")
+    parser.add_argument("--dicom-series", help="dicom: the folder of the DICOM series the volume was loaded from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not SHARED_SLICER_PYTHON.is_dir():

@@ -40,9 +40,9 @@ def volumes(tmp_path_factory):
     return paths
 
 
-def run_harness(scenario: str, volumes=(), checkpoint=None, timeout=300) -> dict:
+def run_harness(scenario: str, volumes=(), checkpoint=None, timeout=300, extra=()) -> dict:
     """One scenario in a fresh interpreter; what it measured."""
-    cmd = [sys.executable, str(HARNESS), scenario]
+    cmd = [sys.executable, str(HARNESS), scenario, *extra]
     for path in volumes:
         cmd += ["--volume", str(path)]
     if checkpoint is not None:
@@ -75,6 +75,28 @@ def test_dicom_outputs_wait_for_a_folder_and_refuse_a_volume_not_from_dicom(volu
     assert result["waiting"] == [False, "Choose the folder for the DICOM SEG and SR, or untick it"]
     assert result["status"] == "Failed: DICOM outputs need a volume loaded from DICOM (its series files were not found)"
     assert not result["written"] and result["outputs"] == 0, result
+
+
+def test_dicom_outputs_of_a_volume_loaded_from_dicom(tmp_path, untrained_checkpoint):
+    """The panel's "DICOM SEG + SR to folder" on a CT as Slicer's DICOM module loads it: the SEG's segments are
+    the scene's findings, and it references the series the volume came from."""
+    import pydicom
+    from resmtnet.ctio import read_ct, write_volume
+    from synthetic_chest import tiny_chest
+    from test_dicom_export import write_series
+
+    chest = tiny_chest(34)
+    chest.origin = tuple(round(v, 2) for v in chest.origin)
+    series = write_series(chest, tmp_path / "series")
+    ct = read_ct(series)
+    write_volume(ct, tmp_path / "loaded.nrrd")  # the voxels the DICOM module puts in the scene
+    result = run_harness("dicom", [tmp_path / "loaded.nrrd"], untrained_checkpoint,
+                         extra=["--dicom-series", str(series)])
+    assert result["written"] == ["nodules-seg.dcm", "nodules-sr.dcm"], result
+    assert "DICOM: nodules-seg.dcm, nodules-sr.dcm in" in result["status"]
+    seg = pydicom.dcmread(tmp_path / "dicom-out" / "nodules-seg.dcm")
+    assert len(seg.SegmentSequence) == result["nodules"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.seriesuid
 
 
 def test_a_run_on_a_second_volume_leaves_the_first_volumes_outputs_alone(volumes, untrained_checkpoint):
