@@ -167,6 +167,9 @@ class ResMTNetParameterNode:
     testTimeAugmentation - also run the network on the mirror images and average (default; about 8x the
       network's time with the shipped weights, fewer false findings).
     outputSegmentation, outputTable - filled by a run; created when not chosen.
+    writeDicom, dicomOutputFolder - also write a DICOM SEG and SR on the CT's own DICOM series to that folder.
+    priorVolume - follow-up mode: an earlier CT of the same patient, detected too and paired with inputVolume's
+      nodules (a follow-up table and a line joining each pair); None: detection only.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -180,6 +183,9 @@ class ResMTNetParameterNode:
     testTimeAugmentation: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
+    priorVolume: vtkMRMLScalarVolumeNode
+    writeDicom: bool = False
+    dicomOutputFolder: pathlib.Path
 
 
 #
@@ -288,6 +294,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         running = self._job is not None
         self.ui.checkpointPathLineEdit.enabled = bool(p) and p.modelSource == MODEL_CHECKPOINT and not running
+        self.ui.dicomOutputFolderLineEdit.enabled = bool(p) and p.writeDicom and not running
         self.ui.thresholdSliderWidget.enabled = bool(p) and not p.useModelThreshold and not running
         for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton,
                        self.ui.outputsCollapsibleButton):
@@ -324,7 +331,9 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startDetection(
                 p.inputVolume, checkpointPath=self.logic.checkpointFile(p), device=p.device,
                 threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm,
-                tta=p.testTimeAugmentation)
+                tta=p.testTimeAugmentation,
+                priorVolumeNode=p.priorVolume if p.priorVolume is not p.inputVolume else None,
+                dicomOutputFolder=str(p.dicomOutputFolder) if p.writeDicom else None)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Starting...")
@@ -393,6 +402,18 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillResultsTable(detection, nodes["table"], p.colorBy)
             count = len(detection.nodules)
             status = (_("No nodule found.") if count == 0 else _("{count} nodule(s) found.").format(count=count))
+            dicomOut = detection.info.get("dicom_out")
+            if dicomOut is not None:
+                status += " " + _("DICOM: {files} in {folder}.").format(files=", ".join(dicomOut["files"]),
+                                                                        folder=dicomOut["folder"])
+            followup = detection.info.get("followup")
+            if followup is not None:
+                self.logic.showFollowup(volume, followup)
+                pairs = followup["pairs"]
+                counts = {kind: sum(r["status"] == kind for r in pairs) for kind in ("matched", "new", "resolved")}
+                status += " " + _("Follow-up: {matched} paired ({uncertain} uncertain), {new} new, "
+                                  "{resolved} resolved.").format(
+                    uncertain=sum(r["status"] == "matched" and r["uncertain"] for r in pairs), **counts)
             keptAsTheyWere = [n.GetName() for n in picked if n not in (nodes["segmentation"], nodes["table"])]
             if keptAsTheyWere:
                 status += " " + _("{names}: other results, left as they were; the results are in new nodes.").format(
@@ -523,6 +544,8 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             return _("The input is a label map, not a CT")
         if p.modelSource == MODEL_CHECKPOINT and not os.path.isfile(str(p.checkpointPath)):
             return _("Choose a checkpoint file, or use the shipped weights")
+        if p.writeDicom and str(p.dicomOutputFolder) in ("", "."):
+            return _("Choose the folder for the DICOM SEG and SR, or untick it")
         return None
 
     def legendHtml(self, colorBy):
@@ -576,15 +599,20 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             return None
 
     def startDetection(self, volumeNode, checkpointPath=None, device="auto", threshold=None,
-                       minDiameterMm=0.0, tta=True):
+                       minDiameterMm=0.0, tta=True, priorVolumeNode=None, dicomOutputFolder=None):
         """Take the CT out of the scene (a view of its voxels, main thread) and start the detector in a child
         process, which gets them through a file the helper thread writes; returns
-        the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``."""
+        the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``.
+        With ``priorVolumeNode`` (follow-up mode) the child detects that scan too and pairs the two scans'
+        nodules: the result's ``info["followup"]``. With ``dicomOutputFolder`` it also writes a DICOM SEG and SR
+        on the volume's DICOM series there (``info["dicom_out"]``)."""
         core = self.core()
         ct = core.slicer_scene.ct_from_volume_node(volumeNode, copy=False)  # the helper thread writes it to a file
+        prior = None if priorVolumeNode is None else core.slicer_scene.ct_from_volume_node(priorVolumeNode, copy=False)
         job = core.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
-            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment())
+            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior,
+            dicom_out=dicomOutputFolder, dicom_source=self.dicomSeriesFolder(volumeNode) if dicomOutputFolder else None)
         job.start()
         return job
 
@@ -634,6 +662,22 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             displayNode.SetPreferredDisplayRepresentationName3D("Closed surface")
             displayNode.SetVisibility(True)
         return nodes
+
+    @staticmethod
+    def dicomSeriesFolder(volumeNode):
+        """The folder of the DICOM files ``volumeNode`` was loaded from (Slicer's DICOM database), or None."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        path = database.fileForInstance(uids[0])
+        return os.path.dirname(path) if path else None
+
+    def showFollowup(self, volumeNode, followup):
+        """The follow-up table and a line joining each pair across the two volumes (main thread only)."""
+        slicerFollowup = importlib.import_module(f"{CORE_MODULE_NAME}.slicer_followup")  # SimpleITK: only when asked
+        return slicerFollowup.add_followup_nodes(slicer.mrmlScene, followup["pairs"],
+                                                 name=_("{name} follow-up").format(name=volumeNode.GetName()))
 
     def process(self, volumeNode, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0,
                 colorBy="malignancy", segmentationNode=None, tableNode=None, tta=True):

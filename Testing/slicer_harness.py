@@ -262,6 +262,98 @@ def scenario_apply(h, args):
     return {**run, **outputs}
 
 
+def scenario_followup(h, args):
+    """Follow-up mode: a prior volume chosen in the panel (here the same CT loaded again), Apply: the volume's
+    outputs as in a plain run, plus a follow-up table and a line joining each pair across the two volumes."""
+    h.load_module()
+    volume = h.load_volume(args.volume[0], "Chest A")
+    prior = h.load_volume(args.volume[0], "Chest A prior")
+    p = h.parameters()
+    p.inputVolume = volume
+    h.ui.priorVolumeSelector.setCurrentNode(prior)  # as the user picks it
+    assert p.priorVolume is prior, "the panel's prior selector does not set the parameter"
+    use_checkpoint(h, args.checkpoint)
+    run = apply_and_wait(h, timeout_s=300.0)
+    assert not h.errors.records, h.errors.records
+    assert "torch" not in sys.modules, "torch was imported into Slicer's process"
+    outputs = check_outputs(h, volume)
+    scene = h.slicer.mrmlScene
+    tables = [n for n in scene.GetNodesByClass("vtkMRMLTableNode")
+              if n.GetAttribute("ResMTNet.FollowupRole") == "table"]
+    lines = [n for n in scene.GetNodesByClass("vtkMRMLMarkupsLineNode")
+             if n.GetAttribute("ResMTNet.FollowupRole") == "line"]
+    assert len(tables) == 1, tables
+    table = tables[0].GetTable()
+    statuses = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+    lengths = [n.GetLineLengthWorld() for n in lines]
+    assert any("prior scan" in s for s in run["statuses"]), run["statuses"]
+    return {**outputs, "statuses": statuses, "lines": len(lines), "line_lengths_mm": lengths,
+            "status": h.ui.statusLabel.text}
+
+
+def scenario_dicom_refused(h, args):
+    """"DICOM SEG + SR to folder" ticked: Apply waits for a folder; on a volume not loaded from DICOM the run
+    ends with the one-line refusal, and nothing is written."""
+    h.load_module()
+    volume = h.load_volume(args.volume[0], "Chest A")
+    use_checkpoint(h, args.checkpoint)
+    p = h.parameters()
+    assert not h.ui.dicomOutputFolderLineEdit.enabled
+    h.ui.writeDicomCheckBox.checked = True  # as the user ticks it
+    assert p.writeDicom and h.ui.dicomOutputFolderLineEdit.enabled
+    waiting = (h.ui.applyButton.enabled, h.ui.applyButton.toolTip)
+    folder = Path(args.volume[0]).parent / "dicom-out"
+    h.ui.dicomOutputFolderLineEdit.currentPath = str(folder)
+    assert p.dicomOutputFolder == folder and h.ui.applyButton.enabled
+    h.press(h.ui.applyButton)
+    h.run_until(lambda: not h.running(), 120.0, "the end of the run")
+    return {"waiting": waiting, "status": h.ui.statusLabel.text, "errors": [str(r) for r in h.errors.records],
+            "written": folder.exists(), "volume": volume.GetName(),
+            "outputs": h.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")}
+
+
+class FolderDicomDatabase:
+    """Slicer's DICOM database (``slicer.dicomDatabase``) as far as the module asks it: the file of an
+    instance, here of the series files in one folder."""
+
+    def __init__(self, folder):
+        import pydicom
+
+        self.files = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: str(f)
+                      for f in Path(folder).iterdir() if f.suffix == ".dcm"}
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+
+def scenario_dicom(h, args):
+    """A CT loaded as Slicer's DICOM module loads one (the volume, its instance UIDs, the series UID on its
+    subject hierarchy item), "DICOM SEG + SR to folder" ticked: Apply writes them beside the scene's outputs."""
+    import pydicom
+
+    h.load_module()
+    db = FolderDicomDatabase(args.dicom_series)
+    h.slicer.dicomDatabase = db
+    volume = h.load_volume(args.volume[0], "Chest DICOM")
+    headers = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in db.files.values()),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(d.SOPInstanceUID for d in headers))
+    sh = h.slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(h.slicer.mrmlScene)
+    item = sh.GetItemByDataNode(volume) or sh.CreateItem(sh.GetSceneItemID(), volume)
+    sh.SetItemUID(item, "DICOM", headers[0].SeriesInstanceUID)
+    use_checkpoint(h, args.checkpoint)
+    p = h.parameters()
+    p.minDiameterMm = 0.0  # the tiny chest's findings are small
+    h.ui.writeDicomCheckBox.checked = True
+    folder = Path(args.dicom_series).parent / "dicom-out"
+    h.ui.dicomOutputFolderLineEdit.currentPath = str(folder)
+    apply_and_wait(h)
+    assert not h.errors.records, h.errors.records
+    outputs = check_outputs(h, volume)
+    return {**outputs, "status": h.ui.statusLabel.text, "written": sorted(f.name for f in folder.glob("*.dcm")),
+            "folder": str(folder)}
+
+
 def scenario_second_volume(h, args):
     """A run on volume B creates B's outputs and leaves A's as they were."""
     h.load_module()
@@ -464,7 +556,9 @@ def scenario_bench(h, args, repeats=3):
 
 SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "cancel": scenario_cancel,
              "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
-             "selftest": scenario_selftest, "bench": scenario_bench}
+             "selftest": scenario_selftest, "bench": scenario_bench,
+             "followup": scenario_followup, "dicom-refused": scenario_dicom_refused,
+             "dicom": scenario_dicom}
 
 
 def main(argv=None) -> int:
@@ -472,6 +566,7 @@ def main(argv=None) -> int:
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--volume", action="append", default=[], help="a CT file to load (repeat for a second)")
     parser.add_argument("--checkpoint", help="the model the panel is set to use (default: the shipped weights)")
+    parser.add_argument("--dicom-series", help="dicom: the folder of the DICOM series the volume was loaded from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not SHARED_SLICER_PYTHON.is_dir():

@@ -109,3 +109,62 @@ def test_the_worker_script_loads_the_core_from_its_own_folder(tmp_path, phantom)
     assert "@resmtnet error" in run.stdout and "constant" in run.stdout, run.stdout + run.stderr
     assert "exit 2" in lines and f"core {copy / '__init__.py'}" in lines, lines
     assert "own folder on the path False" in lines, lines
+
+
+def test_follow_up_mode_detects_both_scans_and_pairs_each_finding(phantom, untrained_checkpoint):
+    """The panel's follow-up mode: the prior scan is the same scan, so every finding pairs with itself."""
+    job = DetectionProcess(phantom.ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False,
+                           prior_ct=phantom.ct, interval_days=90.0)
+    job.start()
+    messages = wait(job, timeout_s=240.0)
+    kind, detection = messages[-1]
+    assert kind == "done", messages[-1]
+    texts = [payload[1] for kind, payload in messages if kind == "progress"]
+    assert any(t.startswith("prior scan: ") for t in texts) and any(t.startswith("current scan: ") for t in texts)
+    fractions = [payload[0] for kind, payload in messages if kind == "progress"]
+    assert fractions == sorted(fractions)
+    followup = detection.info["followup"]
+    assert followup["interval_days"] == 90.0 and len(followup["prior_nodules"]) == len(detection.nodules) > 0
+    pairs = followup["pairs"]
+    assert [p["status"] for p in pairs] == ["matched"] * len(detection.nodules)
+    assert [p["current_number"] for p in pairs] == [n.number for n in detection.nodules]
+    for p in pairs:
+        assert p["prior_number"] == p["current_number"] and p["distance_mm"] < 1.0
+        assert abs(p["diameter_change_mm"]) < 1e-6 and p["volume_doubling_time_days"] is None
+    assert not os.path.exists(job.tempDir)
+
+
+def test_dicom_outputs_on_the_series_the_volume_came_from(tmp_path, untrained_checkpoint):
+    """The panel's "DICOM SEG + SR to folder": the CT as the scene holds it (voxels and series UID), the folder
+    of its DICOM series; the SEG and SR reference that series' slices and carry one segment per finding."""
+    import pydicom
+    from resmtnet.ctio import read_ct
+    from synthetic_chest import tiny_chest
+    from test_dicom_export import write_series
+
+    chest = tiny_chest(34)
+    chest.origin = tuple(round(v, 2) for v in chest.origin)
+    folder = write_series(chest, tmp_path / "series")
+    ct = read_ct(folder)
+    job = DetectionProcess(ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False,
+                           dicom_out=str(tmp_path / "dicom"), dicom_source=str(folder))
+    job.start()
+    kind, detection = wait(job)[-1]
+    assert kind == "done", detection
+    assert detection.info["dicom_out"]["files"] == ["nodules-seg.dcm", "nodules-sr.dcm"]
+    seg = pydicom.dcmread(tmp_path / "dicom" / "nodules-seg.dcm")
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in folder.iterdir()}
+    assert len(seg.SegmentSequence) == len([n for n in detection.nodules if (detection.labels == n.number).any()])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.seriesuid
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} <= sources
+    sr = pydicom.dcmread(tmp_path / "dicom" / "nodules-sr.dcm")
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
+
+
+def test_dicom_outputs_for_a_volume_not_from_dicom_are_refused_before_the_work(phantom, tmp_path):
+    job = DetectionProcess(phantom.ct, sys.executable, device="cpu", dicom_out=str(tmp_path / "dicom"))
+    job.start()
+    kind, (message, _details) = wait(job)[-1]
+    assert kind == "error" and message == ("DICOM outputs need a volume loaded from DICOM "
+                                           "(its series files were not found)")
+    assert not (tmp_path / "dicom").exists()

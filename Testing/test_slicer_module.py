@@ -40,9 +40,9 @@ def volumes(tmp_path_factory):
     return paths
 
 
-def run_harness(scenario: str, volumes=(), checkpoint=None, timeout=300) -> dict:
+def run_harness(scenario: str, volumes=(), checkpoint=None, timeout=300, extra=()) -> dict:
     """One scenario in a fresh interpreter; what it measured."""
-    cmd = [sys.executable, str(HARNESS), scenario]
+    cmd = [sys.executable, str(HARNESS), scenario, *extra]
     for path in volumes:
         cmd += ["--volume", str(path)]
     if checkpoint is not None:
@@ -60,6 +60,43 @@ def test_apply_works_in_a_fresh_session(volumes, untrained_checkpoint):
     result = run_harness("apply", volumes[:1], untrained_checkpoint)
     assert result["nodules"] > 0 and len(result["markups"]) == result["nodules"]
     assert result["largest_stall_s"] < 0.5, result  # loosely: the benchmark reports it
+
+
+def test_follow_up_mode_pairs_the_volume_with_its_prior_in_a_table_and_lines(volumes, untrained_checkpoint):
+    """The same CT as its own prior: every finding paired with itself, a line of (about) zero length each."""
+    result = run_harness("followup", volumes[:1], untrained_checkpoint)
+    assert result["nodules"] > 0 and result["statuses"] == ["matched"] * result["nodules"]
+    assert result["lines"] == result["nodules"] and max(result["line_lengths_mm"]) < 1.0
+    assert f"Follow-up: {result['nodules']} paired (0 uncertain), 0 new, 0 resolved." in result["status"], result
+
+
+def test_dicom_outputs_wait_for_a_folder_and_refuse_a_volume_not_from_dicom(volumes, untrained_checkpoint):
+    result = run_harness("dicom-refused", volumes[:1], untrained_checkpoint)
+    assert result["waiting"] == [False, "Choose the folder for the DICOM SEG and SR, or untick it"]
+    assert result["status"] == "Failed: DICOM outputs need a volume loaded from DICOM (its series files were not found)"
+    assert not result["written"] and result["outputs"] == 0, result
+
+
+def test_dicom_outputs_of_a_volume_loaded_from_dicom(tmp_path, untrained_checkpoint):
+    """The panel's "DICOM SEG + SR to folder" on a CT as Slicer's DICOM module loads it: the SEG's segments are
+    the scene's findings, and it references the series the volume came from."""
+    import pydicom
+    from resmtnet.ctio import read_ct, write_volume
+    from synthetic_chest import tiny_chest
+    from test_dicom_export import write_series
+
+    chest = tiny_chest(34)
+    chest.origin = tuple(round(v, 2) for v in chest.origin)
+    series = write_series(chest, tmp_path / "series")
+    ct = read_ct(series)
+    write_volume(ct, tmp_path / "loaded.nrrd")  # the voxels the DICOM module puts in the scene
+    result = run_harness("dicom", [tmp_path / "loaded.nrrd"], untrained_checkpoint,
+                         extra=["--dicom-series", str(series)])
+    assert result["written"] == ["nodules-seg.dcm", "nodules-sr.dcm"], result
+    assert "DICOM: nodules-seg.dcm, nodules-sr.dcm in" in result["status"]
+    seg = pydicom.dcmread(tmp_path / "dicom-out" / "nodules-seg.dcm")
+    assert len(seg.SegmentSequence) == result["nodules"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.seriesuid
 
 
 def test_a_run_on_a_second_volume_leaves_the_first_volumes_outputs_alone(volumes, untrained_checkpoint):

@@ -3,7 +3,8 @@
 PRIOR and CURRENT are each a CT (volume file or DICOM series folder: detection runs on it) or a folder of
 ``resmtnet detect`` results (its report.json names the CT it was made from, which is read again for the
 registration). Writes to OUTDIR, as one set: followup.csv (one row per pair, new or resolved nodule) and
-followup.json (the same, the dates and the registration). Study dates come from the DICOM headers, or from
+followup.json (the same, the dates and the registration) and followup.png (each pair side by side, prior |
+current, with its change). Study dates come from the DICOM headers, or from
 --prior-date / --current-date (which win); without both, no volume doubling time.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 CSV_FILE = "followup.csv"
 JSON_FILE = "followup.json"
+PICTURE_FILE = "followup.png"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     try:
-        with StagedSet(out, replaces=(CSV_FILE, JSON_FILE)) as stage:
+        with StagedSet(out, replaces=(CSV_FILE, JSON_FILE, PICTURE_FILE)) as stage:
             assert stage.path is not None
             import csv
 
@@ -118,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
                 w.writerow(CSV_COLUMNS)
                 w.writerows(csv_rows(pairs))
             (stage.path / JSON_FILE).write_text(json.dumps(result, indent=1))
+            from .followup_overview import write_followup_overview
+
+            write_followup_overview(stage.path / PICTURE_FILE, prior_ct, prior, current_ct, current, pairs,
+                                    registration, days)
             stage.publish({"prior": str(Path(args.prior).resolve()), "current": str(Path(args.current).resolve())})
     except OSError as e:
         raise OutputError(describe_output_error(out, e)) from e
@@ -133,5 +139,5 @@ def run(args: argparse.Namespace) -> int:
         vdt = f", VDT {r.volume_doubling_time_days:.0f} d" if r.volume_doubling_time_days else ""
         flag = "  UNCERTAIN: " + "; ".join(r.reasons) if r.uncertain else ""
         print(f"  {what}: {size}{vdt}, Lung-RADS {r.lung_rads or '-'}{flag}")
-    print(f"wrote {CSV_FILE}, {JSON_FILE} to {out}")
+    print(f"wrote {CSV_FILE}, {JSON_FILE}, {PICTURE_FILE} to {out}")
     return 0

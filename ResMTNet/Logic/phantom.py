@@ -101,6 +101,8 @@ class PhantomNodule:
     # reads overlaps the heart); under MIN_LUNG_SHARE it is no visible lung nodule, and the phantom
     # evaluation leaves it out as LUNA16 leaves out what its readers do not call a nodule
     lung_share: float = 1.0
+    #: its index among the nodules drawn from the phantom's seed (a :class:`Rescan` may hide some)
+    index: int | None = None
 
 
 @dataclass
@@ -110,6 +112,35 @@ class Phantom:
     labels: np.ndarray  # uint16 (z, y, x) on ct's grid, label i+1 = nodules[i]
     lung_mask: np.ndarray  # bool (z, y, x) on ct's grid
     acquisition: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """The same patient scanned again, with known changes: what :func:`generate_phantom` re-makes from a seed.
+
+    Nodules are numbered by their index in the phantom drawn from the seed (``nodules[i]``). ``hidden``: the
+    nodules not drawn on this scan (one absent from the prior is *new* on the current, one absent from the
+    current *resolved*); ``grow_mm``: millimetres added to a nodule's drawn diameter. The patient lies
+    rotated by ``rotation_deg`` (about z, then y, then x, degrees) about the body's centre and moved by
+    ``shift_mm``; the scanner takes ``thickness_mm`` slices (None: as drawn) and its noise from ``noise_seed``.
+    Every scan of a follow-up pair, the prior included, is made through a ``Rescan``: its nodules are drawn
+    with their own random streams, so a grown nodule keeps its shape and the rest of the phantom stays put.
+    """
+
+    hidden: tuple[int, ...] = ()
+    grow_mm: tuple[tuple[int, float], ...] = ()
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    thickness_mm: float | None = None
+    noise_seed: int = 0
+
+    def rotation(self) -> np.ndarray:
+        """The patient's rotation (3x3, patient → world)."""
+        z, y, x = np.radians(self.rotation_deg)
+        rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+        ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+        rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+        return rz @ ry @ rx
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -382,18 +413,41 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
     lab[(occ >= 0.5) & (lab == 0)] = label
 
 
+def _redraw_nodules(without_nodules: np.ndarray, grid: _Grid, nodules: list[PhantomNodule], rescan: Rescan,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, list[PhantomNodule]]:
+    """The chest of a :class:`Rescan`: the nodules not hidden, grown as asked, each drawn with a random stream of
+    its own (seed, index), so its lobes and spikes are the same on every scan of the patient."""
+    hu = without_nodules
+    labels = np.zeros(grid.shape, np.uint16)
+    grow = dict(rescan.grow_mm)
+    unknown = (set(rescan.hidden) | set(grow)) - set(range(len(nodules)))
+    if unknown:
+        raise ValueError(f"phantom {seed} has {len(nodules)} nodules: no nodule {sorted(unknown)}")
+    drawn: list[PhantomNodule] = []
+    for i, nod in enumerate(nodules):
+        if i in rescan.hidden:
+            continue
+        nod = replace(nod, diameter_mm=nod.diameter_mm + grow.get(i, 0.0), index=i)
+        _render_nodule(hu, labels, grid, np.random.default_rng([seed, i]), nod, len(drawn) + 1)
+        drawn.append(nod)
+    return hu, labels, drawn
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The generator
 
 
 def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, ...] | None = None,
-                     max_nodules: int | None = None, mix: str = "screening") -> Phantom:
+                     max_nodules: int | None = None, mix: str = "screening", rescan: Rescan | None = None
+                     ) -> Phantom:
     """One synthetic chest CT with its nodules, drawn from ``seed``.
 
     ``small`` gives a reduced body on coarse voxels (about 1.5–2 mm) that generates in about a second,
     for tests. ``direction`` forces one of :data:`DIRECTIONS` (otherwise drawn). ``max_nodules`` raises
     or lowers the number of nodules drawn (1 to 6 by default; training sets use more per scan). ``mix``
-    names the :data:`PHANTOM_MIXES` entry the nodules are drawn from.
+    names the :data:`PHANTOM_MIXES` entry the nodules are drawn from. ``rescan`` re-makes the phantom of
+    ``seed`` as another scan of the same patient with known changes (:class:`Rescan`); ``nodules`` then holds
+    the nodules drawn on that scan, each with its index in the phantom drawn from the seed as ``index``.
     """
     nodule_mix = phantom_mix(mix)
     rng = np.random.default_rng(seed)
@@ -525,6 +579,7 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
     del wall, tubes
 
     # nodules
+    without_nodules = hu.copy() if rescan is not None else None
     labels = np.zeros(grid.shape, np.uint16)
     nodules: list[PhantomNodule] = []
     n_nod = int(rng.integers(1, (max_nodules or (3 if small else 6)) + 1))
@@ -575,6 +630,9 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
                             lung_share=_lung_share(hu, grid, c, R))
         _render_nodule(hu, labels, grid, rng, nod, len(nodules) + 1)
         nodules.append(nod)
+    if rescan is not None:
+        assert without_nodules is not None
+        hu, labels, nodules = _redraw_nodules(without_nodules, grid, nodules, rescan, seed)
     # the nodule's diameter is its equivalent-sphere diameter as rendered (what readers' volumes give)
     counts = np.bincount(labels.ravel(), minlength=len(nodules) + 1)
     for i, nod in enumerate(nodules):
@@ -584,13 +642,14 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
     truth_lung |= labels > 0
 
     return _acquire(rng, grid, hu, labels, truth_lung, nodules, small, direction, seed,
-                    nodule_mix.slice_thicknesses_mm)
+                    nodule_mix.slice_thicknesses_mm, rescan)
 
 
 def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.ndarray, lung: np.ndarray,
              nodules: list[PhantomNodule], small: bool, direction: tuple[float, ...] | None, seed: int,
-             thicknesses: tuple[float, ...]) -> Phantom:
-    """Scanner simulation: slice blur, resampling to the scanner grid, noise, FOV padding."""
+             thicknesses: tuple[float, ...], rescan: Rescan | None = None) -> Phantom:
+    """Scanner simulation: slice blur, resampling to the scanner grid, noise, FOV padding. A ``rescan`` sets the
+    patient's pose, the slice thickness and the noise; every value is still drawn, so the rest stays as drawn."""
     if small:
         inplane = float(rng.uniform(1.4, 2.0))
         thickness = float(rng.choice([1.5, 2.0, 2.5]))
@@ -599,6 +658,8 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
         inplane = float(rng.uniform(0.5, 1.0))
         thickness = float(rng.choice(list(thicknesses)))
         matrix = 512
+    if rescan is not None and rescan.thickness_mm is not None:
+        thickness = float(rescan.thickness_mm)
     if direction is None:
         direction = DIRECTIONS[int(rng.choice(len(DIRECTIONS), p=DIRECTION_WEIGHTS))]
     D = np.asarray(direction, dtype=np.float64).reshape(3, 3)
@@ -626,11 +687,23 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
     ref.SetSpacing(tuple(float(s) for s in spacing))
     ref.SetDirection(tuple(float(d) for d in D.ravel()))
     ref.SetOrigin(tuple(float(o) for o in origin))
-    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    # the patient's pose: world = R (patient - centre) + centre + t,
+    # so the scanner samples the patient at R^T (world - centre - t) + centre
+    pose = sitk.Transform()
+    rot, move = np.eye(3), np.zeros(3)
+    if rescan is not None:
+        rot, move = rescan.rotation(), np.asarray(rescan.shift_mm, float)
+        pose = sitk.AffineTransform(3)
+        pose.SetCenter(tuple(float(v) for v in centre))
+        pose.SetMatrix(tuple(float(v) for v in rot.T.ravel()))
+        pose.SetTranslation(tuple(float(v) for v in -rot.T @ move))
+    out = sitk.Resample(src, ref, pose, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
     arr = sitk.GetArrayFromImage(out)
     # quantum noise, lightly correlated, stronger in dense/large bodies
     noise_sd = float(rng.uniform(8, 35))
     noise = rng.standard_normal(arr.shape, dtype=np.float32)
+    if rescan is not None:
+        noise = np.random.default_rng([seed, rescan.noise_seed]).standard_normal(arr.shape, dtype=np.float32)
     noise += np.roll(noise, 1, axis=2)  # neighbouring detector/reconstruction correlation, cheaply
     noise += np.roll(noise, 1, axis=1)
     noise *= noise_sd / 2.0
@@ -638,10 +711,10 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
     del noise
     lab_img = sitk.GetImageFromArray(labels)
     lab_img.CopyInformation(src)
-    lab_out = sitk.GetArrayFromImage(sitk.Resample(lab_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    lab_out = sitk.GetArrayFromImage(sitk.Resample(lab_img, ref, pose, sitk.sitkNearestNeighbor, 0))
     lung_img = sitk.GetImageFromArray(lung.astype(np.uint8))
     lung_img.CopyInformation(src)
-    lung_out = sitk.GetArrayFromImage(sitk.Resample(lung_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    lung_out = sitk.GetArrayFromImage(sitk.Resample(lung_img, ref, pose, sitk.sitkNearestNeighbor, 0)) > 0
     pad_value = None
     if matrix is not None and rng.random() < 0.4:
         # circular reconstruction field: outside it the scanner writes a padding value
@@ -654,11 +727,15 @@ def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.n
     # apply the world shift to origin and nodule centres alike
     origin = origin + shift
     for nod in nodules:
-        nod.center_lps = tuple(float(v) for v in np.asarray(nod.center_lps) + shift)
+        placed = rot @ (np.asarray(nod.center_lps) - centre) + centre + move
+        nod.center_lps = tuple(float(v) for v in placed + shift)
     ct = CTVolume(array=arr, spacing=tuple(float(s) for s in spacing), origin=tuple(float(o) for o in origin),
                   direction=tuple(float(d) for d in D.ravel()), seriesuid=f"phantom-s{seed}", source="phantom")
     acq = {"inplane_mm": inplane, "thickness_mm": thickness, "noise_sd": noise_sd, "direction": list(direction),
            "pad_value": pad_value, "blur_sigma_mm": [sig_xy, sig_xy, sig_z]}
+    if rescan is not None:
+        acq["rescan"] = {"rotation_deg": list(rescan.rotation_deg), "shift_mm": list(rescan.shift_mm),
+                         "hidden": list(rescan.hidden), "grow_mm": [list(g) for g in rescan.grow_mm]}
     return Phantom(ct=ct, nodules=nodules, labels=lab_out.astype(np.uint16), lung_mask=lung_out, acquisition=acq)
 
 

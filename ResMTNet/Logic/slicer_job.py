@@ -65,13 +65,22 @@ class DetectionProcess:
 
     ``python``: the interpreter the child runs (PythonSlicer inside Slicer); ``env``: its environment
     (``None``: this process's). Options: ``model`` (checkpoint path or None), ``device``, ``threshold``
-    (None: the model's), ``min_diameter_mm``, ``tta``.
+    (None: the model's), ``min_diameter_mm``, ``tta``. Follow-up mode: ``prior_ct``, the prior scan (a
+    :class:`~resmtnet.ctio.CTVolume`) the child also detects and pairs with ``ct``'s nodules, and
+    ``interval_days`` between them (None: unknown); the result's ``info["followup"]`` then holds the table.
+    DICOM outputs: ``dicom_out`` (a folder), with ``dicom_source`` (the folder of ``ct``'s DICOM series) and
+    ``ct.seriesuid`` its SeriesInstanceUID; the result's ``info["dicom_out"]`` then names the files written.
     """
 
     def __init__(self, ct: Any, python: str, *, model: str | None = None, device: str = "auto",
                  threshold: float | None = None, min_diameter_mm: float = 0.0, tta: bool = True,
-                 env: Mapping[str, str] | None = None, temp_root: str | None = None):
+                 env: Mapping[str, str] | None = None, temp_root: str | None = None, prior_ct: Any = None,
+                 interval_days: float | None = None, dicom_out: str | None = None,
+                 dicom_source: str | None = None):
         self.ct = ct
+        self.prior_ct = prior_ct
+        self.interval_days = interval_days
+        self.dicom = None if dicom_out is None else (str(dicom_out), dicom_source, getattr(ct, "seriesuid", ""))
         self.python = python
         self.options = {"model": model, "device": device, "threshold": threshold,
                         "min_diameter_mm": float(min_diameter_mm), "tta": bool(tta)}
@@ -126,6 +135,15 @@ class DetectionProcess:
             cmd += ["--threshold", repr(float(o["threshold"]))]
         if not o["tta"]:
             cmd.append("--no-tta")
+        if self.prior_ct is not None:
+            cmd += ["--prior", os.path.join(os.path.dirname(input_path), "prior.nrrd")]
+            if self.interval_days is not None:
+                cmd += ["--interval-days", repr(float(self.interval_days))]
+        if self.dicom is not None:
+            dicom_out, source, series_uid = self.dicom
+            cmd += ["--dicom-out", dicom_out]
+            if source and series_uid:
+                cmd += ["--dicom-source", str(source), "--series-uid", series_uid]
         return cmd
 
     # ---- the helper thread
@@ -151,7 +169,10 @@ class DetectionProcess:
         outdir = os.path.join(self.tempDir, "out")
         os.mkdir(outdir)
         write_volume(self.ct, input_path, compress=False)
-        self.ct = None  # the child has it now
+        if self.prior_ct is not None:
+            write_volume(self.prior_ct, os.path.join(self.tempDir, "prior.nrrd"), compress=False)
+        command = self.command(input_path, outdir)
+        self.ct = self.prior_ct = None  # the child has them now
         popen: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
             "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
             | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
@@ -159,7 +180,7 @@ class DetectionProcess:
             if self._cancelled:
                 return "cancelled", None
             self._proc = subprocess.Popen(
-                self.command(input_path, outdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=self.env, text=True, encoding="utf-8", errors="replace", **popen)
         proc = self._proc
         error = None

@@ -1,7 +1,16 @@
 """One detection in a process of its own, started by the Slicer module (:mod:`.slicer_job`).
 
 ``python slicer_worker.py INPUT.nrrd OUTDIR [--model PATH] [--device D] [--threshold T] [--min-diameter MM]
-[--no-tta] [--parent-pid PID]``
+[--no-tta] [--parent-pid PID] [--prior PRIOR.nrrd [--interval-days DAYS]]
+[--dicom-out DIR --dicom-source FOLDER --series-uid UID]``
+
+With ``--dicom-out`` (the panel's "DICOM SEG + SR to folder") INPUT is the DICOM series ``UID`` of FOLDER, as
+the scene holds it: the series is checked against INPUT's grid before the work (refused, one line, where its
+slices are not INPUT's voxels), and a DICOM SEG and a TID 1500 SR on it go to DIR (:mod:`.dicom_export`).
+
+With ``--prior`` (the panel's follow-up mode) the prior scan is detected too, registered onto INPUT, and its
+nodules paired with INPUT's (:mod:`.followup`); the table and the registration go into the result's
+``info["followup"]``.
 
 Run as a script, the file loads its own folder as the package ``resmtnet`` first: inside Slicer the core is
 not pip-installed, and its modules must not become top-level modules (``sys.path[0]`` would be this folder).
@@ -55,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-diameter", type=float, default=0.0)
     parser.add_argument("--no-tta", dest="tta", action="store_false")
     parser.add_argument("--parent-pid", type=int, default=None, help="end when this process has ended (POSIX)")
+    parser.add_argument("--prior", default=None, help="follow-up: the prior scan (NRRD) to compare INPUT with")
+    parser.add_argument("--interval-days", type=float, default=None, help="follow-up: days from prior to INPUT")
+    parser.add_argument("--dicom-out", default=None, help="folder for a DICOM SEG and SR on INPUT's source series")
+    parser.add_argument("--dicom-source", default=None, help="with --dicom-out: the folder of INPUT's DICOM series")
+    parser.add_argument("--series-uid", default=None, help="with --dicom-out: INPUT's DICOM SeriesInstanceUID")
     return parser
 
 
@@ -127,12 +141,46 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # a short-lived process: freed memory may stay until it ends
     try:
         emit("progress", "0 starting the detector")
-        ct = read_ct_for_detection(args.input)  # as the command reads it: int16, within the memory bound
         from .pipeline import detect_ct
 
-        detection = detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
-                              min_diameter_mm=args.min_diameter, tta=args.tta,
-                              progress=lambda fraction, text: emit("progress", f"{fraction:.4f} {text}"))
+        def detect(path: str, start: float, share: float, what: str, ct: Any = None) -> tuple[Any, Any]:
+            if ct is None:
+                ct = read_ct_for_detection(path)  # as the command reads it: int16, within the memory bound
+            return ct, detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
+                                 min_diameter_mm=args.min_diameter, tta=args.tta,
+                                 progress=lambda f, text: emit("progress", f"{start + share * f:.4f} {what}{text}"))
+
+        series = ct = None
+        if args.dicom_out is not None:  # refused before the work where the series is not the input's voxels
+            from .dicom_export import read_source_series
+            from .errors import InputError
+            from .preflight import check_output_dir
+
+            if not args.dicom_source or not args.series_uid:
+                raise InputError("DICOM outputs need a volume loaded from DICOM (its series files were not found)")
+            ct = read_ct_for_detection(args.input)
+            ct.seriesuid, ct.source = args.series_uid, args.dicom_source
+            series = read_source_series(args.dicom_source, ct)
+            check_output_dir(args.dicom_out)
+        if args.prior is None:
+            ct, detection = detect(args.input, 0.0, 1.0, "", ct)
+        else:
+            from .followup import compare, register_scans
+
+            prior_ct, prior = detect(args.prior, 0.0, 0.45, "prior scan: ")
+            ct, detection = detect(args.input, 0.45, 0.45, "current scan: ", ct)
+            emit("progress", "0.9500 registering the prior scan onto the current one")
+            registration = register_scans(prior_ct, ct)
+            pairs = compare(prior.nodules, detection.nodules, registration, args.interval_days)
+            detection.info["followup"] = {"interval_days": args.interval_days,
+                                          "registration": registration.describe(),
+                                          "prior_nodules": [n.to_dict() for n in prior.nodules],
+                                          "pairs": [r.to_dict() for r in pairs]}
+        if series is not None:
+            from .dicom_export import write_dicom_outputs
+
+            written = write_dicom_outputs(series, ct, detection, args.dicom_out)
+            detection.info["dicom_out"] = {"folder": str(args.dicom_out), "files": sorted(written)}
         write_results(detection, Path(args.outdir))
     except ResMTNetError as e:
         emit("error", str(e))
