@@ -6,6 +6,11 @@ whole process: reading, detection and, with ``--outputs``, writing every file as
 does; CUDA memory allocated by torch on the GPU). ``--resize`` benchmarks a larger (or smaller) copy of
 the input, made in a child process first, so that making it does not count: how the memory bound is
 measured (``resmtnet bench SCAN --resize 1024x1024x800 --device cpu --warmup 0 --repeat 1 --outputs``).
+
+``--whole`` times the command as a user runs it instead: ``resmtnet detect`` in a child process, each run from
+the start of the process to its exit, stage by stage as the run's report.json records them (start-up and
+imports, loading the model, reading, detection's stages, each file written), with the peak RSS of the largest
+process (the command, or its views.png child).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="time detection with (default) or without test-time augmentation (see detect)")
+    p.add_argument("--whole", action="store_true",
+                   help="time the whole `resmtnet detect` command in a child process, stage by stage (its "
+                        "report.json's timings), wall time and peak RSS; --model, --tta and --device pass on to it")
     p.add_argument("--json", dest="json_out", help="also write the numbers to this JSON file")
 
 
@@ -107,7 +115,87 @@ def run(args: argparse.Namespace) -> int:
             size = parse_size(args.resize)
             print(f"writing {args.input} resized to {'x'.join(map(str, size))} voxels ...", flush=True)
             args.input = _resized_copy(args.input, size, tmp)
-        return _bench(args, tmp)
+        return _bench_whole(args, tmp) if args.whole else _bench(args, tmp)
+
+
+#: report.json's timings in the order the command runs them; ``total`` is detection's own sum
+DETECTION_STAGES = ("lungs", "resample", "inference", "decode")
+WHOLE_STAGES = ("startup", "load_model", "read", *DETECTION_STAGES, "detection_other", "write_csv", "slicer_scene",
+                "write_markups", "write_segmentation", "write_scene", "write_overview", "write_views",
+                "report_publish_exit")
+
+
+def run_detect_child(detect_args: list[str]) -> tuple[float, float]:
+    """Run ``resmtnet detect DETECT_ARGS`` in a child process: (wall seconds from its start to its exit, peak RSS
+    in MB of the largest process in it: the command or a child it waited for)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "resmtnet.cli", "detect", *detect_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    stderr = child.stderr.read()  # drained while it runs
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - t0
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        from .errors import ResMTNetError
+
+        last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise ResMTNetError(f"resmtnet detect {' '.join(detect_args)}: exit status {child.returncode}: {last[0]}")
+    return wall, usage.ru_maxrss / 1024.0  # Linux: kB
+
+
+def whole_stages(timings: dict[str, float], wall_s: float) -> dict[str, float]:
+    """One run's stages (:data:`WHOLE_STAGES`) from its report.json ``timings_s`` and its wall time: what
+    detection's ``total`` holds beyond its named stages is ``detection_other`` (candidates, masks, measures), what
+    the wall time holds beyond every stage is ``report_publish_exit`` (report.json, publishing the set, exit)."""
+    stages = {k: float(timings[k]) for k in WHOLE_STAGES if k in timings}
+    stages["detection_other"] = float(timings["total"]) - sum(stages.get(k, 0.0) for k in DETECTION_STAGES)
+    stages["report_publish_exit"] = wall_s - sum(stages.values())
+    return {k: round(stages[k], 3) for k in WHOLE_STAGES if k in stages}
+
+
+def _bench_whole(args: argparse.Namespace, tmp: str) -> int:
+    import os
+    import platform
+    import statistics
+    from pathlib import Path
+
+    out = Path(tmp) / "detect-out"
+    detect_args = [args.input, "-o", str(out), "--quiet"]
+    detect_args += ["--model", args.model] if args.model else []
+    detect_args += ["--device", args.device] if args.device != "all" else []
+    detect_args += [] if args.tta else ["--no-tta"]
+    for _ in range(max(0, args.warmup)):
+        run_detect_child(detect_args)
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        wall, rss = run_detect_child(detect_args)
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        runs.append({"wall_s": round(wall, 3), "peak_rss_mb": round(rss, 1),
+                     "stages_s": whole_stages(report["timings_s"], wall)})
+    stages = {k: round(statistics.median(r["stages_s"].get(k, 0.0) for r in runs), 3) for k in WHOLE_STAGES}
+    results = {"input": args.input, "command": "resmtnet detect " + " ".join(detect_args),
+               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+               "load_average": [round(x, 2) for x in os.getloadavg()], "findings": len(report["nodules"]),
+               "device": report["device"], "wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 3),
+               "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs), "stages_s_median": stages, "runs": runs}
+    print(f"{results['command']}: {len(runs)} run(s) on {report['device']}, {os.cpu_count()} CPUs, "
+          f"load average {results['load_average'][0]:.1f} at the end")
+    width = max(len(k) for k in WHOLE_STAGES)
+    for k, v in stages.items():
+        print(f"  {k:{width}s} {v:7.2f} s")
+    print(f"  {'whole command':{width}s} {results['wall_s_median']:7.2f} s (median; runs: "
+          + ", ".join(f"{r['wall_s']:.2f}" for r in runs) + f"), peak RSS {results['peak_rss_mb_max']:.0f} MB, "
+          f"{results['findings']} finding(s)")
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
 
 
 def _bench(args: argparse.Namespace, tmp: str) -> int:

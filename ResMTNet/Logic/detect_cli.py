@@ -85,6 +85,7 @@ def _load_model(args: argparse.Namespace):
 def run_single(args: argparse.Namespace) -> int:
     """One CT into OUTDIR itself."""
     import contextlib
+    import time
 
     from tqdm import tqdm
 
@@ -96,6 +97,8 @@ def run_single(args: argparse.Namespace) -> int:
     from .pipeline import detect_ct
     from .preflight import check_output_dir
 
+    t = time.perf_counter()
+    times = {"startup": seconds_since_process_start()}  # the interpreter, imports, argument parsing
     source = args.input[0]
     check_output_dir(args.out)
     with contextlib.suppress(OSError):  # finish a publish a killed run left; an OUTDIR that can't be written
@@ -105,7 +108,10 @@ def run_single(args: argparse.Namespace) -> int:
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
     model = _load_model(args)
+    now = time.perf_counter()
+    times["load_model"], t = round(now - t, 3), now  # with torch's import
     ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
+    times["read"] = round(time.perf_counter() - t, 3)
     print_warnings(ct.notes)
     series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
     bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
@@ -122,7 +128,7 @@ def run_single(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     files = write_detection_outputs(ct, det, args.out, slicer_files=not args.no_slicer_files,
-                                    color_by=args.color_by)
+                                    color_by=args.color_by, timings_s=times)
     dicom_files = write_dicom_outputs(series, ct, det, args.dicom_out) if series is not None else {}
     print(f"{len(det.nodules)} nodule(s) in {ct.seriesuid or source} "
           f"({det.info['timings_s']['total']:.1f} s on {det.info['device']})")
@@ -134,6 +140,20 @@ def run_single(args: argparse.Namespace) -> int:
     if dicom_files:
         print("wrote " + ", ".join(sorted(dicom_files)) + f" to {args.dicom_out}")
     return 0
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux: /proc), None where that can't be read."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def run_batch(args: argparse.Namespace) -> int:

@@ -37,7 +37,10 @@ def geometry(ct: CTVolume) -> dict[str, Any]:
             "direction": list(ct.direction), "coordinate_system": "LPS"}
 
 
-def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | None = None,
+                 timings_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """The report's content; ``timings_s``: the command's other stages (start-up, reading, each file written),
+    reported after detection's own."""
     info = detection.info
     return {
         "resmtnet_version": __version__,
@@ -49,7 +52,7 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
         "device": info.get("device"),
         "precision": info.get("precision"),
         "threshold": info.get("threshold"),
-        "timings_s": info.get("timings_s", {}),
+        "timings_s": {**info.get("timings_s", {}), **(timings_s or {})},
         "lung_volume_ml": info.get("lung_volume_ml"),
         "candidates_before_threshold": info.get("candidates"),
         "coordinate_system": "LPS world mm (as ITK and LUNA16); Slicer shows RAS = (-x, -y, z)",
@@ -58,48 +61,84 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
     }
 
 
-def write_views(scene: Path, out: Path) -> dict[str, str]:
-    """``views.png`` drawn from ``scene`` by Slicer's own views; where offscreen rendering is impossible, a note
-    saying why instead (never an error: the detection stands without its picture)."""
-    from .views import write_views_png
+def start_views(out: Path) -> Any:
+    """Start rendering ``views.png`` (:class:`.views.ViewsRendering`), or why it could not start."""
+    from .views import ViewsRendering
 
-    why_not = write_views_png(scene, out)
-    return {"file": out.name} if why_not is None else {"skipped": why_not}
+    try:
+        return ViewsRendering(out)
+    except OSError as e:
+        return f"the rendering process could not start: {e}"
+
+
+def finish_views(rendering: Any) -> dict[str, str]:
+    """``{"file": "views.png"}`` once ``rendering`` (:func:`start_views`) wrote it; where offscreen rendering is
+    impossible, a note saying why instead (never an error: the detection stands without its picture)."""
+    if isinstance(rendering, str):
+        return {"skipped": rendering}
+    why_not = rendering.finish()
+    return {"file": rendering.out.name} if why_not is None else {"skipped": why_not}
 
 
 def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Path, *, slicer_files: bool = True,
-                            color_by: str = "malignancy", extra_report: dict[str, Any] | None = None
-                            ) -> dict[str, Path]:
+                            color_by: str = "malignancy", extra_report: dict[str, Any] | None = None,
+                            timings_s: dict[str, float] | None = None) -> dict[str, Path]:
     """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files and views.png
     to ``outdir``.
 
     They replace the folder's previous set as one (:mod:`.fileset`); the manifest records the input they
     were made from (``input``: its resolved path) for ``detect --resume``. An output folder that can't be
     written (read-only, full, a file, under a file) raises :class:`OutputError`; the previous set stays.
+    report.json's ``timings_s`` holds detection's stages, ``timings_s`` given here (the caller's: start-up,
+    reading) and the time each file took (``write_*``; views.png renders in a child process, started before the
+    Slicer files and drawing while the overview is written: ``write_views`` is the wait after them).
     Returns the written files by name.
     """
+    import time
+
     from .overview import write_overview
 
     outdir = Path(outdir)
+    times = dict(timings_s or {})
+
+    def timed(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        times[name] = round(now - t0, 3)
+        return now
+
+    views = None
     try:
         with StagedSet(outdir, replaces=OUTPUT_FILES) as stage:
             tmp = stage.path
             assert tmp is not None
-            write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)
-            write_overview(tmp / OVERVIEW_FILE, ct, detection)
             report_extra = dict(extra_report or {})
+            t = time.perf_counter()
+            write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)  # first: a full disk says so
+            t = timed("write_csv", t)
             if slicer_files:
                 from .slicer_outputs import write_scene_files
 
-                files = write_scene_files(ct, detection, tmp, color_by=color_by)
+                # the child sets Slicer's views up while the scene is built and written here
+                views = start_views(tmp / VIEWS_FILE)
+                files = write_scene_files(ct, detection, tmp, color_by=color_by, timings_s=times)
                 report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
-                report_extra["views"] = write_views(files["scene"], tmp / VIEWS_FILE)
-            report = build_report(ct, detection, report_extra)
+                if not isinstance(views, str):
+                    views.draw(files["scene"])  # renders while the overview is written
+                t = time.perf_counter()
+            write_overview(tmp / OVERVIEW_FILE, ct, detection)
+            t = timed("write_overview", t)
+            if views is not None:
+                report_extra["views"], views = finish_views(views), None
+                t = timed("write_views", t)
+            report = build_report(ct, detection, report_extra, times)
             with open(tmp / REPORT_FILE, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
             names = stage.publish({"input": input_key(ct.source), "seriesuid": detection.seriesuid})
     except OSError as e:
         raise OutputError(describe_output_error(outdir, e)) from e
+    finally:
+        if views is not None and not isinstance(views, str):  # an error or Ctrl-C before the picture was done
+            views.stop()
     return {name: outdir / name for name in names}
 
 

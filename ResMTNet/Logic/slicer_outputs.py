@@ -128,11 +128,24 @@ def add_slice_views(app: Any, volume_node: Any,
 
 
 def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
-                      color_by: str = "malignancy") -> dict[str, Path]:
+                      color_by: str = "malignancy", timings_s: dict[str, float] | None = None) -> dict[str, Path]:
     """Write ``nodules.mrk.json``, ``nodules.seg.nrrd`` and ``scene.mrb`` for ``detection`` on ``ct``.
 
-    Returns their paths by kind: ``markups``, ``segmentation``, ``scene``.
+    Returns their paths by kind: ``markups``, ``segmentation``, ``scene``. ``timings_s``, where given, receives
+    the seconds each took (``slicer_scene``: building the scene; ``write_markups``, ``write_segmentation``,
+    ``write_scene``).
     """
+    import time
+
+    times = timings_s if timings_s is not None else {}
+    t0 = time.perf_counter()
+
+    def timed(name: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        times[name] = round(now - t0, 3)
+        t0 = now
+
     from .identity import display_names
     from .slicer_app import create_slicer_core_app
     from .slicer_scene import (
@@ -153,12 +166,15 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
     put_volume_in_study(scene, volume, patient_name=shown.patient, study_name=shown.study)
     nodes = build_nodule_scene(scene, volume, detection, color_by=color_by)
     add_slice_views(app, volume, first_view(detection.nodules))
+    timed("slicer_scene")
 
     names = {"markups": MARKUPS_FILE, "segmentation": SEGMENTATION_FILE, "scene": SCENE_FILE}
     tmp = Path(tempfile.mkdtemp(prefix=".resmtnet-", dir=outdir))
     try:
         write_markups_json(nodes["markups"], tmp / MARKUPS_FILE)
+        timed("write_markups")
         write_segmentation(nodes["segmentation"], tmp / SEGMENTATION_FILE)
+        timed("write_segmentation")
         _crop_segmentation_in_bundle(nodes["segmentation"])
         scene.SetRootDirectory(str(tmp))
         with captured_vtk_output() as messages:
@@ -168,6 +184,7 @@ def write_scene_files(ct: CTVolume, detection: Detection, outdir: str | Path,
             raise OSError(f"could not write the Slicer scene bundle {SCENE_FILE}: " + " / ".join(errors[-3:]))
         for filename in names.values():
             os.replace(tmp / filename, outdir / filename)
+        timed("write_scene")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {kind: outdir / filename for kind, filename in names.items()}

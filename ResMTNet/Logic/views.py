@@ -13,7 +13,7 @@ The slice views show the scene's own first view (centred on N1, see :func:`resmt
 Nothing is restyled here: what is drawn is what the scene says.
 
 Rendering needs an offscreen OpenGL (Mesa's EGL or OSMesa where there is no display). Where VTK cannot render,
-it may abort the process, so :func:`write_views_png` renders in a child process (``python -m resmtnet.views``) and
+it may abort the process, so :class:`ViewsRendering` renders in a child process (``python -m resmtnet.views``) and
 reports why it could not instead of failing the detection.
 """
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +252,9 @@ class SceneViews:
     :meth:`picture` draws the four of them as ``views.png`` shows them; ``slices`` and ``three_d`` are the views
     themselves (to look elsewhere, or to draw the scene with some nodes hidden)."""
 
-    def __init__(self, mrb: str | Path, size: int = VIEW_SIZE):
+    def __init__(self, mrb: str | Path | Callable[[], str | Path], size: int = VIEW_SIZE):
+        """``mrb``: the bundle, or a function that gives its path once it is written, called after the views are
+        set up (a child process prepares them while the bundle is still being written)."""
         self.size = size
         # As in Slicer: the views exist first and the scene is opened into them (the colour legend's displayable
         # manager only picks up legend nodes added while it watches; the singleton slice nodes take the stored
@@ -258,6 +262,8 @@ class SceneViews:
         self.app = views_app()
         self.slices = [SliceView(self.app, layout_name, (size, size)) for layout_name, _orientation in LAYOUT]
         self.three_d = ThreeDView(self.app, "1", (size, size))
+        if callable(mrb):
+            mrb = mrb()
         if not self.app.scene.ReadFromMRB(str(mrb)):
             raise OSError(f"{mrb}: not a scene Slicer can open")
         volumes = [v for v in scene_nodes(self.app.scene, "vtkMRMLScalarVolumeNode")
@@ -322,7 +328,7 @@ class SceneViews:
         return picture
 
 
-def render_views(mrb: str | Path, size: int = VIEW_SIZE) -> Any:
+def render_views(mrb: str | Path | Callable[[], str | Path], size: int = VIEW_SIZE) -> Any:
     """The four views of the scene in ``mrb`` as a (height, width, 3) uint8 array (layout: module docstring)."""
     with SceneViews(mrb, size) as views:
         return views.picture()
@@ -359,36 +365,87 @@ def write_png(pixels: Any, path: str | Path) -> None:
     atomic_write(Path(path), write)
 
 
+class ViewsRendering:
+    """``views.png`` rendered in a child process (``python -m resmtnet.views``), started before the bundle exists.
+
+    A child process, because VTK without an offscreen OpenGL may abort rather than raise: the caller's work (the
+    detection) must survive that. Started early, the child imports Slicer's libraries and sets its views up while
+    the caller builds and writes the bundle; :meth:`draw` gives it the bundle's path, :meth:`finish` waits for the
+    picture. Raises OSError where the process can't start.
+    """
+
+    def __init__(self, out: str | Path, size: int = VIEW_SIZE):
+        self.out = Path(out).absolute()
+        self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # never a full pipe
+        command = [sys.executable, "-m", "resmtnet.views", "-", str(self.out), "--size", str(size)]
+        try:
+            self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                           stderr=self._stderr, text=True)
+        except OSError:
+            self._stderr.close()
+            raise
+
+    def draw(self, mrb: str | Path) -> None:
+        """Hand the child the written bundle (absolute: Slicer's ReadFromMRB unpacks into a folder of its own)."""
+        assert self._child.stdin is not None
+        try:
+            self._child.stdin.write(str(Path(mrb).absolute()) + "\n")
+            self._child.stdin.close()
+        except OSError:  # the child ended already: finish() says why
+            pass
+
+    def finish(self, timeout_s: float = RENDER_TIMEOUT_S) -> str | None:
+        """Wait for the picture: None when it was written, else why not (one line)."""
+        try:
+            self._child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return f"rendering the views took over {timeout_s:.0f} s and was stopped"
+        self._stderr.seek(0)
+        stderr = self._stderr.read()
+        self._stderr.close()
+        if self._child.returncode == 0 and self.out.is_file():
+            return None
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "WARN" not in ln]
+        reason = lines[-1] if lines else f"exit status {self._child.returncode}"
+        return f"offscreen rendering failed ({reason[-300:]})"
+
+    def stop(self) -> None:
+        """Stop the child (no picture is wanted any more)."""
+        self._child.kill()
+        self._child.wait()
+        self._stderr.close()
+
+
 def write_views_png(mrb: str | Path, out: str | Path, size: int = VIEW_SIZE,
                     timeout_s: float = RENDER_TIMEOUT_S) -> str | None:
-    """Render ``views.png`` from ``mrb`` in a child process; None when written, else why not (one line).
-
-    A child process, because VTK without an offscreen OpenGL may abort rather than raise: the caller's work
-    (the detection) must survive that.
-    """
-    # absolute: Slicer's ReadFromMRB unpacks into a folder of its own and can't find a relative bundle
-    command = [sys.executable, "-m", "resmtnet.views", str(Path(mrb).absolute()), str(Path(out).absolute()),
-               "--size", str(size)]
+    """Render ``views.png`` from ``mrb`` in a child process (:class:`ViewsRendering`) and wait for it; None when
+    written, else why not (one line)."""
     try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return f"rendering the views took over {timeout_s:.0f} s and was stopped"
+        rendering = ViewsRendering(out, size)
     except OSError as e:
         return f"the rendering process could not start: {e}"
-    if run.returncode == 0 and Path(out).is_file():
-        return None
-    lines = [ln.strip() for ln in (run.stderr or "").splitlines() if ln.strip() and "WARN" not in ln]
-    reason = lines[-1] if lines else f"exit status {run.returncode}"
-    return f"offscreen rendering failed ({reason[-300:]})"
+    rendering.draw(mrb)
+    return rendering.finish(timeout_s)
+
+
+def _scene_from_stdin() -> Path:
+    """The bundle's path, one line on stdin once the parent has written it; none: the parent gave up."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise SystemExit("no scene was given (the caller stopped before writing it)")
+    return Path(line)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resmtnet.views", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scene", type=Path, help="a scene.mrb written by resmtnet detect")
+    parser.add_argument("scene", help="a scene.mrb written by resmtnet detect; -: its path on stdin, read once "
+                                      "the views are set up")
     parser.add_argument("output", type=Path, help="the PNG to write")
     parser.add_argument("--size", type=int, default=VIEW_SIZE, help="pixels per view (default %(default)s)")
     args = parser.parse_args(argv)
-    write_png(render_views(args.scene, args.size), args.output)
+    scene = _scene_from_stdin if args.scene == "-" else Path(args.scene)
+    write_png(render_views(scene, args.size), args.output)
     return 0
 
 
