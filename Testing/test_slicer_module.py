@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(not (SHARED_SLICER / "Base" / "Python" / "slicer
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
     """Two small phantoms as NRRD files, loaded by the harness as a user loads a file."""
-    from resmtnet.ctio import write_volume
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
+    from resmtnet.io.ctio import write_volume
 
     folder = tmp_path_factory.mktemp("volumes")
     paths = []
