@@ -46,8 +46,8 @@ MODEL_CHECKPOINT = "Checkpoint file"
 COLOR_BY_LABELS = {"malignancy": "Malignancy (green to red)", "lung-rads": "Size (Lung-RADS category)"}
 
 
-#: the core's submodules this file reads as attributes (``core.slicer_scene``): imported by loadCore()
-CORE_SUBMODULES = ("errors", "slicer_scene", "slicer_job")
+#: the core's submodules this file reads as attributes (``core.scene.slicer_scene``): imported by loadCore()
+CORE_SUBMODULES = ("util.errors", "scene.slicer_scene", "job.slicer_job")
 
 
 def loadCore():
@@ -55,7 +55,7 @@ def loadCore():
     submodules this file uses (a package's ``__init__`` does not import its submodules).
 
     The folder is registered in ``sys.modules`` under that name, so its relative imports
-    (``from .ctio import ...``) and later ``import resmtnet.x`` statements all resolve to it.
+    (``from ..io.ctio import ...``) and later ``import resmtnet.x`` statements all resolve to it.
     """
     module = sys.modules.get(CORE_MODULE_NAME)
     if module is None:
@@ -136,11 +136,11 @@ PyTorch extension) and SimpleITK.
 
 def registerSampleData():
     """Add the "ResMTNet chest phantom" to Slicer's Sample Data module, generated here, nothing downloaded
-    (``resmtnet.sample_data.register_sample``)."""
+    (``resmtnet.scene.sample_data.register_sample``)."""
     import SampleData
 
     loadCore()
-    sampleData = importlib.import_module(CORE_MODULE_NAME + ".sample_data")
+    sampleData = importlib.import_module(CORE_MODULE_NAME + ".scene.sample_data")
     sampleData.register_sample(
         SampleData,
         cache_folder=lambda: slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory(),
@@ -200,7 +200,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # the running detection (resmtnet.slicer_job.DetectionProcess)
+        self._job = None  # the running detection (resmtnet.job.slicer_job.DetectionProcess)
         self._jobVolume = None  # its input volume: the results go to this volume, whatever is selected now
         self._resultTable = None
 
@@ -549,11 +549,11 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         return None
 
     def legendHtml(self, colorBy):
-        return self.core().slicer_scene.legend_html(colorBy) if colorBy else ""
+        return self.core().scene.slicer_scene.legend_html(colorBy) if colorBy else ""
 
     def resultsRows(self, detection, colorBy):
         """Header and rows ((cells, rgb) pairs) of the panel's results table."""
-        scene = self.core().slicer_scene
+        scene = self.core().scene.slicer_scene
         header = [_("Nodule"), _("Diameter (mm)"), _("Malignancy (%)"), _("Lung-RADS"), _("Probability (%)")]
         rows = []
         for nodule in detection.nodules:
@@ -566,12 +566,12 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0, tta=True):
         """A function of (progress, cancel) that runs the detector on ``ct`` in this process (no MRML
-        inside; ``resmtnet.slicer_job.detect_in_this_process``). Used by :meth:`process`; the panel's Apply
+        inside; ``resmtnet.job.slicer_job.detect_in_this_process``). Used by :meth:`process`; the panel's Apply
         runs the detector in a child process instead."""
         core = self.core()
 
         def detect(progress=None, cancel=None):
-            return core.slicer_job.detect_in_this_process(ct, model=checkpointPath or None, device=device,
+            return core.job.slicer_job.detect_in_this_process(ct, model=checkpointPath or None, device=device,
                                                           threshold=threshold, min_diameter_mm=minDiameterMm,
                                                           tta=tta, progress=progress, cancel=cancel)
 
@@ -602,14 +602,15 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
                        minDiameterMm=0.0, tta=True, priorVolumeNode=None, dicomOutputFolder=None):
         """Take the CT out of the scene (a view of its voxels, main thread) and start the detector in a child
         process, which gets them through a file the helper thread writes; returns
-        the job (``resmtnet.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``.
+        the job (``resmtnet.job.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``.
         With ``priorVolumeNode`` (follow-up mode) the child detects that scan too and pairs the two scans'
         nodules: the result's ``info["followup"]``. With ``dicomOutputFolder`` it also writes a DICOM SEG and SR
         on the volume's DICOM series there (``info["dicom_out"]``)."""
         core = self.core()
-        ct = core.slicer_scene.ct_from_volume_node(volumeNode, copy=False)  # the helper thread writes it to a file
-        prior = None if priorVolumeNode is None else core.slicer_scene.ct_from_volume_node(priorVolumeNode, copy=False)
-        job = core.slicer_job.DetectionProcess(
+        toCt = core.scene.slicer_scene.ct_from_volume_node
+        ct = toCt(volumeNode, copy=False)  # the helper thread writes it to a file
+        prior = None if priorVolumeNode is None else toCt(priorVolumeNode, copy=False)
+        job = core.job.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
             min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior,
             dicom_out=dicomOutputFolder, dicom_source=self.dicomSeriesFolder(volumeNode) if dicomOutputFolder else None)
@@ -642,7 +643,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         """The output nodes a run on ``volumeNode`` fills: each chosen node that this module made from the
         same volume, or that is empty; otherwise the volume's own outputs of an earlier run, or None (new
         nodes are made). Another volume's results and the user's own data are never overwritten."""
-        scene = self.core().slicer_scene
+        scene = self.core().scene.slicer_scene
         chosen = []
         for node, role in ((segmentationNode, scene.ROLE_SEGMENTATION), (tableNode, scene.ROLE_TABLE)):
             if node is None or not scene.may_fill(node, volumeNode, role):
@@ -653,7 +654,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def showResults(self, volumeNode, detection, colorBy="malignancy", segmentationNode=None, tableNode=None):
         """Fiducials, segmentation, table and legend for ``detection`` (main thread only)."""
-        scene = self.core().slicer_scene
+        scene = self.core().scene.slicer_scene
         outputs = {"segmentation": segmentationNode, "table": tableNode}
         nodes = scene.build_nodule_scene(slicer.mrmlScene, volumeNode, detection, color_by=colorBy,
                                          output_nodes={k: v for k, v in outputs.items() if v is not None})
@@ -675,7 +676,8 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
     def showFollowup(self, volumeNode, followup):
         """The follow-up table and a line joining each pair across the two volumes (main thread only)."""
-        slicerFollowup = importlib.import_module(f"{CORE_MODULE_NAME}.slicer_followup")  # SimpleITK: only when asked
+        # imported only when asked: it brings SimpleITK
+        slicerFollowup = importlib.import_module(f"{CORE_MODULE_NAME}.report.slicer_followup")
         return slicerFollowup.add_followup_nodes(slicer.mrmlScene, followup["pairs"],
                                                  name=_("{name} follow-up").format(name=volumeNode.GetName()))
 
@@ -683,13 +685,13 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
                 colorBy="malignancy", segmentationNode=None, tableNode=None, tta=True):
         """Detect and show, in this process and on this thread (Slicer's Python console, scripts). The chosen
         output nodes are filled only where :meth:`outputNodesFor` allows."""
-        ct = self.core().slicer_scene.ct_from_volume_node(volumeNode)
+        ct = self.core().scene.slicer_scene.ct_from_volume_node(volumeNode)
         detection = self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm, tta)()
         segmentationNode, tableNode = self.outputNodesFor(volumeNode, segmentationNode, tableNode)
         return detection, self.showResults(volumeNode, detection, colorBy, segmentationNode, tableNode)
 
     def jumpToTableRow(self, tableNode, row):
-        r, a, s = self.core().slicer_scene.table_row_ras(tableNode, row)
+        r, a, s = self.core().scene.slicer_scene.table_row_ras(tableNode, row)
         slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
 
 
@@ -700,7 +702,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
 
 class ResMTNetTest(ScriptedLoadableModuleTest):
     """The module's self-test on Slicer's own scene. First the scene scenario the pytest suite runs on a
-    slicer-core scene (``resmtnet.selftest``): a small phantom's truth put into the scene by the logic and
+    slicer-core scene (``resmtnet.scene.selftest``): a small phantom's truth put into the scene by the logic and
     every node and colour checked. Then the detector on that phantom through the path Apply takes (a child
     process running the shipped weights): each phantom nodule of 4 mm or more must be marked within 2 mm in
     its colour, and a second run must replace the first's outputs, not add to them."""
@@ -716,7 +718,7 @@ class ResMTNetTest(ScriptedLoadableModuleTest):
 
     def test_ResMTNetPhantomScene(self):
         self.delayDisplay("Phantom truth into the scene through the module logic")
-        selftest = importlib.import_module(loadCore().__name__ + ".selftest")
+        selftest = importlib.import_module(loadCore().__name__ + ".scene.selftest")
         logic = ResMTNetLogic()
         for colorBy in ("malignancy", "lung-rads"):  # the second run must replace the first's outputs
             result = selftest.run_phantom_scenario(slicer.mrmlScene, seed=0, color_by=colorBy)
@@ -732,13 +734,14 @@ class ResMTNetTest(ScriptedLoadableModuleTest):
             self.delayDisplay("PyTorch is not installed: the detector part of the self-test is skipped")
             return
         core = loadCore()
-        selftest = importlib.import_module(core.__name__ + ".selftest")
-        phantomModule = importlib.import_module(core.__name__ + ".phantom")
+        selftest = importlib.import_module(core.__name__ + ".scene.selftest")
+        phantomModule = importlib.import_module(core.__name__ + ".data.phantom")
         seed = selftest.DETECTION_SEED
         self.delayDisplay(f"Detector (shipped weights, child process) on the small phantom of seed {seed}")
         phantom = phantomModule.generate_phantom(seed, small=True)
-        volume = core.slicer_scene.volume_node_from_ct(slicer.mrmlScene, phantom.ct, f"Phantom {seed}")
-        core.slicer_scene.put_volume_in_study(slicer.mrmlScene, volume, "ResMTNet phantom", f"Phantom study {seed}")
+        volume = core.scene.slicer_scene.volume_node_from_ct(slicer.mrmlScene, phantom.ct, f"Phantom {seed}")
+        core.scene.slicer_scene.put_volume_in_study(
+            slicer.mrmlScene, volume, "ResMTNet phantom", f"Phantom study {seed}")
         logic = ResMTNetLogic()
         previous = None
         for run in (1, 2):

@@ -1,7 +1,7 @@
 """Suite-wide fixtures: where the shared real CT lies, and reproducible torch. Every test on the real CT
 (``lidc_dir``) is marked ``slow``, as are the training runs: ``pytest -m "not slow"`` is the fast set.
 
-The test process keeps freed memory as the ``resmtnet`` commands do (:mod:`resmtnet.allocator`): the
+The test process keeps freed memory as the ``resmtnet`` commands do (:mod:`resmtnet.util.allocator`): the
 training and detection tests run about a third faster.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from resmtnet.allocator import keep_freed_memory
+from resmtnet.util.allocator import keep_freed_memory
 
 keep_freed_memory()
 

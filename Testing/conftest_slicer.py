@@ -22,7 +22,7 @@ PHANTOM_SEED = 0  # three nodules of different malignancy ratings in the small p
 @pytest.fixture
 def slicer_app():
     """A fresh slicer-core scene with Slicer's module logics registered."""
-    from resmtnet.slicer_app import create_slicer_core_app
+    from resmtnet.scene.slicer_app import create_slicer_core_app
 
     return create_slicer_core_app()
 
@@ -30,7 +30,7 @@ def slicer_app():
 @pytest.fixture(scope="module")
 def phantom():
     """A small phantom (made once per test module: about two seconds)."""
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
 
     return generate_phantom(PHANTOM_SEED, small=True, direction=PHANTOM_DIRECTION)
 
@@ -38,7 +38,7 @@ def phantom():
 @pytest.fixture
 def phantom_truth(phantom):
     """The phantom's truth nodules and masks as the core's Detection (a fresh copy for each test)."""
-    from resmtnet.selftest import phantom_detection
+    from resmtnet.scene.selftest import phantom_detection
 
     return phantom_detection(phantom, seriesuid="phantom-s0")
 
@@ -48,8 +48,8 @@ def untrained_checkpoint(tmp_path_factory):
     """A tiny, untrained Res-MTNet checkpoint whose centre head says "maybe" everywhere: the detector
     then reports findings (with masks) on any CT, which is what plumbing tests need. Not a model."""
     torch = pytest.importorskip("torch")
-    from resmtnet.model import ModelConfig, ResMTNet
-    from resmtnet.model_io import save_checkpoint
+    from resmtnet.model.model import ModelConfig, ResMTNet
+    from resmtnet.model.model_io import save_checkpoint
 
     torch.manual_seed(0)
     config = ModelConfig(stem_channels=8, stage_channels=(8, 8, 8, 8), blocks_per_stage=(0, 1, 1, 1),

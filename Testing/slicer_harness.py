@@ -80,9 +80,10 @@ class Harness:
         logging.getLogger().addHandler(self.errors)
 
     def _scene_like_slicers(self):
-        """A scene with the logics Slicer's application registers (ResMTNet/Logic/slicer_app.py, loaded by
+        """A scene with the logics Slicer's application registers (ResMTNet/Logic/scene/slicer_app.py, loaded by
         its path under a name of its own: the core package itself must stay unimported)."""
-        spec = importlib.util.spec_from_file_location("harness_slicer_app", MODULE_DIR / "Logic" / "slicer_app.py")
+        spec = importlib.util.spec_from_file_location("harness_slicer_app",
+                                                      MODULE_DIR / "Logic" / "scene" / "slicer_app.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -221,7 +222,7 @@ def apply_and_wait(h, timeout_s=180.0):
 
 def check_outputs(h, volume, expected_nodules=None):
     """The volume's outputs in the scene agree with the panel's table and with each other."""
-    import resmtnet.slicer_scene as scene_module
+    import resmtnet.scene.slicer_scene as scene_module
 
     scene = h.slicer.mrmlScene
     outputs = scene_module.find_nodule_outputs(scene, volume)
@@ -357,7 +358,7 @@ def scenario_dicom(h, args):
 def scenario_second_volume(h, args):
     """A run on volume B creates B's outputs and leaves A's as they were."""
     h.load_module()
-    from resmtnet.selftest import read_table_rows  # the core the module loaded
+    from resmtnet.scene.selftest import read_table_rows  # the core the module loaded
 
     volume_a = h.load_volume(args.volume[0], "Chest A")
     volume_b = h.load_volume(args.volume[1], "Chest B")

@@ -8,8 +8,8 @@ lung finder accepts): enough for the whole detection to run in well under a seco
 from __future__ import annotations
 
 import numpy as np
-from resmtnet.ctio import CTVolume
-from resmtnet.nodules import Detection, Nodule
+from resmtnet.detect.nodules import Detection, Nodule
+from resmtnet.io.ctio import CTVolume
 
 SHAPE_ZYX = (40, 48, 48)
 SPACING_MM = 3.0

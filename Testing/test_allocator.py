@@ -1,4 +1,4 @@
-"""Keeping freed memory (resmtnet.allocator): large buffers freed and made again cost no page faults.
+"""Keeping freed memory (resmtnet.util.allocator): large buffers freed and made again cost no page faults.
 
 Each case runs in a fresh interpreter, since the setting lasts for the process (and this test process
 already has it, from conftest).
@@ -17,7 +17,7 @@ import pytest
 _PROBE = """
 import resource, sys
 import torch
-from resmtnet.allocator import freed_memory_kept, keep_freed_memory
+from resmtnet.util.allocator import freed_memory_kept, keep_freed_memory
 took = keep_freed_memory() if sys.argv[1].startswith("keep") else None
 if sys.argv[1] == "keep-then-block":  # as a detection in a command's process does
     with freed_memory_kept():
@@ -56,7 +56,7 @@ def test_freed_large_blocks_are_reused_without_page_faults():
 _SCOPED_PROBE = """
 import os, resource, sys
 import torch
-from resmtnet.allocator import freed_memory_kept
+from resmtnet.util.allocator import freed_memory_kept
 sizes = [2**20 * s for s in (64, 48, 96)]
 pages = sum(sizes) / resource.getpagesize()
 

@@ -8,10 +8,10 @@ import stat
 import numpy as np
 import pytest
 import torch
-from resmtnet.atomic import atomic_write
-from resmtnet.model import ModelConfig, ResMTNet
-from resmtnet.model_io import read_checkpoint, save_checkpoint
-from resmtnet.training_data import TrainCase
+from resmtnet.data.training_data import TrainCase
+from resmtnet.model.model import ModelConfig, ResMTNet
+from resmtnet.model.model_io import read_checkpoint, save_checkpoint
+from resmtnet.util.atomic import atomic_write
 
 
 def _leftovers(folder):

@@ -26,11 +26,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
-from resmtnet.cli import main
-from resmtnet.ctio import CTVolume, write_volume
-from resmtnet.fileset import MANIFEST, TREE
-from resmtnet.model import ModelConfig, ResMTNet
-from resmtnet.model_io import FORMAT, save_checkpoint
+from resmtnet.cli.cli import main
+from resmtnet.io.ctio import CTVolume, write_volume
+from resmtnet.io.fileset import MANIFEST, TREE
+from resmtnet.model.model import ModelConfig, ResMTNet
+from resmtnet.model.model_io import FORMAT, save_checkpoint
 
 OUT = "out"  # every case writes (or must not write) here, inside its own folder
 DETECTED = (MANIFEST, "nodules.csv", "overview.png", "report.json")  # a set without the Slicer files

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
-from resmtnet.batch import FAILURES_COLUMNS, SUMMARY_COLUMNS, collect_scans
-from resmtnet.ctio import write_volume
-from resmtnet.fileset import read_set
-from resmtnet.outputs import CSV_FILE
+from resmtnet.io.ctio import write_volume
+from resmtnet.io.fileset import read_set
+from resmtnet.report.batch import FAILURES_COLUMNS, SUMMARY_COLUMNS, collect_scans
+from resmtnet.report.outputs import CSV_FILE
 from synthetic_chest import tiny_chest
 
 #: input (relative to the folder of scans) → the words its reason must hold
@@ -67,7 +67,7 @@ def folder_of_scans(tmp_path_factory) -> Path:
 
 
 def _detect(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resmtnet.cli", "detect", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resmtnet.cli.cli", "detect", *args], capture_output=True, text=True,
                           encoding="utf-8", timeout=600)
 
 

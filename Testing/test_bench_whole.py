@@ -7,9 +7,9 @@ import json
 
 import pytest
 from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
-from resmtnet.bench_cli import WHOLE_STAGES
-from resmtnet.cli import main
-from resmtnet.ctio import write_volume
+from resmtnet.cli.bench_cli import WHOLE_STAGES
+from resmtnet.cli.cli import main
+from resmtnet.io.ctio import write_volume
 from synthetic_chest import tiny_chest
 
 

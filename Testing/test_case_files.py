@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from functools import partial
 
-from resmtnet.case_files import CaseFile, ensure_case_files
-from resmtnet.luna16_csv import ANNOTATION_COLUMNS, ReferenceNodule, read_annotations, write_annotations
+from resmtnet.data.case_files import CaseFile, ensure_case_files
+from resmtnet.io.luna16_csv import ANNOTATION_COLUMNS, ReferenceNodule, read_annotations, write_annotations
 
 
 def _cases(folder, n):

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from resmtnet.cli import main
-from resmtnet.errors import ResMTNetError
-from resmtnet.model import ModelConfig, ResMTNet
-from resmtnet.model_io import FORMAT, load_model, read_checkpoint, save_checkpoint, shipped_model_path
-from resmtnet.train_cli import tiny_model_config
-from resmtnet.training import TrainConfig, train
-from resmtnet.training_data import TrainCase
+from resmtnet.cli.cli import main
+from resmtnet.cli.train_cli import tiny_model_config
+from resmtnet.data.training_data import TrainCase
+from resmtnet.model.model import ModelConfig, ResMTNet
+from resmtnet.model.model_io import FORMAT, load_model, read_checkpoint, save_checkpoint, shipped_model_path
+from resmtnet.train.training import TrainConfig, train
+from resmtnet.util.errors import ResMTNetError
 
 
 class _CreatesFile:

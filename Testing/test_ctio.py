@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from resmtnet.ctio import CTVolume, read_ct, write_volume
-from resmtnet.errors import InputError
+from resmtnet.io.ctio import CTVolume, read_ct, write_volume
+from resmtnet.util.errors import InputError
 from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "LIDC-IDRI-0001"
@@ -74,7 +74,7 @@ def test_real_rewritten_lands_on_same_voxel(real, tmp_path, suffix):
 
 
 def _directions():
-    from resmtnet.phantom import DIRECTIONS
+    from resmtnet.data.phantom import DIRECTIONS
 
     return DIRECTIONS
 
@@ -82,7 +82,7 @@ def _directions():
 @pytest.mark.parametrize("k", range(5))
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_phantom_round_trip_keeps_nodule_positions(tmp_path, k, suffix):
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
 
     directions = _directions()
     if k >= len(directions):
@@ -113,7 +113,7 @@ def test_phantom_round_trip_keeps_nodule_positions(tmp_path, k, suffix):
 
 
 def test_phantom_set_annotations_land_on_their_nodules(tmp_path):
-    from resmtnet.phantom import write_phantom_set
+    from resmtnet.data.phantom import write_phantom_set
 
     paths = write_phantom_set(tmp_path, 1, seed=77, masks=True, small=True)
     with open(tmp_path / "annotations.csv", newline="") as f:
@@ -132,8 +132,8 @@ def test_phantoms_are_generated_in_worker_processes_after_torch_has_run(tmp_path
     torch's thread-pool locks and hung on their first parallel step (`resmtnet evaluate --phantoms` did,
     loading its model first); the pool now starts them fresh. A hang fails here by the timeout."""
     code = ("import sys, torch\n"
-            "from resmtnet.model_io import load_model\n"
-            "from resmtnet.phantom import write_phantom_set\n"
+            "from resmtnet.model.model_io import load_model\n"
+            "from resmtnet.data.phantom import write_phantom_set\n"
             "load_model().net(torch.zeros(1, 1, 32, 32, 32))\n"
             "paths = write_phantom_set(sys.argv[1], 2, seed=7, workers=2, small=True)\n"
             "print(len(paths))\n")
@@ -306,8 +306,8 @@ def test_a_dicom_folder_is_looked_through_once_and_the_ct_keeps_its_series(tmp_p
     """find_dicom_series lists each series with its files; read_ct reads the series it is handed (here the
     smaller one) without looking again, and the CT keeps that series' plan: its files along the normal, its
     uid, and its identity from one of them."""
-    from resmtnet.ctio import find_dicom_series
-    from resmtnet.dicom_export import read_source_series
+    from resmtnet.io.ctio import find_dicom_series
+    from resmtnet.report.dicom_export import read_source_series
 
     _write_dicom_series(tmp_path, "1.2.826.0.1.3680043.2.1125.5", 12)
     _write_dicom_series(tmp_path, "1.2.826.0.1.3680043.2.1125.6", 9, origin=(0.0, 0.0, 0.0))
@@ -332,7 +332,7 @@ def test_a_dicom_folder_is_looked_through_once_and_the_ct_keeps_its_series(tmp_p
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     # utf-8 named: ITK may switch this process's locale to C, and messages hold non-ASCII characters
-    return subprocess.run([sys.executable, "-m", "resmtnet.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resmtnet.cli.cli", *args], capture_output=True, text=True,
                           encoding="utf-8", errors="replace", timeout=120, env=env)
 
 
@@ -343,7 +343,7 @@ CLI_CASES = ["missing", "text file", "2-D image", "constant", "NaN", "spacing to
 @pytest.mark.parametrize("command", ["detect", "realism"])
 @pytest.mark.parametrize("kind", CLI_CASES)
 def test_cli_bad_input_exits_non_zero_and_writes_nothing(tmp_path, command, kind):
-    if importlib.util.find_spec(f"resmtnet.{command}_cli") is None:
+    if importlib.util.find_spec(f"resmtnet.cli.{command}_cli") is None:
         pytest.skip(f"resmtnet {command} does not exist yet")
     (tmp_path / "in").mkdir()
     path = _make_bad(kind, tmp_path / "in")

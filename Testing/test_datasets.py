@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from resmtnet import datasets
-from resmtnet.datasets import Luna16Source, PhantomFolderSource
-from resmtnet.errors import InputError
-from resmtnet.phantom import generate_phantom
+from resmtnet.data import datasets
+from resmtnet.data.datasets import Luna16Source, PhantomFolderSource
+from resmtnet.data.phantom import generate_phantom
+from resmtnet.util.errors import InputError
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 LIDC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -88,7 +88,7 @@ def test_luna16_bad_input(tmp_path, luna_folder):
 
 
 def test_phantom_folder_source(tmp_path):
-    from resmtnet.phantom import phantom_seed, write_phantom_set
+    from resmtnet.data.phantom import phantom_seed, write_phantom_set
 
     write_phantom_set(tmp_path, 2, seed=5, small=True)
     src = PhantomFolderSource(tmp_path)
@@ -169,7 +169,7 @@ def test_lidc_source_on_the_real_case():
 
 
 def test_train_case_cache_builds_each_case_once(luna_folder, tmp_path, monkeypatch):
-    from resmtnet.prepare import ModelGrid
+    from resmtnet.model.prepare import ModelGrid
 
     root, phantoms = luna_folder
     built = []

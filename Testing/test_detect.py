@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from resmtnet.ctio import read_ct, write_volume
-from resmtnet.errors import ResMTNetError
-from resmtnet.model_io import load_model
-from resmtnet.phantom import generate_phantom
-from resmtnet.pipeline import detect_ct
-from resmtnet.runtime import compute_precision, pick_device
+from resmtnet.data.phantom import generate_phantom
+from resmtnet.detect.pipeline import detect_ct
+from resmtnet.io.ctio import read_ct, write_volume
+from resmtnet.model.model_io import load_model
+from resmtnet.util.errors import ResMTNetError
+from resmtnet.util.runtime import compute_precision, pick_device
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def model():
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resmtnet.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resmtnet.cli.cli", *args], capture_output=True, text=True,
                           encoding="utf-8", timeout=600)
 
 
@@ -74,7 +74,7 @@ def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
 def test_detect_without_slicer_core_says_so_before_detecting(tmp_path):
     """Without slicer-core the Slicer files can't be written: the command says so at once, and how to go on."""
     code = ("import sys; sys.modules['slicer'] = None\n"
-            "from resmtnet.cli import main\n"
+            "from resmtnet.cli.cli import main\n"
             f"sys.exit(main(['detect', r'{tmp_path / 'missing.nrrd'}', '-o', r'{tmp_path / 'out'}', '--quiet']))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert res.returncode == 2
@@ -112,8 +112,8 @@ def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model):
     """A threshold holds only for the passes it was found with, so the checkpoint names them: a file that
     records one pass detects exactly as ``tta=False`` does, one that records none (exported before the
     passes were recorded) gets the four it was calibrated with, and the shipped file records all eight."""
-    from resmtnet.inference import FOUR_MIRROR_FLIPS, TTA_FLIPS
-    from resmtnet.model_io import LoadedModel
+    from resmtnet.model.inference import FOUR_MIRROR_FLIPS, TTA_FLIPS
+    from resmtnet.model.model_io import LoadedModel
 
     def with_decode(decode: dict) -> LoadedModel:
         return LoadedModel(model.net, {**model.meta, "decode": decode}, model.path)
@@ -220,10 +220,10 @@ def test_reduced_precision_inference_matches_float32(model, device):
     """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
     CUDA: the centre map and the decoded peaks must stay those of float32 on the CPU."""
     import torch
-    from resmtnet.inference import predict_volume
-    from resmtnet.prepare import to_model_grid
-    from resmtnet.runtime import compute_precision
-    from resmtnet.targets import decode
+    from resmtnet.model.inference import predict_volume
+    from resmtnet.model.prepare import to_model_grid
+    from resmtnet.model.targets import decode
+    from resmtnet.util.runtime import compute_precision
 
     dev = torch.device(device)
     if device == "cuda" and not torch.cuda.is_available():

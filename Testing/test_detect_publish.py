@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
-from resmtnet.cli import main
-from resmtnet.ctio import write_volume
-from resmtnet.fileset import MANIFEST, STAGING_PREFIX, TREE, read_set
-from resmtnet.outputs import OUTPUT_FILES
+from resmtnet.cli.cli import main
+from resmtnet.io.ctio import write_volume
+from resmtnet.io.fileset import MANIFEST, STAGING_PREFIX, TREE, read_set
+from resmtnet.report.outputs import OUTPUT_FILES
 from synthetic_chest import tiny_chest
 
 SLICER_FILES = {"nodules.mrk.json", "nodules.seg.nrrd", "scene.mrb", "views.png"}  # views.png: the scene drawn
@@ -77,8 +77,8 @@ def test_slicer_opens_the_results_through_their_links(tmp_path):
     """Slicer's own readers (slicer-core) open the bundle, the markups and the segmentation by their names in
     OUTDIR, which are links into the set's folder."""
     import slicer
-    from resmtnet.outputs import write_detection_outputs
-    from resmtnet.slicer_app import create_slicer_core_app
+    from resmtnet.report.outputs import write_detection_outputs
+    from resmtnet.scene.slicer_app import create_slicer_core_app
     from synthetic_chest import tiny_detection
 
     out = tmp_path / "out"
@@ -103,8 +103,8 @@ def test_slicer_opens_the_results_through_their_links(tmp_path):
 # Runs `resmtnet` with argv[2:], SIGKILLed just before the publishing step named argv[1].
 KILL_AT_STEP = textwrap.dedent("""
     import os, signal, sys
-    import resmtnet.fileset as fs
-    from resmtnet.cli import main
+    import resmtnet.io.fileset as fs
+    from resmtnet.cli.cli import main
     kill_at, argv = sys.argv[1], sys.argv[2:]
     def hook(name):
         if name == kill_at:
@@ -117,8 +117,8 @@ KILL_AT_STEP = textwrap.dedent("""
 WRITE_KILLED = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[3])
-    import resmtnet.fileset as fs
-    from resmtnet.outputs import write_detection_outputs
+    import resmtnet.io.fileset as fs
+    from resmtnet.report.outputs import write_detection_outputs
     from synthetic_chest import tiny_chest, tiny_detection
     kill_at, steps = int(sys.argv[2]), []
     def hook(name):
@@ -161,8 +161,8 @@ def test_detection_files_killed_at_every_step_of_publishing(tmp_path, monkeypatc
     each step of publishing in turn; the earlier set published with links, or as plain files (an earlier
     version, or a disk without links, wrote them). Without any recovery, every name that opens shows one
     set, whole: the old one before the switch, the new one after it. The next recovery leaves only that set."""
-    from resmtnet.fileset import recover
-    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.io.fileset import recover
+    from resmtnet.report.outputs import write_detection_outputs
     from synthetic_chest import tiny_detection
 
     template = tmp_path / "old"
@@ -239,7 +239,7 @@ def test_sigterm_while_writing_says_so_in_one_line_and_keeps_the_previous_set(ca
     out = tmp_path / "out"
     assert _detect(capsys, scans[0], out, untrained_checkpoint, "--no-slicer-files")[0] == 0
     old = _set_of(out)
-    proc = subprocess.Popen([sys.executable, "-m", "resmtnet.cli", "detect", str(scans[1]), "-o", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "resmtnet.cli.cli", "detect", str(scans[1]), "-o", str(out),
                              "--model", str(untrained_checkpoint), "--no-tta", "--max-findings", "2", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -298,8 +298,8 @@ def test_full_disk_read_only_and_mount_point_outputs(capsys, tmp_path, scans, un
     """OUTDIR is a mount point (a tmpfs of 80 MB): results are written there (no cross-device move). With the
     disk filled, ``detect`` refuses before the work and a set written anyway fails in one OutputError line;
     with the disk read-only, a run fails in one line, exit 2; each time the previous set stays whole."""
-    from resmtnet.errors import OutputError
-    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.report.outputs import write_detection_outputs
+    from resmtnet.util.errors import OutputError
     from synthetic_chest import tiny_chest, tiny_detection
 
     with _tmpfs(tmp_path / "mnt", "80m") as out:

@@ -25,9 +25,13 @@ from conftest_slicer import *  # noqa: F403  (the fixture untrained_checkpoint)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from resmtnet.cli import main as cli_main
-from resmtnet.ctio import CTVolume, read_ct
-from resmtnet.dicom_export import (
+from resmtnet.cli.cli import main as cli_main
+from resmtnet.detect.nodules import Detection, Nodule, write_nodules_csv
+from resmtnet.detect.pipeline import detect_ct
+from resmtnet.io.ctio import CTVolume, read_ct
+from resmtnet.io.fileset import read_set
+from resmtnet.model.model_io import load_model
+from resmtnet.report.dicom_export import (
     DISCLAIMER,
     LUNG_RADS_CATEGORY,
     SEG_FILE,
@@ -35,11 +39,7 @@ from resmtnet.dicom_export import (
     read_source_series,
     write_dicom_outputs,
 )
-from resmtnet.errors import InputError
-from resmtnet.fileset import read_set
-from resmtnet.model_io import load_model
-from resmtnet.nodules import Detection, Nodule, write_nodules_csv
-from resmtnet.pipeline import detect_ct
+from resmtnet.util.errors import InputError
 from synthetic_chest import tiny_chest, tiny_detection
 
 IDENTITY = dict(PatientID="RESMTNET-34", PatientName="Phantom^Tiny^Chest", PatientBirthDate="19500102",

@@ -20,9 +20,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
-from resmtnet.cli import main as cli_main
-from resmtnet.ctio import CTVolume, read_ct
-from resmtnet.errors import InputError
+from resmtnet.cli.cli import main as cli_main
+from resmtnet.io.ctio import CTVolume, read_ct
+from resmtnet.util.errors import InputError
 from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"

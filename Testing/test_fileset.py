@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from resmtnet.fileset import JOURNAL, MANIFEST, STAGING_PREFIX, TREE, StagedSet, read_set, recover
+from resmtnet.io.fileset import JOURNAL, MANIFEST, STAGING_PREFIX, TREE, StagedSet, read_set, recover
 
 OLD = {"a.txt": "old a", "b.txt": "old b", "c.txt": "old c"}
 NEW = {"a.txt": "new a\n" * 50, "b.txt": "new b", "d.txt": "new d"}
@@ -26,7 +26,7 @@ USER_FILE = "my-notes.txt"  # a file no set named: never touched
 # argv[5] "journal": os.symlink raises, as on a FAT disk, so the set is published with the journal.
 PUBLISH = textwrap.dedent("""
     import json, os, signal, sys
-    import resmtnet.fileset as fs
+    import resmtnet.io.fileset as fs
     outdir, kill_at, files, kinds = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
     if sys.argv[5:] == ["journal"]:
         def no_symlinks(*args, **kwargs):
@@ -48,7 +48,7 @@ PUBLISH = textwrap.dedent("""
 # Recovers argv[1]; SIGKILLs itself at the argv[2]-th step.
 RECOVER = textwrap.dedent("""
     import os, signal, sys
-    import resmtnet.fileset as fs
+    import resmtnet.io.fileset as fs
     steps = []
     def hook(name):
         steps.append(name)
@@ -274,7 +274,7 @@ def test_sigterm_while_publishing_waits_for_the_publish(tmp_path):
     """Ctrl-C and SIGTERM are held from the commit to the end: the set is finished, then the signal acts."""
     outdir = _old_folder(tmp_path, "out")
     script = PUBLISH.replace("os.kill(os.getpid(), signal.SIGKILL)", "os.kill(os.getpid(), signal.SIGTERM)")
-    script = "import signal\nfrom resmtnet.cli import _raise_terminated\n" \
+    script = "import signal\nfrom resmtnet.cli.cli import _raise_terminated\n" \
              "signal.signal(signal.SIGTERM, _raise_terminated)\n" \
              "try:\n" + textwrap.indent(script, "    ") + \
              "\nexcept KeyboardInterrupt as e:\n    print('stopped by', type(e).__name__); sys.exit(143)\n"
@@ -290,7 +290,7 @@ def test_recovery_leaves_a_live_writers_staging_folder_alone(tmp_path):
         pytest.skip("staging folders are locked with flock, which this system lacks")
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from resmtnet.fileset import StagedSet
+        from resmtnet.io.fileset import StagedSet
         with StagedSet(sys.argv[1]) as stage:
             print(stage.path.name, flush=True)
             time.sleep(60)

@@ -16,12 +16,12 @@ import math
 
 import numpy as np
 import pytest
-from resmtnet.cli import main as cli_main
-from resmtnet.ctio import CTVolume
-from resmtnet.followup import compare, register_scans
-from resmtnet.measurement import equivalent_diameter, grow_mask
-from resmtnet.nodules import Detection, Nodule
-from resmtnet.outputs import write_detection_outputs
+from resmtnet.cli.cli import main as cli_main
+from resmtnet.detect.measurement import equivalent_diameter, grow_mask
+from resmtnet.detect.nodules import Detection, Nodule
+from resmtnet.io.ctio import CTVolume
+from resmtnet.report.followup import compare, register_scans
+from resmtnet.report.outputs import write_detection_outputs
 
 INTERVAL_DAYS = 180
 #: name: (centre in the patient's coordinates mm, prior diameter or None, current diameter or None)
@@ -154,7 +154,7 @@ def test_followup_command_on_two_detect_result_folders(prior_and_current, tmp_pa
     folders = []
     for label, ct, nodules in (("prior", prior_ct, prior), ("current", current_ct, current)):
         ct.source = str(tmp_path / f"{label}.nrrd")
-        from resmtnet.ctio import write_volume
+        from resmtnet.io.ctio import write_volume
 
         write_volume(ct, ct.source)
         det = Detection(ct.seriesuid, nodules, np.zeros(ct.array.shape, np.uint16), ct.spacing, ct.origin,
@@ -184,7 +184,7 @@ def test_lidc_0001_against_itself_moved_matches_its_nodule_with_no_growth(lidc_d
     unchanged within measurement noise. Threshold 0.9: the model's fainter findings come and go on the
     interpolated copy (without it: 2 of 3 paired, 4 more findings on the copy, reported as new, not forced)."""
     import SimpleITK as sitk
-    from resmtnet.ctio import read_ct, write_volume
+    from resmtnet.io.ctio import read_ct, write_volume
 
     img = read_ct(lidc_dir / "dicom").to_sitk()
     move = sitk.Euler3DTransform()
@@ -209,7 +209,7 @@ def test_lidc_0001_against_itself_moved_matches_its_nodule_with_no_growth(lidc_d
 
 def test_dates_in_the_wrong_order_and_a_missing_ct_are_one_line_each(prior_and_current, tmp_path, capsys):
     prior_ct, prior, _, _ = prior_and_current
-    from resmtnet.ctio import write_volume
+    from resmtnet.io.ctio import write_volume
 
     ct = CTVolume(prior_ct.array[::4, ::4, ::4].copy(), tuple(4 * s for s in prior_ct.spacing), prior_ct.origin,
                   prior_ct.direction, "small", str(tmp_path / "small.nrrd"))

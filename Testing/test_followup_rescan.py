@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 import pytest
-from resmtnet.followup import compare, register_scans
-from resmtnet.measurement import equivalent_diameter, grow_mask
-from resmtnet.nodules import Nodule
-from resmtnet.phantom import Phantom, Rescan, generate_phantom
+from resmtnet.data.phantom import Phantom, Rescan, generate_phantom
+from resmtnet.detect.measurement import equivalent_diameter, grow_mask
+from resmtnet.detect.nodules import Nodule
+from resmtnet.report.followup import compare, register_scans
 
 SEED = 28
 INTERVAL_DAYS = 180
@@ -85,11 +85,11 @@ def test_followup_pairs_each_nodule_with_itself_growth_and_doubling_time_of_the_
 
 
 def test_followup_command_writes_the_picture_with_the_table_as_one_set(prior_and_current, tmp_path):
-    from resmtnet.cli import main as cli_main
-    from resmtnet.ctio import write_volume
-    from resmtnet.fileset import read_set
-    from resmtnet.nodules import Detection
-    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.cli.cli import main as cli_main
+    from resmtnet.detect.nodules import Detection
+    from resmtnet.io.ctio import write_volume
+    from resmtnet.io.fileset import read_set
+    from resmtnet.report.outputs import write_detection_outputs
 
     folders = []
     for label, ph in zip(("prior", "current"), prior_and_current):

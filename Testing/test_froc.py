@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from resmtnet import froc
-from resmtnet.cli import main
-from resmtnet.froc import Finding
-from resmtnet.luna16_csv import ReferenceNodule
+from resmtnet.cli.cli import main
+from resmtnet.evaluate import froc
+from resmtnet.evaluate.froc import Finding
+from resmtnet.io.luna16_csv import ReferenceNodule
 
 RATES = froc.FROC_FP_RATES
 
@@ -84,8 +84,8 @@ def test_kinds_found_at_two_fp_per_scan_by_hand():
     false positives at .8, .5 and .4: at 2 FP/scan (threshold .5) the solid one is found; the ground-glass one,
     hit only after the third false positive, is not; the excluded one is not scored. Without findings there is
     no threshold."""
-    from resmtnet.evaluate_cli import format_by_kind
-    from resmtnet.phantom_eval import sensitivity_by_kind
+    from resmtnet.cli.evaluate_cli import format_by_kind
+    from resmtnet.evaluate.phantom_eval import sensitivity_by_kind
 
     marks = [ReferenceNodule("S", (0.0, 0, 0), 8, 2, "solid", location="pleural"),
              ReferenceNodule("S", (50.0, 0, 0), 6, 3, "ground-glass", location="parenchyma"),
@@ -275,7 +275,7 @@ def test_cli_without_series_list_or_excluded(tmp_path, capsys):
 
 def test_cli_reads_a_folder_of_detect_outputs(tmp_path, capsys):
     """Predictions as `resmtnet detect` leaves them: one folder per scan with its nodules.csv."""
-    from resmtnet.nodules import Nodule, write_nodules_csv
+    from resmtnet.detect.nodules import Nodule, write_nodules_csv
 
     _pred, ann, exc, sl = _write_case_files(tmp_path)
     findings, _marks, series = four_scan_case()
@@ -316,9 +316,9 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
 def test_validation_scores_nodules_under_the_minimum_as_excluded_marks():
     """Training's validation follows the phantom protocol: a finding on a 3 mm nodule is neither a hit
     nor a false positive when only nodules of 4 mm and more count."""
-    from resmtnet.prepare import ModelGrid
-    from resmtnet.training_data import TrainCase
-    from resmtnet.validation import case_marks
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.model.prepare import ModelGrid
+    from resmtnet.train.validation import case_marks
 
     case = TrainCase(case_id="c", image=np.zeros((40, 40, 40), np.int16), origin=np.zeros(3), spacing=1.5,
                      centers=np.array([[10.0, 10, 10], [30, 30, 30]], np.float32),

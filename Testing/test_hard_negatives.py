@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from resmtnet.hard_negatives import (
+from resmtnet.cli.train_cli import tiny_model_config
+from resmtnet.data.training_data import TrainCase
+from resmtnet.detect.pipeline import find_peaks
+from resmtnet.model.model import ModelConfig, ResMTNet
+from resmtnet.model.model_io import LoadedModel
+from resmtnet.train.hard_negatives import (
     CLEAR_OF_NODULE_MM,
     MIN_NODULE_RADIUS_MM,
     false_findings,
     mine_false_findings,
     with_negatives,
 )
-from resmtnet.model import ModelConfig, ResMTNet
-from resmtnet.model_io import LoadedModel
-from resmtnet.pipeline import find_peaks
-from resmtnet.train_cli import tiny_model_config
-from resmtnet.training import PatchSampler, TrainConfig
-from resmtnet.training_data import TrainCase
+from resmtnet.train.training import PatchSampler, TrainConfig
 
 
 def _case(seed: int = 0) -> TrainCase:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from resmtnet.ctio import CTVolume, read_ct, write_volume
-from resmtnet.identity import display_names
+from resmtnet.io.ctio import CTVolume, read_ct, write_volume
+from resmtnet.io.identity import display_names
 
 
 def _write_dicom_series(folder, tags):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from resmtnet import lidc
-from resmtnet.errors import InputError
+from resmtnet.data import lidc
+from resmtnet.util.errors import InputError
 
 CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "LIDC-IDRI-0001"
 XML = CASE / "reader-annotations-lidc.xml"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from resmtnet.errors import InputError
-from resmtnet.luna16_csv import (
+from resmtnet.io.luna16_csv import (
     ANNOTATION_COLUMNS,
     PHANTOM_ANNOTATION_COLUMNS,
     ReferenceNodule,
@@ -17,6 +16,7 @@ from resmtnet.luna16_csv import (
     rounded_rating,
     write_annotations,
 )
+from resmtnet.util.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from resmtnet.errors import NoLungsError
-from resmtnet.lungmask import lung_bbox, lung_mask, segment_chest
+from resmtnet.detect.lungmask import lung_bbox, lung_mask, segment_chest
+from resmtnet.util.errors import NoLungsError
 from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "LIDC-IDRI-0001"
@@ -24,7 +24,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def real():
     """(CT, its lung mask, the annotated nodule's voxel index z, y, x)."""
-    from resmtnet.ctio import read_ct
+    from resmtnet.io.ctio import read_ct
 
     ct = read_ct(REAL / "dicom")
     with open(REAL / "annotations.csv", newline="") as f:
@@ -126,7 +126,7 @@ def test_real_variants_keep_the_mask(real, name):
 
 @pytest.mark.parametrize("seed", [11, 12])
 def test_phantom_mask_matches_truth(seed):
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
 
     ph = generate_phantom(seed, small=True)
     ct = ph.ct
@@ -140,7 +140,7 @@ def test_phantom_mask_matches_truth(seed):
 
 
 def test_phantom_mask_without_direction_matches_truth():
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
 
     ph = generate_phantom(13, small=True)
     assert dice(lung_mask(ph.ct.array, ph.ct.spacing), ph.lung_mask) > 0.9

@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from resmtnet import lungmask, prepare
-from resmtnet.ctio import read_ct, write_volume
-from resmtnet.errors import InputError
-from resmtnet.lungmask import LungMask, lung_mask
-from resmtnet.memory import check_fits, max_voxels, read_ct_for_detection
-from resmtnet.overview import _axial_plane
-from resmtnet.phantom import generate_phantom
+from resmtnet.data.phantom import generate_phantom
+from resmtnet.detect import lungmask
+from resmtnet.detect.lungmask import LungMask, lung_mask
+from resmtnet.io.ctio import read_ct, write_volume
+from resmtnet.io.memory import check_fits, max_voxels, read_ct_for_detection
+from resmtnet.model import prepare
+from resmtnet.report.overview import _axial_plane
+from resmtnet.util.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_a_ct_too_large_for_the_bound_is_refused_from_its_header(tmp_path):
     assert max_voxels("integer") >= 1024 * 1024 * 800
 
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "resmtnet.cli", "detect", str(huge), "-o", str(out), "--quiet",
+    res = subprocess.run([sys.executable, "-m", "resmtnet.cli.cli", "detect", str(huge), "-o", str(out), "--quiet",
                           "--no-slicer-files"], capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert res.returncode == 2
     assert "too large to detect within 4 GB" in res.stderr and "Traceback" not in res.stderr

@@ -9,12 +9,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from resmtnet.model import InputWindows, ModelConfig, ResMTNet
-from resmtnet.model_io import load_model, read_checkpoint, save_checkpoint
-from resmtnet.prepare import normalize_hu
-from resmtnet.targets import encode
-from resmtnet.train_cli import tiny_model_config
-from resmtnet.training import multitask_losses, weighted_total
+from resmtnet.cli.train_cli import tiny_model_config
+from resmtnet.model.model import InputWindows, ModelConfig, ResMTNet
+from resmtnet.model.model_io import load_model, read_checkpoint, save_checkpoint
+from resmtnet.model.prepare import normalize_hu
+from resmtnet.model.targets import encode
+from resmtnet.train.training import multitask_losses, weighted_total
 
 
 def test_output_shapes_follow_the_output_stride():
@@ -104,7 +104,7 @@ def test_checkpoint_reloaded_in_another_process_gives_identical_outputs(tmp_path
     # a fresh interpreter: only the file describes the network
     code = (
         "import numpy as np, torch, sys\n"
-        "from resmtnet.model_io import load_model\n"
+        "from resmtnet.model.model_io import load_model\n"
         f"m = load_model(r'{path}')\n"
         f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
         "with torch.no_grad(): out = m.net(x)\n"
@@ -134,8 +134,8 @@ def test_shipped_weights_load_and_describe_themselves():
 
 def test_hard_negative_windows_sit_on_dense_structures_inside_the_lungs():
     """Vessels in aerated lung are where false positives come from; the chest wall's interior is not."""
-    from resmtnet.training import PatchSampler, TrainConfig
-    from resmtnet.training_data import TrainCase
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.train.training import PatchSampler, TrainConfig
 
     img = np.full((64, 64, 96), 40, np.int16)  # soft tissue (chest wall, mediastinum) ...
     img[8:56, 8:56, 8:56] = -850  # ... around an aerated lung
@@ -154,8 +154,8 @@ def test_hard_negative_windows_sit_on_dense_structures_inside_the_lungs():
 
 def test_windows_centre_more_often_on_small_faint_and_large_nodules():
     """The nodules detection misses most (small, ground-glass; large ones are rare in the draw) are oversampled."""
-    from resmtnet.training import PatchSampler, TrainConfig
-    from resmtnet.training_data import TrainCase
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.train.training import PatchSampler, TrainConfig
 
     img = np.full((96, 96, 96), -850, np.int16)
     centers = np.array([[20, 20, 20], [20, 72, 72], [72, 20, 72], [72, 72, 20]], np.float32)
@@ -185,9 +185,9 @@ def test_a_nodule_drawn_outside_the_lung_is_background_in_training_and_excluded_
     Training neither centres windows on them nor marks them in its targets; validation scores them as
     excluded marks (as ``evaluate --phantoms`` does); the share survives the cache; a cached case without a
     ``lung_share`` array reads as 1."""
-    from resmtnet.training import PatchSampler, TrainConfig
-    from resmtnet.training_data import TrainCase
-    from resmtnet.validation import case_marks
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.train.training import PatchSampler, TrainConfig
+    from resmtnet.train.validation import case_marks
 
     img = np.full((96, 96, 96), -850, np.int16)
     centers = np.array([[24, 24, 24], [70, 70, 70]], np.float32)
@@ -225,8 +225,8 @@ def test_a_nodule_drawn_outside_the_lung_is_background_in_training_and_excluded_
 
 def test_window_workers_hand_out_each_workers_batches_in_turn_and_reproducibly():
     """With loader workers, batch k comes from worker k mod n, drawn with that worker's own seed."""
-    from resmtnet.training import PatchSampler, TrainConfig, batches
-    from resmtnet.training_data import TrainCase
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.train.training import PatchSampler, TrainConfig, batches
 
     rng = np.random.default_rng(3)
     img = rng.normal(-850, 40, (64, 64, 64)).astype(np.int16)

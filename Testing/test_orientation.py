@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest_slicer import *  # noqa: F403  (the fixtures slicer_app, phantom)
-from resmtnet.ctio import CTVolume, read_ct
-from resmtnet.model_io import load_model
-from resmtnet.nodules import Detection
-from resmtnet.orientation import canonical_ct, canonical_order
-from resmtnet.pipeline import detect_ct
+from resmtnet.detect.nodules import Detection
+from resmtnet.detect.pipeline import detect_ct
+from resmtnet.io.ctio import CTVolume, read_ct
+from resmtnet.io.orientation import canonical_ct, canonical_order
+from resmtnet.model.model_io import load_model
 
 #: Ways of storing the same scan: x and z reversed, and the axes permuted (x, y, z → z, x, y)
 STORAGE = {"x and z reversed": lambda img: sitk.Flip(img, [True, False, True]),
@@ -125,7 +125,7 @@ def test_segments_of_a_permuted_scan_sit_over_their_nodules_in_slicer(slicer_app
     """Detection on the permuted phantom, its label map put into a scene with the volume as stored: each
     segment's voxels, placed in RAS by the segment's own geometry, centre on its nodule."""
     import vtk
-    from resmtnet.slicer_scene import build_nodule_scene, volume_node_from_ct
+    from resmtnet.scene.slicer_scene import build_nodule_scene, volume_node_from_ct
     from vtk.util import numpy_support
 
     ct = _stored(finely_sliced_phantom, "axes permuted")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from resmtnet.phantom import PHANTOM_MIXES, generate_phantom
-from resmtnet.training_data import PhantomCases, TrainCase
+from resmtnet.data.phantom import PHANTOM_MIXES, generate_phantom
+from resmtnet.data.training_data import PhantomCases, TrainCase
 
 
 def test_the_screening_mix_is_the_default_and_an_unknown_mix_is_refused():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from resmtnet import phantom
-from resmtnet.luna16_csv import ReferenceNodule, annotations_by_scan
-from resmtnet.phantom import MIN_LUNG_SHARE, generate_phantom, phantom_seed
-from resmtnet.phantom_eval import count_outside_lung, phantom_marks
+from resmtnet.data import phantom
+from resmtnet.data.phantom import MIN_LUNG_SHARE, generate_phantom, phantom_seed
+from resmtnet.evaluate.phantom_eval import count_outside_lung, phantom_marks
+from resmtnet.io.luna16_csv import ReferenceNodule, annotations_by_scan
 from scipy import ndimage
 
 

@@ -38,8 +38,8 @@ def test_sample_icon_is_what_the_script_draws(offscreen_rendering, tmp_path):
 
 
 def test_screenshot_is_the_views_png_detect_writes(offscreen_rendering, phantom, phantom_truth, tmp_path):
-    from resmtnet.outputs import write_detection_outputs
-    from resmtnet.views import GAP, VIEW_SIZE, panel_origin
+    from resmtnet.report.outputs import write_detection_outputs
+    from resmtnet.scene.views import GAP, VIEW_SIZE, panel_origin
 
     write_detection_outputs(phantom.ct, phantom_truth, tmp_path / "detect")
     out = tmp_path / "shot.png"

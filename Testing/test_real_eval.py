@@ -13,12 +13,12 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from resmtnet.cli import main
-from resmtnet.ctio import CTVolume, read_ct, write_volume
-from resmtnet.errors import InputError
-from resmtnet.phantom import generate_phantom
-from resmtnet.real_eval import find_cases, read_truth
-from resmtnet.rtstruct import find_rtstructs, roi_mask
+from resmtnet.cli.cli import main
+from resmtnet.data.phantom import generate_phantom
+from resmtnet.evaluate.real_eval import find_cases, read_truth
+from resmtnet.evaluate.rtstruct import find_rtstructs, roi_mask
+from resmtnet.io.ctio import CTVolume, read_ct, write_volume
+from resmtnet.util.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"

@@ -21,7 +21,7 @@ needs_real = pytest.mark.skipif(not (REAL / "dicom").is_dir(), reason=f"real CT 
 def realism_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("realism")
     proc = subprocess.run(
-        [sys.executable, "-m", "resmtnet.cli", "realism", "--real", str(REAL / "dicom"), "--phantoms", "2",
+        [sys.executable, "-m", "resmtnet.cli.cli", "realism", "--real", str(REAL / "dicom"), "--phantoms", "2",
          "--seed", "2026", "--small", "-o", str(out)],
         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
         env=dict(os.environ, MPLBACKEND="Agg"))
@@ -79,8 +79,8 @@ def test_realism_numbers_are_sane_and_medians_close(realism_run):
 
 @needs_real
 def test_realism_from_a_phantom_folder(tmp_path):
-    from resmtnet.phantom import write_phantom_set
-    from resmtnet.realism import compare_realism
+    from resmtnet.data.phantom import write_phantom_set
+    from resmtnet.evaluate.realism import compare_realism
 
     write_phantom_set(tmp_path / "set", 1, seed=5, masks=True, small=True)
     report = compare_realism(REAL / "dicom", tmp_path / "out", phantom_dir=tmp_path / "set")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from resmtnet.errors import ResMTNetError
-from resmtnet.runtime import pick_device, torchrun_ranks
+from resmtnet.util.errors import ResMTNetError
+from resmtnet.util.runtime import pick_device, torchrun_ranks
 
 GPU = torch.cuda.is_available()
 

@@ -1,6 +1,6 @@
 """The "ResMTNet chest phantom" of Slicer's Sample Data module.
 
-The core's generation (resmtnet.sample_data) runs for real: it writes a CT that reads back, once, and replaces
+The core's generation (resmtnet.scene.sample_data) runs for real: it writes a CT that reads back, once, and replaces
 a broken or foreign file. Its registration (``register_sample``, which the module file's registerSampleData
 calls once Slicer has started) runs on a real slicer-core scene (its cache manager, as in Slicer) and with a
 stand-in for the one thing that exists only in the Slicer application: the SampleData module, which here
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest_slicer import *  # noqa: F403  (the fixture slicer_app)
-from resmtnet import sample_data
-from resmtnet.ctio import read_ct
-from resmtnet.sample_data import ensure_sample_phantom
+from resmtnet.io.ctio import read_ct
+from resmtnet.scene import sample_data
+from resmtnet.scene.sample_data import ensure_sample_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILE = REPO / "ResMTNet" / "ResMTNet.py"
@@ -61,7 +61,7 @@ def test_a_broken_or_foreign_file_is_replaced_whole(tmp_path, sample_file):
 
     foreign = read_ct(sample_file)
     foreign.seriesuid = "someone-else"
-    from resmtnet.ctio import write_volume
+    from resmtnet.io.ctio import write_volume
 
     write_volume(foreign, path)
     assert read_ct(path).seriesuid == "someone-else"

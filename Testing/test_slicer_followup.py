@@ -1,13 +1,13 @@
-"""The follow-up table and pair lines on a real slicer-core MRML scene (resmtnet.slicer_followup)."""
+"""The follow-up table and pair lines on a real slicer-core MRML scene (resmtnet.report.slicer_followup)."""
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 from conftest_slicer import *  # noqa: F403  (the fixture slicer_app)
-from resmtnet.followup import CSV_COLUMNS, Registration, compare
-from resmtnet.nodules import Nodule
-from resmtnet.slicer_followup import LINE_COLORS, add_followup_nodes
+from resmtnet.detect.nodules import Nodule
+from resmtnet.report.followup import CSV_COLUMNS, Registration, compare
+from resmtnet.report.slicer_followup import LINE_COLORS, add_followup_nodes
 
 
 def nodule(number: int, centre: tuple[float, float, float], diameter: float) -> Nodule:

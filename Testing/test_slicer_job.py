@@ -1,4 +1,4 @@
-"""The detection's child process as the Slicer module drives it (resmtnet.slicer_job), without Slicer:
+"""The detection's child process as the Slicer module drives it (resmtnet.job.slicer_job), without Slicer:
 real child processes, real files."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
-from resmtnet.slicer_job import WORKER_SCRIPT, DetectionProcess, describe_exit
+from resmtnet.job.slicer_job import WORKER_SCRIPT, DetectionProcess, describe_exit
 
 
 def wait(job, timeout_s=120.0):
@@ -84,25 +84,27 @@ def test_exit_descriptions():
     assert describe_exit(-signal.SIGSEGV) == "the detection process was killed by SIGSEGV"
 
 
-def test_the_worker_script_loads_the_core_from_its_own_folder(tmp_path, phantom):
-    """As inside Slicer, where the core is not installed: run as a script, the worker uses the folder it lies
-    in as the package ``resmtnet`` and does not put that folder's modules on the path as top-level modules."""
-    from resmtnet.ctio import write_volume
+def test_the_worker_script_loads_the_core_from_the_folder_above_its_own(tmp_path, phantom):
+    """As inside Slicer, where the core is not installed: run as a script, the worker uses the core's folder
+    (the one above its own) as the package ``resmtnet`` and does not put its own folder's modules on the path
+    as top-level modules."""
+    from resmtnet.io.ctio import write_volume
 
     copy = tmp_path / "ResMTNet" / "Logic"
-    shutil.copytree(WORKER_SCRIPT.parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(WORKER_SCRIPT.parents[1], copy, ignore=shutil.ignore_patterns("__pycache__"))
+    own = copy / WORKER_SCRIPT.parent.name
     ct = tmp_path / "constant.nrrd"
     write_volume(dataclasses.replace(phantom.ct, array=np.full_like(phantom.ct.array, 40.0)), ct)
     script = textwrap.dedent(f"""
         import runpy, sys
         sys.argv = ["slicer_worker.py", {str(ct)!r}, {str(tmp_path / "out")!r}]
-        sys.path.insert(0, {str(copy)!r})  # as Python does for a script: its folder first on the path
+        sys.path.insert(0, {str(own)!r})  # as Python does for a script: its folder first on the path
         try:
-            runpy.run_path({str(copy / "slicer_worker.py")!r}, run_name="__main__")
+            runpy.run_path({str(own / "slicer_worker.py")!r}, run_name="__main__")
         except SystemExit as e:
             print("exit", e.code)
         print("core", sys.modules["resmtnet"].__file__)
-        print("own folder on the path", {str(copy)!r} in sys.path)
+        print("own folder on the path", {str(own)!r} in sys.path)
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = run.stdout.splitlines()
@@ -138,7 +140,7 @@ def test_dicom_outputs_on_the_series_the_volume_came_from(tmp_path, untrained_ch
     """The panel's "DICOM SEG + SR to folder": the CT as the scene holds it (voxels and series UID), the folder
     of its DICOM series; the SEG and SR reference that series' slices and carry one segment per finding."""
     import pydicom
-    from resmtnet.ctio import read_ct
+    from resmtnet.io.ctio import read_ct
     from synthetic_chest import tiny_chest
     from test_dicom_export import write_series
 

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(not (SHARED_SLICER / "Base" / "Python" / "slicer
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
     """Two small phantoms as NRRD files, loaded by the harness as a user loads a file."""
-    from resmtnet.ctio import write_volume
-    from resmtnet.phantom import generate_phantom
+    from resmtnet.data.phantom import generate_phantom
+    from resmtnet.io.ctio import write_volume
 
     folder = tmp_path_factory.mktemp("volumes")
     paths = []
@@ -81,7 +81,7 @@ def test_dicom_outputs_of_a_volume_loaded_from_dicom(tmp_path, untrained_checkpo
     """The panel's "DICOM SEG + SR to folder" on a CT as Slicer's DICOM module loads it: the SEG's segments are
     the scene's findings, and it references the series the volume came from."""
     import pydicom
-    from resmtnet.ctio import read_ct, write_volume
+    from resmtnet.io.ctio import read_ct, write_volume
     from synthetic_chest import tiny_chest
     from test_dicom_export import write_series
 

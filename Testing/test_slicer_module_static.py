@@ -322,10 +322,11 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
         assert core is loadCore()
         assert core.__file__ == os.path.join(logic, "__init__.py"), core.__file__
         # the submodules the module file reads as attributes are there without another import
-        assert core.slicer_scene.__file__ == os.path.join(logic, "slicer_scene.py")
-        assert core.slicer_job.__file__ == os.path.join(logic, "slicer_job.py") and core.errors.Cancelled
-        import resmtnet.nodules  # later imports and relative imports resolve inside the copy
-        assert sys.modules["resmtnet.nodules"].__file__ == os.path.join(logic, "nodules.py")
+        assert core.scene.slicer_scene.__file__ == os.path.join(logic, "scene", "slicer_scene.py")
+        assert core.job.slicer_job.__file__ == os.path.join(logic, "job", "slicer_job.py")
+        assert core.util.errors.Cancelled
+        import resmtnet.detect.nodules  # later imports and relative imports resolve inside the copy
+        assert sys.modules["resmtnet.detect.nodules"].__file__ == os.path.join(logic, "detect", "nodules.py")
         assert "Logic" not in sys.modules and "torch" not in sys.modules
         unloadCore()
         assert not [m for m in sys.modules if m.startswith("resmtnet")]
@@ -342,15 +343,15 @@ def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_ch
     (glibc's settings are per process): a
     second detection in the same process faults far fewer pages in than the detector called bare, with
     glibc's defaults, as Slicer's process has them."""
-    from resmtnet.ctio import write_volume
+    from resmtnet.io.ctio import write_volume
 
     ct_path = tmp_path / "phantom.nrrd"
     write_volume(phantom.ct, ct_path)
     head = textwrap.dedent("""
         import resource, sys
-        from resmtnet.ctio import read_ct
-        from resmtnet.pipeline import detect_ct
-        from resmtnet.slicer_job import detect_in_this_process
+        from resmtnet.io.ctio import read_ct
+        from resmtnet.detect.pipeline import detect_ct
+        from resmtnet.job.slicer_job import detect_in_this_process
     """)
     body = textwrap.dedent(f"""
 
@@ -378,7 +379,7 @@ def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_ch
     assert counts["module"] < 0.3 * counts["bare"], counts
     method = next(f for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == "ResMTNetLogic"
                   for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "detectFunction")
-    assert "core.slicer_job.detect_in_this_process" in [ast.unparse(c.func) for c in ast.walk(method)
+    assert "core.job.slicer_job.detect_in_this_process" in [ast.unparse(c.func) for c in ast.walk(method)
                                                          if isinstance(c, ast.Call)]
 
 

@@ -15,20 +15,19 @@ import numpy as np
 import pytest
 import vtk
 from conftest_slicer import *  # noqa: F403  (the fixtures slicer_app, phantom, phantom_truth)
-from resmtnet import slicer_outputs
-from resmtnet.colors import lung_rads_color, malignancy_color
-from resmtnet.ctio import CTVolume
-from resmtnet.errors import InputError
-from resmtnet.nodules import Detection
-from resmtnet.selftest import (
+from resmtnet.detect.nodules import Detection
+from resmtnet.io.ctio import CTVolume
+from resmtnet.scene import slicer_outputs
+from resmtnet.scene.colors import lung_rads_color, malignancy_color
+from resmtnet.scene.selftest import (
     check_nodule_scene,
     check_phantom_found,
     read_table_rows,
     run_phantom_scenario,
     segment_volume_mm3,
 )
-from resmtnet.slicer_app import create_slicer_core_app
-from resmtnet.slicer_scene import (
+from resmtnet.scene.slicer_app import create_slicer_core_app
+from resmtnet.scene.slicer_scene import (
     ROLE_ATTRIBUTE,
     TABLE_COLUMNS,
     build_nodule_scene,
@@ -41,6 +40,7 @@ from resmtnet.slicer_scene import (
     table_rows,
     volume_node_from_ct,
 )
+from resmtnet.util.errors import InputError
 
 
 def _scene_with_volume(app, ct):
@@ -129,7 +129,7 @@ def test_phantom_scenario_has_no_problems(slicer_app):
 def test_detector_output_goes_into_the_scene(slicer_app, untrained_checkpoint):
     """The scenario with the real detector (an untrained tiny model, so findings are arbitrary but real:
     centres, sizes and masks as the pipeline makes them), on the CT read back from the volume node."""
-    from resmtnet.pipeline import detect_ct
+    from resmtnet.detect.pipeline import detect_ct
 
     def detect(ct):
         return detect_ct(ct, model=str(untrained_checkpoint), device="cpu", threshold=0.0, max_findings=3)
@@ -501,8 +501,8 @@ def test_real_ct_through_the_scene_and_the_bundle(lidc_dir, tmp_path):
     scene and a .mrb; the geometry must hold all the way (DICOM → RAS node → nrrd in the bundle)."""
     import csv
 
-    from resmtnet.ctio import read_ct
-    from resmtnet.nodules import Nodule
+    from resmtnet.detect.nodules import Nodule
+    from resmtnet.io.ctio import read_ct
 
     ct = read_ct(lidc_dir / "dicom")
     with open(lidc_dir / "annotations.csv") as f:
@@ -542,7 +542,7 @@ def test_scene_bundle_opens_as_a_reader_wants_it(tmp_path, phantom, phantom_trut
     """scene.mrb through Slicer's own OpenSlicerDataBundle into a fresh scene: names, labels, terminology, the
     legend and the first view on N1, the research-use note, and no finding left as the active place node."""
     import slicer
-    from resmtnet.slicer_scene import (
+    from resmtnet.scene.slicer_scene import (
         LUNG_WINDOW_LEVEL,
         MARKER_GLYPH,
         RESEARCH_NOTE,

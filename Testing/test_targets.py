@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from resmtnet.ctio import CTVolume
-from resmtnet.phantom import DIRECTIONS, generate_phantom
-from resmtnet.prepare import to_model_grid
-from resmtnet.targets import decode, encode, merge_duplicates
+from resmtnet.data.phantom import DIRECTIONS, generate_phantom
+from resmtnet.io.ctio import CTVolume
+from resmtnet.model.prepare import to_model_grid
+from resmtnet.model.targets import decode, encode, merge_duplicates
 
 
 def _outputs_from_targets(t) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_phantom_nodules_are_dense_on_the_model_grid(direction):
 
 
 def test_merge_keeps_the_most_probable_of_overlapping_peaks():
-    from resmtnet.targets import Peak
+    from resmtnet.model.targets import Peak
 
     a = Peak(np.array([10.0, 10, 10]), 0.9, 12.0, 0.5)
     b = Peak(np.array([12.0, 10, 10]), 0.6, 10.0, 0.5)  # 3 mm away: inside a's sphere
@@ -75,7 +75,7 @@ def test_malignancy_targets_follow_the_lidc_rating():
 
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
 def test_centre_moves_to_the_nodules_own_voxels_but_not_along_a_leak(direction):
-    from resmtnet.measurement import grow_mask, refined_centre
+    from resmtnet.detect.measurement import grow_mask, refined_centre
 
     a = np.full((60, 60, 60), -850, np.float32)
     zz, yy, xx = np.mgrid[:60, :60, :60]

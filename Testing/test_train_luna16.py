@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from resmtnet.cli import main
-from resmtnet.datasets import Luna16Source
-from resmtnet.inference import TTA_FLIPS
-from resmtnet.model_io import load_model, read_checkpoint
-from resmtnet.nodules import NODULES_CSV_COLUMNS, Nodule, write_nodules_csv
-from resmtnet.recipe import read_recipe
+from resmtnet.cli.cli import main
+from resmtnet.data.datasets import Luna16Source
+from resmtnet.detect.nodules import NODULES_CSV_COLUMNS, Nodule, write_nodules_csv
+from resmtnet.model.inference import TTA_FLIPS
+from resmtnet.model.model_io import load_model, read_checkpoint
+from resmtnet.train.recipe import read_recipe
 from test_datasets import make_luna16_folder
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
@@ -74,7 +74,7 @@ def test_luna16_folder_trains_and_evaluates_end_to_end(luna, tmp_path, capsys):
     # detect with the trained checkpoint on every scan, one nodules.csv each, joined into a submission
     src = Luna16Source(root, root / "annotations.csv")
     model = load_model(run / "last.pt")
-    from resmtnet.pipeline import detect_ct
+    from resmtnet.detect.pipeline import detect_ct
 
     parts, truth_parts = [], []
     for uid in src.case_ids():
@@ -131,7 +131,7 @@ WORKER = textwrap.dedent("""
             recorded["initial"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     torch.nn.parallel.DistributedDataParallel = RecordingDDP
-    from resmtnet.cli import main
+    from resmtnet.cli.cli import main
 
     out = sys.argv[1]
     rc = main(sys.argv[2:])
@@ -228,10 +228,10 @@ def test_export_can_calibrate_its_threshold_on_phantoms_of_its_own(tmp_path, cap
     """`export.calibration_phantoms N`: the export's threshold is found on N phantoms of `calibration_seed`,
     not on the validation phantoms that chose the epoch, and the file says so. The run also trains on a
     thick-slice phantom (`data.thick_phantoms`, as the shipped recipe's fine-tune), which the file names."""
-    from resmtnet.phantom import MIN_LUNG_SHARE
-    from resmtnet.phantom_eval import PHANTOM_MIN_DIAMETER_MM
-    from resmtnet.training_data import PhantomCases
-    from resmtnet.validation import calibrate
+    from resmtnet.data.phantom import MIN_LUNG_SHARE
+    from resmtnet.data.training_data import PhantomCases
+    from resmtnet.evaluate.phantom_eval import PHANTOM_MIN_DIAMETER_MM
+    from resmtnet.train.validation import calibrate
 
     cache, export = tmp_path / "cache", tmp_path / "model.pt"
     args = ["train", "-o", str(tmp_path / "run"), "--config", str(TINY), "--cache", str(cache), "--workers", "2",
@@ -294,8 +294,8 @@ def test_train_on_cuda_without_a_gpu_stops_before_any_data_is_made(tmp_path, cap
 def test_the_shipped_recipe_is_what_the_shipped_weights_record():
     """configs/shipped.toml's fine-tune stage holds the training settings and data the shipped file records,
     its [model] the shipped network, and its first stage the data of the run the file was fine-tuned from."""
-    from resmtnet.model_io import shipped_model_path
-    from resmtnet.training import TrainConfig
+    from resmtnet.model.model_io import shipped_model_path
+    from resmtnet.train.training import TrainConfig
 
     first, tune = read_recipe(TINY.parent / "shipped.toml")
     shipped = read_checkpoint(shipped_model_path())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from resmtnet.errors import NonFiniteLossError
-from resmtnet.model_io import read_checkpoint
-from resmtnet.runtime import cpu_has_native_bf16
-from resmtnet.train_cli import tiny_model_config
-from resmtnet.training import MIN_BF16_FEATURE_VOXELS, TrainConfig, train, training_precision
-from resmtnet.training_data import TrainCase
+from resmtnet.cli.train_cli import tiny_model_config
+from resmtnet.data.training_data import TrainCase
+from resmtnet.model.model_io import read_checkpoint
+from resmtnet.train.training import MIN_BF16_FEATURE_VOXELS, TrainConfig, train, training_precision
+from resmtnet.util.errors import NonFiniteLossError
+from resmtnet.util.runtime import cpu_has_native_bf16
 
 
 def _case(seed: int) -> TrainCase:

@@ -34,7 +34,7 @@ STATUS_NUMBERS = re.compile(r"sagittal L (-?[\d.]+) · coronal P (-?[\d.]+) · a
 
 
 def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "resmtnet.cli", *args]
+    return [sys.executable, "-m", "resmtnet.cli.cli", *args]
 
 
 def _need_viewer() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest_slicer import *  # noqa: F403  (the fixtures offscreen_rendering, phantom, phantom_truth)
-from resmtnet.nodules import Detection, Nodule
-from resmtnet.slicer_scene import (
+from resmtnet.detect.nodules import Detection, Nodule
+from resmtnet.scene.slicer_scene import (
     CONFIDENT_PROBABILITY,
     SEGMENT_FILL_OPACITY,
     legend_entries,
@@ -39,9 +39,9 @@ def _spread(detection: Detection) -> Detection:
 
 @pytest.fixture(scope="module")
 def phantom_views(offscreen_rendering, phantom, tmp_path_factory):
-    from resmtnet.selftest import phantom_detection
-    from resmtnet.slicer_outputs import write_scene_files
-    from resmtnet.views import SceneViews
+    from resmtnet.scene.selftest import phantom_detection
+    from resmtnet.scene.slicer_outputs import write_scene_files
+    from resmtnet.scene.views import SceneViews
 
     detection = _spread(phantom_detection(phantom, seriesuid="phantom-s0"))
     outdir = tmp_path_factory.mktemp("views")
@@ -184,8 +184,8 @@ def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, p
                                                           monkeypatch):
     """Into an output folder named relative to the working folder, as `resmtnet detect x -o out` does."""
     from matplotlib.image import imread
-    from resmtnet.outputs import write_detection_outputs
-    from resmtnet.views import GAP, VIEW_SIZE
+    from resmtnet.report.outputs import write_detection_outputs
+    from resmtnet.scene.views import GAP, VIEW_SIZE
 
     monkeypatch.chdir(tmp_path)
     written = write_detection_outputs(phantom.ct, phantom_truth, Path("out"))
@@ -196,11 +196,13 @@ def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, p
 
 
 def test_views_that_cannot_be_drawn_give_a_reason_not_an_error(tmp_path):
-    from resmtnet.views import write_views_png
+    from resmtnet.scene.views import ViewsRendering
 
     broken = tmp_path / "scene.mrb"
     broken.write_bytes(b"not a bundle")
-    reason = write_views_png(broken, tmp_path / "views.png", timeout_s=120)
+    rendering = ViewsRendering(tmp_path / "views.png")
+    rendering.draw(broken)
+    reason = rendering.finish(timeout_s=120)
     assert reason and "rendering failed" in reason and "\n" not in reason
     assert not (tmp_path / "views.png").exists()
 
@@ -210,9 +212,9 @@ def test_real_ct_views_frame_the_nodule_without_covering_it(offscreen_rendering,
     """LIDC-IDRI-0001 with its annotated nodule as N1: the same checks on Slicer's drawing of the real scan."""
     import csv
 
-    from resmtnet.ctio import read_ct
-    from resmtnet.slicer_outputs import write_scene_files
-    from resmtnet.views import SceneViews
+    from resmtnet.io.ctio import read_ct
+    from resmtnet.scene.slicer_outputs import write_scene_files
+    from resmtnet.scene.views import SceneViews
 
     ct = read_ct(lidc_dir / "dicom")
     with open(lidc_dir / "annotations.csv") as f:
@@ -239,7 +241,7 @@ def test_real_ct_views_frame_the_nodule_without_covering_it(offscreen_rendering,
 def test_detection_stands_where_offscreen_rendering_is_impossible(phantom, phantom_truth, tmp_path, monkeypatch):
     """Without a usable EGL (glvnd pointed at no vendor, no display) VTK crashes the rendering process: the files
     are still written, and report.json says why views.png is missing."""
-    from resmtnet.outputs import write_detection_outputs
+    from resmtnet.report.outputs import write_detection_outputs
 
     monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "no-such-vendor.json"))
     monkeypatch.setenv("DISPLAY", "")

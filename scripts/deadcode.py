@@ -19,36 +19,36 @@ USERS = [ROOT / "ResMTNet" / "ResMTNet.py"]
 #: vulture's confidence for an unused function, class, method, attribute or variable
 MIN_CONFIDENCE = 60
 
-#: (core file, name) -> why it is not dead
+#: (core file, relative to the core, name) -> why it is not dead
 KNOWN = {
-    ("model.py", "forward"): "torch calls nn.Module.forward through __call__",
-    ("training.py", "benchmark"): "torch.backends.cudnn.benchmark: a setting torch reads",
-    ("ctio.py", "exc"): "the exception arguments of a context manager's __exit__",
-    ("fileset.py", "exc"): "the exception arguments of a context manager's __exit__",
-    ("views.py", "exc"): "the exception arguments of a context manager's __exit__",
-    ("dicom_export.py", "CodingSchemeDesignator"): "a DICOM attribute set on a pydicom Dataset, written to the file",
-    ("dicom_export.py", "CodingSchemeName"): "a DICOM attribute set on a pydicom Dataset, written to the file",
-    ("dicom_export.py", "CodingSchemeResponsibleOrganization"): "a DICOM attribute set on a pydicom Dataset",
-    ("dicom_export.py", "CodingSchemeIdentificationSequence"): "a DICOM attribute set on a pydicom Dataset",
-    ("followup.py", "current_center_in_prior_lps"): "a Pair field, written to followup.json with asdict",
-    ("views.py", "center_on"): "a slice view's geometry, what the pixel tests (Testing/test_views.py) assert with",
-    ("views.py", "ras_to_pixel"): "a slice view's geometry, what the pixel tests (Testing/test_views.py) assert with",
-    ("targets.py", "log_diameter"): "a Targets field, read by name (training.PatchSampler.batch)",
-    ("realism.py", "shape_zyx"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "body_litres_lung_slab"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "lung_fraction"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "lung_hu_q25"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "lung_hu_q75"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "lung_hu_mean"): "a ScanStats field, written to the report with asdict",
-    ("realism.py", "nodule_voxels_excluded"): "a ScanStats field, written to the report with asdict",
+    ("model/model.py", "forward"): "torch calls nn.Module.forward through __call__",
+    ("train/training.py", "benchmark"): "torch.backends.cudnn.benchmark: a setting torch reads",
+    ("io/ctio.py", "exc"): "the exception arguments of a context manager's __exit__",
+    ("io/fileset.py", "exc"): "the exception arguments of a context manager's __exit__",
+    ("scene/views.py", "exc"): "the exception arguments of a context manager's __exit__",
+    ("report/dicom_export.py", "CodingSchemeDesignator"): "a DICOM attribute set on a pydicom Dataset, written to file",
+    ("report/dicom_export.py", "CodingSchemeName"): "a DICOM attribute set on a pydicom Dataset, written to file",
+    ("report/dicom_export.py", "CodingSchemeResponsibleOrganization"): "a DICOM attribute set on a pydicom Dataset",
+    ("report/dicom_export.py", "CodingSchemeIdentificationSequence"): "a DICOM attribute set on a pydicom Dataset",
+    ("report/followup.py", "current_center_in_prior_lps"): "a Pair field, written to followup.json with asdict",
+    ("scene/views.py", "center_on"): "a slice view's geometry, what the pixel tests (test_views.py) assert with",
+    ("scene/views.py", "ras_to_pixel"): "a slice view's geometry, what the pixel tests (test_views.py) assert with",
+    ("model/targets.py", "log_diameter"): "a Targets field, read by name (training.PatchSampler.batch)",
+    ("evaluate/realism.py", "shape_zyx"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "body_litres_lung_slab"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "lung_fraction"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "lung_hu_q25"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "lung_hu_q75"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "lung_hu_mean"): "a ScanStats field, written to the report with asdict",
+    ("evaluate/realism.py", "nodule_voxels_excluded"): "a ScanStats field, written to the report with asdict",
     # record fields nothing reads yet: what a reader's XML held, how the phantom's scanner took it
-    ("lidc.py", "n_rois"): "a ReaderNodule field, set from the XML",
-    ("phantom.py", "acquisition"): "a Phantom field, set by generate_phantom",
-    ("train_cli.py", "tiny_model_config"): "configs/tiny.toml's network, built directly by tests",
+    ("data/lidc.py", "n_rois"): "a ReaderNodule field, set from the XML",
+    ("data/phantom.py", "acquisition"): "a Phantom field, set by generate_phantom",
+    ("cli/train_cli.py", "tiny_model_config"): "configs/tiny.toml's network, built directly by tests",
     # named in issue 33's dead-code list; their modules' owners retire them
-    ("lungmask.py", "body_mask"): "used by tests only (issue 33)",
-    ("lungmask.py", "lung_bbox"): "used by tests only (issue 33)",
-    ("slicer_scene.py", "find_nodule_outputs"): "used by tests only (issue 33)",
+    ("detect/lungmask.py", "body_mask"): "used by tests only (issue 33)",
+    ("detect/lungmask.py", "lung_bbox"): "used by tests only (issue 33)",
+    ("scene/slicer_scene.py", "find_nodule_outputs"): "used by tests only (issue 33)",
 }
 
 
@@ -58,8 +58,8 @@ def dead_code() -> list[str]:
     v.scavenge([str(CORE)] + [str(p) for p in USERS if p.exists()])
     out = []
     for item in v.get_unused_code(min_confidence=MIN_CONFIDENCE):
-        path = Path(item.filename)
-        if path.parent != CORE or (path.name, item.name) in KNOWN:
+        path = Path(item.filename).resolve()
+        if not path.is_relative_to(CORE) or (path.relative_to(CORE).as_posix(), item.name) in KNOWN:
             continue
         out.append(item.get_report(add_size=False))
     return out

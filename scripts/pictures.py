@@ -5,11 +5,11 @@
     python scripts/pictures.py sample-icon [-o ResMTNet/Resources/Icons/ResMTNetChestPhantom.png]
 
 ``screenshot`` draws the ``scene.mrb`` that ``resmtnet detect`` wrote exactly as ``views.png`` has it
-(:mod:`resmtnet.views`: the axial, sagittal and coronal slices centred on N1 with the markers, segment outlines
+(:mod:`resmtnet.scene.views`: the axial, sagittal and coronal slices centred on N1 with the markers, segment outlines
 and colour legend, and the 3-D view of the segments): the catalog screenshot is the detection's own picture.
 
 ``sample-icon`` renders the axial slice through the largest nodule of the Sample Data phantom
-(:mod:`resmtnet.sample_data`) as the Sample Data module's thumbnail.
+(:mod:`resmtnet.scene.sample_data`) as the Sample Data module's thumbnail.
 
 Needs the ``slicer-core`` and ``vtk`` wheels of requirements.txt and an offscreen OpenGL (EGL or OSMesa, as
 Mesa provides on a machine without a display). Writes whole or not at all.
@@ -28,7 +28,7 @@ SAMPLE_ICON = REPO / "ResMTNet" / "Resources" / "Icons" / "ResMTNetChestPhantom.
 
 def render_screenshot(detect_dir: Path, out: Path, size: int | None = None) -> Path:
     """``views.png`` of the scene in ``detect_dir``/scene.mrb, written to ``out``."""
-    from resmtnet.views import VIEW_SIZE, render_views, write_png
+    from resmtnet.scene.views import VIEW_SIZE, render_views, write_png
 
     write_png(render_views(detect_dir / "scene.mrb", size or VIEW_SIZE), out)
     return out
@@ -37,9 +37,9 @@ def render_screenshot(detect_dir: Path, out: Path, size: int | None = None) -> P
 def render_sample_icon(out: Path, size: int = 160) -> Path:
     """The axial slice through the sample phantom's largest nodule, in a lung window, as the thumbnail."""
     import numpy as np
-    from resmtnet.sample_data import generate_sample_phantom
-    from resmtnet.slicer_scene import volume_node_from_ct
-    from resmtnet.views import SliceView, views_app, write_png
+    from resmtnet.scene.sample_data import generate_sample_phantom
+    from resmtnet.scene.slicer_scene import volume_node_from_ct
+    from resmtnet.scene.views import SliceView, views_app, write_png
 
     phantom = generate_sample_phantom()
     app = views_app()

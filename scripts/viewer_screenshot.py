@@ -33,7 +33,7 @@ DRAW_TIMEOUT_S = 120
 
 def start_viewer(detect_dir: Path) -> tuple[subprocess.Popen, str]:
     """``resmtnet view`` in its own process group, and the address it printed once it serves."""
-    process = subprocess.Popen([sys.executable, "-m", "resmtnet.cli", "view", str(detect_dir), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "resmtnet.cli.cli", "view", str(detect_dir), "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and process.poll() is None:

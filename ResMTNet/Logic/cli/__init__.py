@@ -1,0 +1,1 @@
+"""The ``resmtnet`` command: the entry point and one module per sub-command."""

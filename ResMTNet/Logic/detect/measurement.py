@@ -1,0 +1,139 @@
+"""Measuring each finding on the CT itself: its own voxels (a mask grown from the network's centre inside its
+predicted sphere), its volume, a size from both the mask and the network, and a centre the mask refines.
+
+:func:`measure_findings` turns the network's findings into the nodule list and its label map; :mod:`.pipeline`
+calls it after the network has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from ..io.ctio import CTVolume
+from .nodules import Nodule
+
+if TYPE_CHECKING:
+    from ..model.prepare import ModelGrid
+    from ..model.targets import Peak
+
+
+def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float
+              ) -> tuple[tuple[slice, ...], np.ndarray, bool]:
+    """The nodule's own voxels on ct's grid: dense tissue connected to its centre inside its predicted sphere.
+
+    The threshold sits halfway between the nodule's core and the surrounding lung, so part-solid and
+    ground-glass nodules keep their hazy part. Falls back to the predicted sphere where nothing dense is
+    found (a faint or misplaced finding). Returns the box on ct's grid, the mask in it, and whether the
+    mask was measured on the image (False: the sphere fallback).
+    """
+    sp = np.asarray(ct.spacing)
+    c = ct.world_to_index(center_lps)  # x, y, z continuous
+    R = max(diameter_mm / 2.0, 1.5)
+    reach = 1.3 * R + 2 * sp
+    lo = np.maximum(np.floor(c - reach / sp).astype(int), 0)
+    hi = np.minimum(np.ceil(c + reach / sp).astype(int) + 1, np.array(ct.shape_xyz))
+    box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    hu = ct.array[box]
+    zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in ((lo[2], hi[2]), (lo[1], hi[1]), (lo[0], hi[0]))),
+                             indexing="ij")
+    d = np.sqrt(((xx - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((zz - c[2]) * sp[2]) ** 2)
+    sphere = d <= 1.25 * R
+    core_vals = hu[d <= max(0.35 * R, float(sp.max()))]
+    shell = hu[(d > 1.3 * R) & (d <= 1.3 * R + 2 * float(sp.max()))]
+    core = float(np.median(core_vals)) if core_vals.size else float(hu.max())
+    background = float(np.percentile(shell, 25)) if shell.size else -850.0
+    thr = float(np.clip((core + background) / 2.0, -750.0, -250.0))
+    dense = (hu > thr) & sphere
+    lab, n = ndimage.label(dense)
+    if n:
+        inner = lab[(d <= max(0.5 * R, float(sp.max()))) & dense]
+        if inner.size:
+            keep = np.bincount(inner, minlength=n + 1)
+            keep[0] = 0
+            dense = lab == int(np.argmax(keep))
+        else:
+            dense = np.zeros_like(dense)
+    if dense.sum() < max(1, 0.05 * sphere.sum()):
+        return box, d <= R, False
+    return box, dense, True
+
+
+MAX_CENTRE_SHIFT = 0.5  # of the predicted radius: how far the nodule's own mask may move the network's centre
+
+
+def refined_centre(ct: CTVolume, box: tuple[slice, ...], mask: np.ndarray, centre_lps: np.ndarray,
+                   diameter_mm: float) -> np.ndarray:
+    """The centroid of the nodule's own voxels where it lies near the network's centre, else that centre.
+
+    The network places the centre to within a cell's offset; a lobulated or spiculated nodule's bulk
+    can sit a few mm off. The measured mask knows this image; the cap keeps a mask that leaked into a
+    vessel or the chest wall from dragging the finding away. On the test phantoms (seed 7) this turned a
+    7.5 mm lobulated nodule that the network placed 3.9 mm off (outside its radius) into a hit.
+    """
+    if not mask.any():
+        return np.asarray(centre_lps, float)
+    idx = np.argwhere(mask).mean(axis=0) + np.array([b.start for b in box])  # z, y, x
+    centroid = np.asarray(ct.index_to_world(idx[::-1]), float)
+    if np.linalg.norm(centroid - centre_lps) > MAX_CENTRE_SHIFT * diameter_mm / 2.0:
+        return np.asarray(centre_lps, float)
+    return centroid
+
+
+def equivalent_diameter(volume_mm3: float) -> float:
+    """Diameter of the sphere of that volume (how LIDC/LUNA16 reference diameters relate to volumes)."""
+    return float((6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0))
+
+
+def combined_diameter(regressed_mm: float, measured_mm: float | None) -> float:
+    """The reported size: the mean of the network's regressed diameter and the nodule's own mask.
+
+    Two independent estimates: the regression head knows nodules as the training data showed them, the
+    mask measures this image. Where the images differ from the training data (phantoms → real CT) the
+    measurement holds better (LIDC-IDRI-0001: regression 31 mm, mask 23.8 mm, readers 23.4 mm); on the
+    validation phantoms the mean costs 0.03 mm of MAE against the regression alone. Without a measured
+    mask (sphere fallback) the regression stands alone.
+    """
+    if measured_mm is None:
+        return float(regressed_mm)
+    return float(0.5 * (regressed_mm + measured_mm))
+
+
+def label_map_dtype(count: int) -> type:
+    """The smallest label map type that numbers ``count`` nodules."""
+    return np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16
+
+
+def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check: Callable[[], None] | None = None,
+                     into: np.ndarray | None = None) -> tuple[np.ndarray, list[Nodule]]:
+    """The nodules of ``findings`` (most probable first) measured on ``ct``: the label map on ct's grid (label
+    ``i``: nodule ``i``; where two masks touch, the more probable nodule keeps the voxels) and each nodule with
+    its volume, its size (:func:`combined_diameter`) and its centre (:func:`refined_centre`). ``check()`` is
+    called before each nodule (it raises to stop). ``into``: a zeroed array of ct's shape to write the labels
+    into (a view of a label map stored in another voxel order); a new one where None."""
+    labels = np.zeros(ct.array.shape, label_map_dtype(len(findings))) if into is None else into
+    nodules: list[Nodule] = []
+    voxel_mm3 = float(np.prod(ct.spacing))
+    for i, p in enumerate(findings, start=1):
+        if check is not None:
+            check()
+        centre = grid.voxel_to_world(p.position_vox)
+        box, mask, measured = grow_mask(ct, centre, p.diameter_mm)
+        region = labels[box]
+        own = mask & (region == 0)  # where two masks touch, the more probable nodule keeps the voxels
+        region[own] = i
+        volume = float(own.sum()) * voxel_mm3
+        measured_d = equivalent_diameter(volume) if measured else None
+        peak_centre = centre
+        if measured:
+            centre = refined_centre(ct, box, own, peak_centre, p.diameter_mm)
+        nodules.append(Nodule(number=i, center_lps=tuple(float(v) for v in centre), probability=p.probability,
+                              diameter_mm=combined_diameter(p.diameter_mm, measured_d), malignancy=p.malignancy,
+                              volume_mm3=volume,
+                              extra={"regressed_diameter_mm": round(p.diameter_mm, 2),
+                                     "centre_moved_mm": round(float(np.linalg.norm(centre - peak_centre)), 2),
+                                     "mask_diameter_mm": None if measured_d is None else round(measured_d, 2)}))
+    return labels, nodules

@@ -1,0 +1,1 @@
+"""Training Res-MTNet: the loop, hard negatives, validation, the recipe file."""

@@ -1,0 +1,1 @@
+"""Low-level helpers every layer may use: errors, atomic writes, the allocator, processes, devices."""
