@@ -26,6 +26,26 @@ def lidc_dir() -> Path:
     return LIDC_DIR
 
 
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The shipped weights, loaded once for the session. Tests only read it: ``detect_ct`` leaves it as it was."""
+    from resmtnet.model_io import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def lidc_detection(lidc_dir, shipped_model):
+    """LIDC-IDRI-0001 as the command reads it (whole HU as int16) and its detection with the shipped weights and
+    the default settings (test-time augmentation) on the CPU: ``(ct, detection)``, made once for the session (it
+    takes the longest of any one detection in the suite) and shared read-only by the tests that only look at it."""
+    from resmtnet.ctio import read_ct
+    from resmtnet.pipeline import detect_ct
+
+    ct = read_ct(lidc_dir / "dicom", int16=True)
+    return ct, detect_ct(ct, model=shipped_model, device="cpu")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the shared real CT is a slow one: it takes ``lidc_dir`` (directly or through another fixture),
     or it is skipped where the shared data is absent (a ``skipif`` whose reason names that folder)."""
