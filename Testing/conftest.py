@@ -7,6 +7,7 @@ training and detection tests run about a third faster.
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,26 @@ def lidc_dir() -> Path:
     return LIDC_DIR
 
 
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The shipped weights, loaded once for the session. Tests only read it: ``detect_ct`` leaves it as it was."""
+    from resmtnet.model.model_io import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def lidc_detection(lidc_dir, shipped_model):
+    """LIDC-IDRI-0001 as the command reads it (whole HU as int16) and its detection with the shipped weights and
+    the default settings (test-time augmentation) on the CPU: ``(ct, detection)``, made once for the session (it
+    takes the longest of any one detection in the suite) and shared read-only by the tests that only look at it."""
+    from resmtnet.io.ctio import read_ct
+    from resmtnet.detect.pipeline import detect_ct
+
+    ct = read_ct(lidc_dir / "dicom", int16=True)
+    return ct, detect_ct(ct, model=shipped_model, device="cpu")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the shared real CT is a slow one: it takes ``lidc_dir`` (directly or through another fixture),
     or it is skipped where the shared data is absent (a ``skipif`` whose reason names that folder)."""
@@ -34,6 +55,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         skip_reasons = [str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")]
         if "lidc_dir" in getattr(item, "fixturenames", ()) or any(shared in r for r in skip_reasons):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _environment_locale():
+    """Each test starts in the environment's locale. A library loaded by an earlier test can set the process
+    locale to plain "C" (seen in whole-suite runs); text read from child processes would then be decoded as
+    ASCII, and a name with "·" or "→" in it would fail a later test that has nothing to do with it."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    yield
+    if locale.setlocale(locale.LC_CTYPE) != before:
+        locale.setlocale(locale.LC_CTYPE, before)
 
 
 @pytest.fixture(autouse=True)

@@ -12,14 +12,13 @@ import pytest
 from resmtnet.data.phantom import generate_phantom
 from resmtnet.detect.pipeline import detect_ct
 from resmtnet.io.ctio import read_ct, write_volume
-from resmtnet.model.model_io import load_model
 from resmtnet.util.errors import ResMTNetError
 from resmtnet.util.runtime import compute_precision, pick_device
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
+@pytest.fixture
+def model(shipped_model):
+    return shipped_model
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -140,10 +139,9 @@ def _lidc_truth(lidc_dir) -> tuple[np.ndarray, float]:
         float(truth["diameter_mm"])
 
 
-@pytest.fixture(scope="module")
-def lidc_result(lidc_dir, model):
-    det = detect_ct(read_ct(lidc_dir / "dicom"), model=model)
-    return det, *_lidc_truth(lidc_dir)
+@pytest.fixture
+def lidc_result(lidc_dir, lidc_detection):
+    return lidc_detection[1], *_lidc_truth(lidc_dir)
 
 
 def test_real_ct_annotated_nodule_is_the_top_finding(lidc_result):

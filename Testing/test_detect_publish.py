@@ -115,21 +115,42 @@ KILL_AT_STEP = textwrap.dedent("""
 
 
 WRITE_KILLED = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, sys.argv[3])
+    import os, signal, sys, tempfile, traceback
+    sys.path.insert(0, sys.argv[1])
     import resmtnet.io.fileset as fs
     from resmtnet.report.outputs import write_detection_outputs
     from synthetic_chest import tiny_chest, tiny_detection
-    kill_at, steps = int(sys.argv[2]), []
-    def hook(name):
-        steps.append(name)
-        print(name, flush=True)
-        if len(steps) == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    fs.STEP_HOOK = hook
     ct = tiny_chest(1)
-    write_detection_outputs(ct, tiny_detection(ct), sys.argv[1], slicer_files=False)
+    detection = tiny_detection(ct)
+    with tempfile.TemporaryDirectory() as scratch:  # the first write sets matplotlib up: once, before the forks
+        write_detection_outputs(ct, detection, os.path.join(scratch, "out"), slicer_files=False)
+    for job in sys.argv[2:]:
+        out, kill_at = job.rsplit("=", 1)
+        kill_at, steps = int(kill_at), []
+        def hook(name):
+            steps.append(name)
+            if kill_at == 0:
+                print(name, flush=True)
+            if len(steps) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            fs.STEP_HOOK = hook
+            try:
+                write_detection_outputs(ct, detection, out, slicer_files=False)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            os._exit(0)
+        status = os.waitpid(pid, 0)[1]
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(f"ended {out} {code}", flush=True)
 """)
+# One interpreter imports the core once and writes a detection's files once per job OUT=K, each write in a fork of
+# its own SIGKILLed at step K of publishing (0: never; that fork prints the step names); after each it prints
+# "ended OUT STATUS" (a negative status: the signal that ended it). Each fork is a process of its own to kill; the
+# interpreter writes once into a scratch folder first so that the forks share its one-time set-up.
 
 
 def _shown(out: Path) -> dict:
@@ -175,22 +196,28 @@ def test_detection_files_killed_at_every_step_of_publishing(tmp_path, monkeypatc
     assert any((template / n).is_symlink() for n in old["files"]) == (earlier == "linked")
     testing = str(Path(__file__).parent)
 
-    def write_killed_at(out: Path, step: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", WRITE_KILLED, str(out), str(step), testing],
-                              capture_output=True, text=True, timeout=300)
+    def write_killed(*jobs: tuple[Path, int]) -> tuple[list[str], dict[Path, int]]:
+        """The steps printed and each job's exit status (``-SIGKILL``: killed) from one writer interpreter."""
+        res = subprocess.run([sys.executable, "-c", WRITE_KILLED, testing, *(f"{out}={k}" for out, k in jobs)],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        ended = [ln.split(" ") for ln in lines if ln.startswith("ended ")]
+        return [ln for ln in lines if not ln.startswith("ended ")], {Path(out): int(code) for _, out, code in ended}
 
     def copy(name: str) -> Path:
         return shutil.copytree(template, tmp_path / name, symlinks=True)
 
-    steps = write_killed_at(copy("count"), 0).stdout.splitlines()
+    steps, ended = write_killed((copy("count"), 0))
+    assert list(ended.values()) == [0]
     slicer = sorted(set(old["files"]) - PLAIN_FILES)  # views.png where VTK renders offscreen
     migration = ["legacy set", "legacy current", *(f"link {n}" for n in [MANIFEST, *sorted(old["files"])])]
     assert steps == [*(migration if earlier == "plain files" else []), "set folder", "new current", "switch",
                      *(f"unlink {n}" for n in slicer), "remove old set"]
-    for k in range(1, len(steps) + 1):
-        out = copy(f"kill-{k}")
-        res = write_killed_at(out, k)
-        assert res.returncode == -signal.SIGKILL, res.stderr
+    killed = {k: copy(f"kill-{k}") for k in range(1, len(steps) + 1)}
+    _, ended = write_killed(*((out, k) for k, out in killed.items()))
+    for k, out in killed.items():
+        assert ended[out] == -signal.SIGKILL, (k, ended)
         switched = "switch" in steps[:k - 1]
         shown = _shown(out)
         assert shown["seriesuid"] == "tiny-chest-1" if switched else shown == old, (k, steps[k - 1])

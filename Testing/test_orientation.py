@@ -13,9 +13,8 @@ import SimpleITK as sitk
 from conftest_slicer import *  # noqa: F403  (the fixtures slicer_app, phantom)
 from resmtnet.detect.nodules import Detection
 from resmtnet.detect.pipeline import detect_ct
-from resmtnet.io.ctio import CTVolume, read_ct
+from resmtnet.io.ctio import CTVolume
 from resmtnet.io.orientation import canonical_ct, canonical_order
-from resmtnet.model.model_io import load_model
 
 #: Ways of storing the same scan: x and z reversed, and the axes permuted (x, y, z → z, x, y)
 STORAGE = {"x and z reversed": lambda img: sitk.Flip(img, [True, False, True]),
@@ -97,11 +96,6 @@ def finely_sliced_phantom(phantom):
                                spacing=(*ct.spacing[:2], ct.spacing[2] / 2))
 
 
-@pytest.fixture(scope="module")
-def shipped_model():
-    return load_model()
-
-
 def test_a_phantom_stored_three_ways_gives_the_same_findings(finely_sliced_phantom, shipped_model):
     """The phantom (stored with x and y swapped and z reversed), the same with x and z reversed, and with its
     axes permuted: the same model grid, the same findings (every one down to p 0.1, without test-time
@@ -147,15 +141,13 @@ def test_segments_of_a_permuted_scan_sit_over_their_nodules_in_slicer(slicer_app
         assert np.linalg.norm(lps - np.asarray(nodule.center_lps)) < max(nodule.diameter_mm / 2, 2.0), nodule
 
 
-def test_real_ct_stored_three_ways_gives_the_same_findings(lidc_dir):
+def test_real_ct_stored_three_ways_gives_the_same_findings(lidc_detection, shipped_model):
     """LIDC-IDRI-0001 as read, with x and z reversed, and with its axes permuted (issue 30): default detection
     gives the same findings, centres within 0.5 mm and probabilities within 0.02."""
-    model = load_model()
-    ct = read_ct(lidc_dir / "dicom", int16=True)
-    first = detect_ct(ct, model=model, device="cpu")
+    ct, first = lidc_detection
     assert first.nodules
     for how in STORAGE:
         stored = _stored(ct, how)
-        det = detect_ct(stored, model=model, device="cpu")
+        det = detect_ct(stored, model=shipped_model, device="cpu")
         _same_findings(first, det)
         _labels_over_their_nodules(stored, det)

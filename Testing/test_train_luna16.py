@@ -33,6 +33,14 @@ def luna(tmp_path_factory):
     return root, make_luna16_folder(root, seeds=(31, 32, 33))
 
 
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory) -> Path:
+    """A case cache shared by the runs on ``luna`` that are not about building it: the first of them fills it, the
+    others read its cases as a second run with the same --cache does. The end-to-end run and the two-process run
+    build caches of their own (from nothing; each rank its share)."""
+    return tmp_path_factory.mktemp("luna16-cache")
+
+
 def _train_args(root, out, cache, *extra, steps=2):
     return ["train", "-o", str(out), "--config", str(TINY), "--data", "luna16", "--data-dir", str(root),
             "--annotations", str(root / "annotations.csv"), "--candidates", str(root / "candidates.csv"),
@@ -186,13 +194,13 @@ def test_two_process_gloo_torchrun_ends_with_identical_weights(luna, tmp_path, c
 
 
 @pytest.mark.slow
-def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, tmp_path, capsys):
+def test_export_writes_a_release_checkpoint_with_a_calibrated_threshold(luna, warm_cache, tmp_path, capsys):
     """`train --export`: the best weights without optimizer state, a threshold found on the validation
     cases with test-time augmentation, and a provenance that says how, the recipe included; the run's
     recipe is written beside it and reads back as the settings it ran with."""
     root, _ = luna
     run, export = tmp_path / "run", tmp_path / "release" / "model.pt"
-    assert main(_train_args(root, run, tmp_path / "cache", "--fold", "0", "--export", str(export),
+    assert main(_train_args(root, run, warm_cache, "--fold", "0", "--export", str(export),
                             "--set", "export.fp_rate=2", "--set", "data.val_min_diameter=5",
                             "--set", "train.min_lung_share=0.4", "--set", "train.loader_workers=2")) == 0
     printed = capsys.readouterr().out
@@ -316,13 +324,14 @@ def test_the_shipped_recipe_is_what_the_shipped_weights_record():
 
 
 @pytest.mark.slow
-def test_recipe_model_settings_train_through_the_command_and_travel_in_the_checkpoint(luna, tmp_path, capsys):
+def test_recipe_model_settings_train_through_the_command_and_travel_in_the_checkpoint(luna, warm_cache, tmp_path,
+                                                                                       capsys):
     """`model.input_windows` adds a channel and `model.blocks_per_stage` sets each encoder stage's residual
     blocks; the checkpoint rebuilds that network. With --init, a [model] setting that is not the checkpoint's
     stops before any data is made."""
     root, _ = luna
     run = tmp_path / "run"
-    assert main(_train_args(root, run, tmp_path / "cache", "--set", "model.input_windows=[[-1000, -400]]",
+    assert main(_train_args(root, run, warm_cache, "--set", "model.input_windows=[[-1000, -400]]",
                             "--set", "model.blocks_per_stage=[1, 0, 2, 1]")) == 0
     assert read_checkpoint(run / "last.pt")["config"]["input_windows"] == [[-1000.0, -400.0]]
     model = load_model(run / "last.pt")
@@ -336,13 +345,13 @@ def test_recipe_model_settings_train_through_the_command_and_travel_in_the_check
 
 
 @pytest.mark.slow
-def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(luna, tmp_path, capsys):
+def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(luna, warm_cache, tmp_path, capsys):
     """`train.mine_negatives_at`: after that epoch the network's own false findings are mined, logged and kept
     in the checkpoint, so that a resumed run goes on with them."""
     root, _ = luna
     run = tmp_path / "run"
     mine = ("--set", "train.mine_negatives_at=[1]", "--set", "train.mine_floor=0.002")
-    assert main(_train_args(root, run, tmp_path / "cache", "--epochs", "2", *mine)) == 0
+    assert main(_train_args(root, run, warm_cache, "--epochs", "2", *mine)) == 0
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]  # every line a record
     mined_logs = [x["mined"] for x in lines if "mined" in x]
     assert len(mined_logs) == 1 and mined_logs[0]["after_epoch"] == 1 and mined_logs[0]["cases"] == 3
@@ -352,7 +361,7 @@ def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(lun
     assert len(mined) == 3 and sum(len(v) for v in mined.values()) == mined_logs[0]["negatives"] > 0
     assert read_checkpoint(run / "last.pt")["provenance"]["train_config"]["mine_negatives_at"] == [1]
     # resumed for a third epoch: nothing is mined again and the mined negatives are carried over
-    assert main(_train_args(root, run, tmp_path / "cache", "--epochs", "3", *mine)) == 0
+    assert main(_train_args(root, run, warm_cache, "--epochs", "3", *mine)) == 0
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert sum("mined" in x for x in lines) == 1 and [x["epoch"] for x in lines if "epoch" in x] == [1, 2, 3]
     again = read_checkpoint(run / "last.pt")["train_state"]["mined_negatives"]
@@ -362,11 +371,12 @@ def test_hard_negative_mining_runs_through_the_command_and_survives_a_resume(lun
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_given_checkpoint_and_may_mine_before_its_first_epoch(luna, tmp_path, capsys):
+def test_fine_tuning_starts_from_the_given_checkpoint_and_may_mine_before_its_first_epoch(luna, warm_cache, tmp_path,
+                                                                                          capsys):
     """`--init CHECKPOINT`: the network, its grid and its weights come from the checkpoint (with a learning
     rate too small to move them, they come out as they went in); mining may then happen before epoch 1."""
     root, _ = luna
-    cache = tmp_path / "cache"
+    cache = warm_cache
     base = tmp_path / "base"
     assert main(_train_args(root, base, cache)) == 0
     base_ck = read_checkpoint(base / "last.pt")
