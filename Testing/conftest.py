@@ -40,8 +40,8 @@ def lidc_detection(lidc_dir, shipped_model):
     """LIDC-IDRI-0001 as the command reads it (whole HU as int16) and its detection with the shipped weights and
     the default settings (test-time augmentation) on the CPU: ``(ct, detection)``, made once for the session (it
     takes the longest of any one detection in the suite) and shared read-only by the tests that only look at it."""
-    from resmtnet.io.ctio import read_ct
     from resmtnet.detect.pipeline import detect_ct
+    from resmtnet.io.ctio import read_ct
 
     ct = read_ct(lidc_dir / "dicom", int16=True)
     return ct, detect_ct(ct, model=shipped_model, device="cpu")
