@@ -414,6 +414,9 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 status += " " + _("Follow-up: {matched} paired ({uncertain} uncertain), {new} new, "
                                   "{resolved} resolved.").format(
                     uncertain=sum(r["status"] == "matched" and r["uncertain"] for r in pairs), **counts)
+                days = followup.get("interval_days")
+                status += " " + (_("{days:.0f} days between the study dates.").format(days=days) if days is not None
+                                 else _("No study dates (DICOM): no doubling times."))
             keptAsTheyWere = [n.GetName() for n in picked if n not in (nodes["segmentation"], nodes["table"])]
             if keptAsTheyWere:
                 status += " " + _("{names}: other results, left as they were; the results are in new nodes.").format(
@@ -613,6 +616,7 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         job = core.job.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
             min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior,
+            interval_days=None if priorVolumeNode is None else self.intervalDays(priorVolumeNode, volumeNode),
             dicom_out=dicomOutputFolder, dicom_source=self.dicomSeriesFolder(volumeNode) if dicomOutputFolder else None)
         job.start()
         return job
@@ -673,6 +677,27 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             return None
         path = database.fileForInstance(uids[0])
         return os.path.dirname(path) if path else None
+
+    @staticmethod
+    def studyDate(volumeNode):
+        """The study date of the DICOM series ``volumeNode`` was loaded from (Slicer's DICOM database), or None."""
+        import datetime
+
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        text = (database.instanceValue(uids[0], "0008,0020") or "").strip()  # StudyDate, YYYYMMDD
+        try:
+            return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except ValueError:
+            return None
+
+    def intervalDays(self, priorVolumeNode, volumeNode):
+        """Days from the prior scan to this one by their DICOM study dates (doubling times need them); None
+        where either date is unknown."""
+        prior, current = self.studyDate(priorVolumeNode), self.studyDate(volumeNode)
+        return None if prior is None or current is None else float((current - prior).days)
 
     def showFollowup(self, volumeNode, followup):
         """The follow-up table and a line joining each pair across the two volumes (main thread only)."""

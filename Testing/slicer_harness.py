@@ -326,6 +326,50 @@ class FolderDicomDatabase:
     def fileForInstance(self, uid):
         return self.files.get(uid, "")
 
+    def instanceValue(self, uid, tag):
+        """A tag's value ("gggg,eeee") of an instance, as text; empty where unknown (as ctkDICOMDatabase)."""
+        import pydicom
+
+        path = self.files.get(uid)
+        if not path:
+            return ""
+        group, element = (int(part, 16) for part in tag.split(","))
+        element_data = pydicom.dcmread(path, stop_before_pixels=True).get((group, element))
+        return "" if element_data is None else str(element_data.value)
+
+    def add(self, folder):
+        self.files.update(FolderDicomDatabase(folder).files)
+
+
+def as_loaded_from_dicom(h, volume, files):
+    """Mark ``volume`` as Slicer's DICOM module marks what it loads: its instance UIDs, in slice order."""
+    import pydicom
+
+    headers = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in files),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(d.SOPInstanceUID for d in headers))
+    return headers
+
+
+def scenario_followup_dates(h, args):
+    """Follow-up mode on two volumes loaded from DICOM: the interval the child gets (for doubling times) is the
+    days between their study dates, and the status says it."""
+    h.load_module()
+    db = FolderDicomDatabase(args.dicom_series)
+    db.add(args.prior_series)
+    h.slicer.dicomDatabase = db
+    volume = h.load_volume(args.volume[0], "Chest now")
+    prior = h.load_volume(args.volume[0], "Chest before")
+    as_loaded_from_dicom(h, volume, Path(args.dicom_series).glob("*.dcm"))
+    as_loaded_from_dicom(h, prior, Path(args.prior_series).glob("*.dcm"))
+    p = h.parameters()
+    p.inputVolume = volume
+    h.ui.priorVolumeSelector.setCurrentNode(prior)
+    use_checkpoint(h, args.checkpoint)
+    apply_and_wait(h, timeout_s=300.0)
+    assert not h.errors.records, h.errors.records
+    return {"interval_days": h.widget.logic.intervalDays(prior, volume), "status": h.ui.statusLabel.text}
+
 
 def scenario_dicom(h, args):
     """A CT loaded as Slicer's DICOM module loads one (the volume, its instance UIDs, the series UID on its
@@ -559,7 +603,7 @@ SCENARIOS = {"apply": scenario_apply, "second-volume": scenario_second_volume, "
              "sigkill": scenario_sigkill, "close-scene": scenario_close_scene, "cleanup": scenario_cleanup,
              "selftest": scenario_selftest, "bench": scenario_bench,
              "followup": scenario_followup, "dicom-refused": scenario_dicom_refused,
-             "dicom": scenario_dicom}
+             "dicom": scenario_dicom, "followup-dates": scenario_followup_dates}
 
 
 def main(argv=None) -> int:
@@ -568,6 +612,7 @@ def main(argv=None) -> int:
     parser.add_argument("--volume", action="append", default=[], help="a CT file to load (repeat for a second)")
     parser.add_argument("--checkpoint", help="the model the panel is set to use (default: the shipped weights)")
     parser.add_argument("--dicom-series", help="dicom: the folder of the DICOM series the volume was loaded from")
+    parser.add_argument("--prior-series", help="followup-dates: the folder of the prior scan's DICOM series")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not SHARED_SLICER_PYTHON.is_dir():

@@ -49,9 +49,9 @@ STUDY_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Stu
               "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
 
 
-def write_series(ct: CTVolume, folder: Path, z_mm: list[float] | None = None) -> Path:
+def write_series(ct: CTVolume, folder: Path, z_mm: list[float] | None = None, study_date: str | None = None) -> Path:
     """``ct`` as a series of axial CT slices (files named out of order); ``z_mm``: each slice's distance from the
-    first along z (default: evenly ``ct.spacing[2]`` apart)."""
+    first along z (default: evenly ``ct.spacing[2]`` apart); ``study_date``: StudyDate (YYYYMMDD), none if None."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     nz = ct.array.shape[0]
@@ -68,6 +68,8 @@ def write_series(ct: CTVolume, folder: Path, z_mm: list[float] | None = None) ->
         for key, value in IDENTITY.items():
             setattr(ds, key, value)
         ds.Modality, ds.SeriesNumber, ds.Manufacturer = "CT", 3, "synthetic"
+        if study_date is not None:
+            ds.StudyDate = study_date
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ct.origin) + [0.0, 0.0, z_mm[k]]]

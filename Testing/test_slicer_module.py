@@ -68,6 +68,25 @@ def test_follow_up_mode_pairs_the_volume_with_its_prior_in_a_table_and_lines(vol
     assert result["nodules"] > 0 and result["statuses"] == ["matched"] * result["nodules"]
     assert result["lines"] == result["nodules"] and max(result["line_lengths_mm"]) < 1.0
     assert f"Follow-up: {result['nodules']} paired (0 uncertain), 0 new, 0 resolved." in result["status"], result
+    assert "No study dates (DICOM): no doubling times." in result["status"], result
+
+
+def test_follow_up_mode_takes_the_interval_from_the_two_series_study_dates(tmp_path, untrained_checkpoint):
+    """Two volumes loaded from DICOM, a year apart by their StudyDate: the child gets 365 days for the doubling
+    times; the plain follow-up above (no DICOM) says it has no study dates."""
+    from resmtnet.io.ctio import read_ct, write_volume
+    from synthetic_chest import tiny_chest
+    from test_dicom_export import write_series
+
+    chest = tiny_chest(34)
+    chest.origin = tuple(round(v, 2) for v in chest.origin)
+    now = write_series(chest, tmp_path / "now", study_date="20260110")
+    before = write_series(chest, tmp_path / "before", study_date="20250110")
+    write_volume(read_ct(now), tmp_path / "loaded.nrrd")
+    result = run_harness("followup-dates", [tmp_path / "loaded.nrrd"], untrained_checkpoint,
+                         extra=["--dicom-series", str(now), "--prior-series", str(before)])
+    assert result["interval_days"] == 365.0
+    assert "365 days between the study dates." in result["status"], result
 
 
 def test_dicom_outputs_wait_for_a_folder_and_refuse_a_volume_not_from_dicom(volumes, untrained_checkpoint):
