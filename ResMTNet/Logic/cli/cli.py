@@ -42,6 +42,13 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
     raise Terminated()
 
 
+def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``, the same for every command that runs the network (:func:`resmtnet.util.runtime.pick_device`
+    gives it its meaning)."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the network runs: auto (CUDA where present, else the CPU), cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import add_device_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..scene.slicer_scene import COLOR_BY_CHOICES
@@ -29,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="skip scans whose output folder already holds a complete set made from the same input")
     p.add_argument("--model", help="checkpoint file (default: the shipped weights)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(p)
     p.add_argument("--threshold", type=float, help="finding probability threshold (default: the model's)")
     p.add_argument("--max-findings", type=int, help="keep at most N findings (most probable first)")
     p.add_argument("--min-diameter", type=float, default=0.0, help="drop findings smaller than this (mm)")

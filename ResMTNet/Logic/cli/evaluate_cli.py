@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..data.phantom import MIN_LUNG_SHARE
 from ..evaluate.phantom_eval import KIND_COLUMNS, PHANTOM_MIN_DIAMETER_MM
+from .cli import add_device_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ph.add_argument("--phantoms", type=int, metavar="N", help="generate N phantoms, detect, and score")
     ph.add_argument("--phantom-seed", type=int, default=7, help="seed of that phantom set (default 7)")
     ph.add_argument("--model", help="checkpoint (default: the shipped weights; also for --real)")
-    ph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(ph)
     ph.add_argument("--min-diameter", type=float, default=PHANTOM_MIN_DIAMETER_MM,
                     help="nodules below this (mm) are excluded marks (default 4)")
     ph.add_argument("--min-lung-share", type=float, default=MIN_LUNG_SHARE, metavar="S",

@@ -15,6 +15,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
+from .cli import add_device_option
+
 CSV_FILE = "followup.csv"
 JSON_FILE = "followup.json"
 PICTURE_FILE = "followup.png"
@@ -27,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-date", type=_date, help="the prior study's date, YYYY-MM-DD (default: its DICOM StudyDate)")
     p.add_argument("--current-date", type=_date, help="the current study's date, YYYY-MM-DD (default: DICOM)")
     p.add_argument("--model", help="checkpoint file for scans given as CTs (default: the shipped weights)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(p)
     p.add_argument("--threshold", type=float, help="finding probability threshold (default: the model's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation for scans given as CTs (as detect)")

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import add_device_option
+
 if TYPE_CHECKING:
     import torch
 
@@ -45,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", metavar="PATH",
                    help="after training, write the release checkpoint (best by validation, no optimizer state) "
                         "to PATH with its finding threshold calibrated as the recipe's [export] says")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(p)
     p.add_argument("--cache", default="cache/phantoms", help="case cache folder")
     p.add_argument("--workers", type=int, default=2, help="processes that generate/resample cases")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")

@@ -75,6 +75,14 @@ def _mhd_data_files(path: Path) -> list[Path]:
     return []
 
 
+
+def _known_case(paths: dict[str, Path], case_id: str, missing: str) -> Path:
+    """``paths[case_id]``; a case id the source does not hold is the user's error (``missing``, then the id)."""
+    try:
+        return paths[case_id]
+    except KeyError:
+        raise InputError(f"{missing} {case_id!r}") from None
+
 class AnnotatedVolumeFolder:
     """Volumes found anywhere below ``folder`` (case id = file stem) and an annotations CSV by seriesuid."""
 
@@ -108,10 +116,7 @@ class AnnotatedVolumeFolder:
         return sorted(self._paths)
 
     def path_of(self, case_id: str) -> Path:
-        try:
-            return self._paths[case_id]
-        except KeyError:
-            raise InputError(f"{self.folder}: no case {case_id!r}") from None
+        return _known_case(self._paths, case_id, f"{self.folder}: no case")
 
     def truths(self, case_id: str) -> list[ReferenceNodule]:
         self.path_of(case_id)
@@ -206,10 +211,7 @@ class LidcSource:
         return sorted(self._xml)
 
     def xml_of(self, case_id: str) -> Path:
-        try:
-            return self._xml[case_id]
-        except KeyError:
-            raise InputError(f"{self.root}: no LIDC case {case_id!r}") from None
+        return _known_case(self._xml, case_id, f"{self.root}: no LIDC case")
 
     def patient_of(self, case_id: str) -> str:
         from .lidc import patient_id_of
