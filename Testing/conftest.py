@@ -57,15 +57,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(autouse=True)
-def _environment_locale():
-    """Each test starts in the environment's locale. A library loaded by an earlier test can set the process
-    locale to plain "C" (seen in whole-suite runs); text read from child processes would then be decoded as
-    ASCII, and a name with "·" or "→" in it would fail a later test that has nothing to do with it."""
-    before = locale.setlocale(locale.LC_CTYPE)
-    yield
-    if locale.setlocale(locale.LC_CTYPE) != before:
-        locale.setlocale(locale.LC_CTYPE, before)
+#: the process's character set as the environment set it, before any library loaded by a test could change it
+ENVIRONMENT_CTYPE = locale.setlocale(locale.LC_CTYPE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each test, its fixtures included, starts in the environment's character set. A library loaded by an
+    earlier test can set the process locale to plain "C" (seen in whole-suite runs); text read from child
+    processes would then be decoded as ASCII, and a progress bar's "█" would fail a later, unrelated test."""
+    if locale.setlocale(locale.LC_CTYPE) != ENVIRONMENT_CTYPE:
+        locale.setlocale(locale.LC_CTYPE, ENVIRONMENT_CTYPE)
 
 
 @pytest.fixture(autouse=True)
