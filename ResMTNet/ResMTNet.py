@@ -669,35 +669,30 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     @staticmethod
-    def dicomSeriesFolder(volumeNode):
-        """The folder of the DICOM files ``volumeNode`` was loaded from (Slicer's DICOM database), or None."""
+    def dicomInstance(volumeNode):
+        """``(Slicer's DICOM database, the first instance UID)`` of the series ``volumeNode`` was loaded from, or
+        ``(None, None)`` where it was not loaded from DICOM."""
         uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
         database = getattr(slicer, "dicomDatabase", None)
-        if not uids or database is None:
-            return None
-        path = database.fileForInstance(uids[0])
+        return (database, uids[0]) if uids and database is not None else (None, None)
+
+    def dicomSeriesFolder(self, volumeNode):
+        """The folder of the DICOM files ``volumeNode`` was loaded from, or None."""
+        database, uid = self.dicomInstance(volumeNode)
+        path = database.fileForInstance(uid) if database is not None else ""
         return os.path.dirname(path) if path else None
 
-    @staticmethod
-    def studyDate(volumeNode):
-        """The study date of the DICOM series ``volumeNode`` was loaded from (Slicer's DICOM database), or None."""
-        import datetime
-
-        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        database = getattr(slicer, "dicomDatabase", None)
-        if not uids or database is None:
-            return None
-        text = (database.instanceValue(uids[0], "0008,0020") or "").strip()  # StudyDate, YYYYMMDD
-        try:
-            return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-        except ValueError:
-            return None
+    def studyDate(self, volumeNode):
+        """The study date of the DICOM series ``volumeNode`` was loaded from, or None."""
+        database, uid = self.dicomInstance(volumeNode)
+        text = database.instanceValue(uid, "0008,0020") if database is not None else ""  # StudyDate
+        return self.core().io.identity.parse_dicom_date(text)
 
     def intervalDays(self, priorVolumeNode, volumeNode):
         """Days from the prior scan to this one by their DICOM study dates (doubling times need them); None
         where either date is unknown."""
-        prior, current = self.studyDate(priorVolumeNode), self.studyDate(volumeNode)
-        return None if prior is None or current is None else float((current - prior).days)
+        followup = importlib.import_module(f"{CORE_MODULE_NAME}.report.followup")
+        return followup.study_interval_days(self.studyDate(priorVolumeNode), self.studyDate(volumeNode))
 
     def showFollowup(self, volumeNode, followup):
         """The follow-up table and a line joining each pair across the two volumes (main thread only)."""

@@ -19,6 +19,23 @@ PHANTOM_DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 PHANTOM_SEED = 0  # three nodules of different malignancy ratings in the small phantom
 
 
+
+def segment_centre_ras(segment):
+    """The centre (RAS mm) of a segment's voxels, placed by the segment's own binary-labelmap geometry."""
+    import numpy as np
+    import vtk
+    from vtk.util import numpy_support
+
+    image = segment.GetRepresentation("Binary labelmap")
+    x0, x1, y0, y1, z0, z1 = image.GetExtent()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
+        z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
+    zyx = np.argwhere(voxels == segment.GetLabelValue()).mean(axis=0) + [z0, y0, x0]
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(3)]) @ np.append(zyx[::-1], 1.0)
+
+
 @pytest.fixture
 def slicer_app():
     """A fresh slicer-core scene with Slicer's module logics registered."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest_slicer import *  # noqa: F403  (the fixtures slicer_app, phantom)
+from conftest_slicer import segment_centre_ras
 from resmtnet.detect.nodules import Detection
 from resmtnet.detect.pipeline import detect_ct
 from resmtnet.io.ctio import CTVolume
@@ -118,9 +119,7 @@ def test_segments_of_a_permuted_scan_sit_over_their_nodules_in_slicer(slicer_app
                                                                      shipped_model):
     """Detection on the permuted phantom, its label map put into a scene with the volume as stored: each
     segment's voxels, placed in RAS by the segment's own geometry, centre on its nodule."""
-    import vtk
     from resmtnet.scene.slicer_scene import build_nodule_scene, volume_node_from_ct
-    from vtk.util import numpy_support
 
     ct = _stored(finely_sliced_phantom, "axes permuted")
     det = detect_ct(ct, model=shipped_model, device="cpu", threshold=0.1, tta=False)
@@ -128,15 +127,7 @@ def test_segments_of_a_permuted_scan_sit_over_their_nodules_in_slicer(slicer_app
     volume = volume_node_from_ct(slicer_app.scene, ct, "CT")
     segmentation = build_nodule_scene(slicer_app.scene, volume, det)["segmentation"].GetSegmentation()
     for nodule in det.nodules:
-        segment = segmentation.GetSegment(f"N{nodule.number}")
-        image = segment.GetRepresentation("Binary labelmap")
-        x0, x1, y0, y1, z0, z1 = image.GetExtent()
-        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
-            z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
-        zyx = np.argwhere(voxels == segment.GetLabelValue()).mean(axis=0) + [z0, y0, x0]
-        m = vtk.vtkMatrix4x4()
-        image.GetImageToWorldMatrix(m)
-        ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(3)]) @ np.append(zyx[::-1], 1.0)
+        ras = segment_centre_ras(segmentation.GetSegment(f"N{nodule.number}"))
         lps = np.array([-ras[0], -ras[1], ras[2]])
         assert np.linalg.norm(lps - np.asarray(nodule.center_lps)) < max(nodule.diameter_mm / 2, 2.0), nodule
 

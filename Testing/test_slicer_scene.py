@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import vtk
 from conftest_slicer import *  # noqa: F403  (the fixtures slicer_app, phantom, phantom_truth)
+from conftest_slicer import segment_centre_ras
 from resmtnet.detect.nodules import Detection
 from resmtnet.io.ctio import CTVolume
 from resmtnet.scene import slicer_outputs
@@ -223,21 +224,12 @@ def test_segment_volumes_agree_with_the_core_within_5_percent(slicer_app, phanto
 def test_segments_sit_where_their_masks_are_on_the_ct(slicer_app, phantom, phantom_truth):
     """Each segment's voxels, placed in RAS by the segment's own geometry, have the centroid of its mask on
     the CT's grid (the label map goes in cropped to the nodules' box: an offset would show here)."""
-    from vtk.util import numpy_support
 
     volume = _scene_with_volume(slicer_app, phantom.ct)
     nodes = build_nodule_scene(slicer_app.scene, volume, phantom_truth)
     segmentation = nodes["segmentation"].GetSegmentation()
     for nodule in phantom_truth.nodules:
-        segment = segmentation.GetSegment(f"N{nodule.number}")
-        image = segment.GetRepresentation("Binary labelmap")
-        x0, x1, y0, y1, z0, z1 = image.GetExtent()
-        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
-            z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
-        zyx = np.argwhere(voxels == segment.GetLabelValue()).mean(axis=0) + [z0, y0, x0]
-        m = vtk.vtkMatrix4x4()
-        image.GetImageToWorldMatrix(m)
-        ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(3)]) @ np.append(zyx[::-1], 1.0)
+        ras = segment_centre_ras(segmentation.GetSegment(f"N{nodule.number}"))
         lps = phantom.ct.index_to_world(np.argwhere(phantom_truth.labels == nodule.number).mean(axis=0)[::-1])
         assert np.allclose(ras, [-lps[0], -lps[1], lps[2]], atol=1e-3), (nodule.number, ras, lps)
 

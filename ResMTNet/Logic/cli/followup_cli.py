@@ -44,10 +44,9 @@ def _date(text: str) -> _dt.date:
 
 def _study_date(ct) -> _dt.date | None:
     """The StudyDate of the DICOM series ``ct`` was read from (None for a volume file or no date)."""
-    try:
-        return _dt.datetime.strptime(ct.identity.get("study_date", ""), "%Y%m%d").date()
-    except ValueError:
-        return None
+    from ..io.identity import parse_dicom_date
+
+    return parse_dicom_date(ct.identity.get("study_date"))
 
 
 def _side(path: str, args: argparse.Namespace, model_holder: dict):

@@ -134,18 +134,22 @@ def read_truth(case: RealCase, ct: CTVolume | None) -> list[Lesion]:
     with open(case.truth_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     lesions = []
+    files: list | None = None  # the case's RT structure sets and the first one's ROI names, read once
+    names: list[str] = []
     for i, row in enumerate(rows, start=1):
         source = (row.get("source") or "").strip()
         if source.lower().startswith("rtstruct "):
             roi = source.split(None, 1)[1].strip()
-            files = find_rtstructs(case.folder)
+            if files is None:
+                files = find_rtstructs(case.folder)
+                names = roi_names(files[0]) if files and ct is None else []
             if not files:
                 raise InputError(f"{case.truth_path}: row {i} names RT structure {roi!r}, but {case.folder} holds no "
                                  "RT structure set (rtstruct/*.dcm)")
             if ct is None:
-                if roi not in roi_names(files[0]):
+                if roi not in names:
                     raise InputError(f"{case.truth_path}: row {i} names RT structure {roi!r}, which {files[0]} "
-                                     f"does not hold (it has: {', '.join(roi_names(files[0]))})")
+                                     f"does not hold (it has: {', '.join(names)})")
                 continue
             m = roi_mask(files[0], roi, ct)
             lesions.append(Lesion(roi, m.centre_lps, m.equivalent_diameter_mm, f"{files[0].name} mask",

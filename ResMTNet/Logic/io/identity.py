@@ -8,6 +8,7 @@ turns it into the names shown.
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,11 @@ def _date(dicom_date: str | None) -> str:
     if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
         return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
     return dicom_date or ""
+
+
+def parse_dicom_date(text: str | None) -> _dt.date | None:
+    """A DICOM DA value (YYYYMMDD) as a date; None where it is empty or not a date."""
+    try:
+        return _dt.datetime.strptime((text or "").strip(), "%Y%m%d").date()
+    except ValueError:
+        return None

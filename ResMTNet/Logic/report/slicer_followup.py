@@ -32,10 +32,11 @@ def add_followup_nodes(scene: Any, pairs: Sequence[Pair | dict], name: str = "Fo
     pairs = [p if isinstance(p, Pair) else Pair(**p) for p in pairs]
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
     was_modifying = table.StartModify()
+    rows = csv_rows(pairs)
     for c, column in enumerate(CSV_COLUMNS):
         array = vtk.vtkStringArray()
         array.SetName(column)
-        for row in csv_rows(pairs):
+        for row in rows:
             array.InsertNextValue(row[c])
         table.AddColumn(array)
     table.SetLocked(True)
