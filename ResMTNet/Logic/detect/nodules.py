@@ -43,7 +43,14 @@ class Nodule:
     diameter_mm: float
     malignancy: float
     volume_mm3: float = 0.0
-    nodule_type: str = "solid"
+    # characterisation: the type and margin heads' most probable classes and their probabilities (a model
+    # without those heads leaves type "solid" and margin "unknown"); the solid component of a part-solid
+    # nodule, its mean diameter measured on the nodule's mask
+    nodule_type: str = "solid"  # solid | part-solid | ground-glass | calcified
+    margin: str = "unknown"  # smooth | lobulated | spiculated | unknown
+    type_probabilities: dict[str, float] = field(default_factory=dict)
+    margin_probabilities: dict[str, float] = field(default_factory=dict)
+    solid_component_mm: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,7 +83,7 @@ class Nodule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Nodule:
         keys = {"number", "center_lps", "probability", "diameter_mm", "malignancy", "volume_mm3",
-                "nodule_type", "extra"}
+                "nodule_type", "margin", "type_probabilities", "margin_probabilities", "solid_component_mm", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         kw["center_lps"] = tuple(float(v) for v in kw["center_lps"])
         return cls(**kw)
