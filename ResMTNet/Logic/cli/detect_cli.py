@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-diameter", type=float, default=0.0, help="drop findings smaller than this (mm)")
     p.add_argument("--color-by", default="malignancy", choices=COLOR_BY_CHOICES,
                    help="colour of fiducials and segments in the Slicer files: by malignancy (green to red) or by "
-                        "Lung-RADS size category")
+                        "Lung-RADS v2022 category (1 to 4X)")
     add_patient_options(p)
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
     p.add_argument("--dicom-out", metavar="DIR",

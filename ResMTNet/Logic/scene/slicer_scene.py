@@ -641,7 +641,7 @@ def _fill_table(node: Any, nodules: list[Nodule], detection: Detection | None = 
 
 def _add_legend(scene: Any, volume_node: Any, color_by: str, folder: int) -> Any:
     entries = legend_entries(color_by)
-    title = "malignancy" if color_by == "malignancy" else "Lung-RADS size category"
+    title = "malignancy" if color_by == "malignancy" else "Lung-RADS v2022 category"
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"Nodule colours ({title})")
     node.SetTypeToUser()
     node.SetHideFromEditors(False)  # colour tables are hidden by default; this one is the legend: show it
