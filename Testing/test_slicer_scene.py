@@ -447,6 +447,9 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
     tag = vtk.mutable("")
     assert segmentation.GetSegment("N2").GetTag("ResMTNet.SolidComponentMm", tag) and str(tag) == "6.5"
     assert segmentation.GetSegment("N3").GetTag("ResMTNet.LungRADSRule", tag) and "spiculated" in str(tag)
+    # a value that does not apply is no tag at all (an empty tag value crashes slicer-core when it writes the file)
+    assert not segmentation.GetSegment("N1").GetTag("ResMTNet.BrockMalignancy", tag)
+    assert not segmentation.GetSegment("N1").GetTag("ResMTNet.SolidComponentMm", tag)
     # the slice views show the CT when the bundle is opened
     for name in ("Red", "Yellow", "Green"):
         composite = fresh.scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")

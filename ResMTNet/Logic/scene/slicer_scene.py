@@ -574,8 +574,11 @@ def _style_segments(node: Any, nodules: list[Nodule]) -> None:
 
 
 def segment_tags(nodule: Nodule) -> dict[str, str]:
-    """Tags stored on each nodule's segment (strings, as segment tags are; empty where a value does not apply)."""
-    return {
+    """Tags stored on each nodule's segment (strings, as segment tags are). A value that does not apply (the
+    solid component of a nodule that is not part-solid, the Brock probability of a calcified one) is left out,
+    not stored empty: slicer-core 5.11 crashes writing or freeing a segmentation whose segment has an empty tag
+    value (seen on `resmtnet detect` of a phantom: exit on SIGSEGV)."""
+    tags = {
         "ResMTNet.Number": str(nodule.number),
         "ResMTNet.DiameterMm": f"{nodule.diameter_mm:.2f}",
         "ResMTNet.VolumeMm3": f"{nodule.volume_mm3:.1f}",
@@ -583,11 +586,14 @@ def segment_tags(nodule: Nodule) -> dict[str, str]:
         "ResMTNet.Probability": f"{nodule.probability:.4f}",
         "ResMTNet.Type": nodule.nodule_type,
         "ResMTNet.Margin": nodule.margin,
-        "ResMTNet.SolidComponentMm": "" if nodule.solid_component_mm is None else f"{nodule.solid_component_mm:.1f}",
         "ResMTNet.LungRADS": nodule.lung_rads,
         "ResMTNet.LungRADSRule": nodule.lung_rads_result.rule,
-        "ResMTNet.BrockMalignancy": "" if nodule.brock_malignancy is None else f"{nodule.brock_malignancy:.4f}",
     }
+    if nodule.solid_component_mm is not None:
+        tags["ResMTNet.SolidComponentMm"] = f"{nodule.solid_component_mm:.1f}"
+    if nodule.brock_malignancy is not None:
+        tags["ResMTNet.BrockMalignancy"] = f"{nodule.brock_malignancy:.4f}"
+    return tags
 
 
 def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
