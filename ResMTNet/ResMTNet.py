@@ -43,11 +43,14 @@ MINIMUM_TORCH_VERSION = "2.2"
 
 MODEL_SHIPPED = "Shipped weights"
 MODEL_CHECKPOINT = "Checkpoint file"
-COLOR_BY_LABELS = {"malignancy": "Malignancy (green to red)", "lung-rads": "Size (Lung-RADS category)"}
+COLOR_BY_LABELS = {"malignancy": "Malignancy (green to red)", "lung-rads": "Lung-RADS v2022 category (1 to 4X)"}
+#: The patient's inputs to the Brock model: "unknown" leaves the model's reference value (and the outputs say so).
+SEX_LABELS = {"unknown": "Not given (male)", "F": "Female", "M": "Male"}
+YES_NO_LABELS = {"unknown": "Not given (no)", "yes": "Yes", "no": "No"}
 
 
 #: the core's submodules this file reads as attributes (``core.scene.slicer_scene``): imported by loadCore()
-CORE_SUBMODULES = ("util.errors", "scene.slicer_scene", "job.slicer_job")
+CORE_SUBMODULES = ("util.errors", "scene.slicer_scene", "job.slicer_job", "detect.brock")
 
 
 def loadCore():
@@ -123,7 +126,7 @@ class ResMTNet(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Finds pulmonary nodules in a chest CT and estimates, for each, its size and how likely it is to be
 malignant, with one multi-task network (Res-MTNet). Results appear as fiducials, segments and a table,
-coloured by predicted malignancy (or by Lung-RADS size category). Choose a row of the results table to
+coloured by predicted malignancy (or by Lung-RADS v2022 category). Choose a row of the results table to
 centre the views on that nodule.<br><b>Research use only: not for clinical diagnosis.</b>
 """)
         self.parent.acknowledgementText = _("""
@@ -163,7 +166,10 @@ class ResMTNetParameterNode:
     useModelThreshold - use the threshold stored in the model's checkpoint instead of ``threshold``.
     threshold - minimum nodule probability of a reported finding.
     minDiameterMm - smallest reported diameter.
-    colorBy - colour fiducials and segments by malignancy or by Lung-RADS size category.
+    colorBy - colour fiducials and segments by malignancy or by Lung-RADS v2022 category.
+    patientAge, patientSex, familyHistory, emphysema - the patient's inputs to the Brock (PanCan) probability
+      shown beside the network's malignancy; age 0 and "unknown" are not given (the model's reference value
+      stands: age 62, male, no, no, and the results say which were defaulted).
     testTimeAugmentation - also run the network on the mirror images and average (default; about 8x the
       network's time with the shipped weights, fewer false findings).
     outputSegmentation, outputTable - filled by a run; created when not chosen.
@@ -181,6 +187,10 @@ class ResMTNetParameterNode:
     minDiameterMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     colorBy: Annotated[str, Choice(list(COLOR_BY_LABELS))] = "malignancy"
     testTimeAugmentation: bool = True
+    patientAge: Annotated[float, WithinRange(0.0, 120.0)] = 0.0
+    patientSex: Annotated[str, Choice(list(SEX_LABELS))] = "unknown"
+    familyHistory: Annotated[str, Choice(list(YES_NO_LABELS))] = "unknown"
+    emphysema: Annotated[str, Choice(list(YES_NO_LABELS))] = "unknown"
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
     priorVolume: vtkMRMLScalarVolumeNode
@@ -279,8 +289,11 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def relabelChoices(self):
         """Friendlier texts for the combo boxes (the connector fills them with the raw choices)."""
-        for index, key in enumerate(COLOR_BY_LABELS):
-            self.ui.colorByComboBox.setItemText(index, COLOR_BY_LABELS[key])
+        for comboBox, labels in ((self.ui.colorByComboBox, COLOR_BY_LABELS), (self.ui.patientSexComboBox, SEX_LABELS),
+                                 (self.ui.familyHistoryComboBox, YES_NO_LABELS),
+                                 (self.ui.emphysemaComboBox, YES_NO_LABELS)):
+            for index, key in enumerate(labels):
+                comboBox.setItemText(index, labels[key])
         self.updateDeviceLabels()
 
     def updateDeviceLabels(self):
@@ -296,8 +309,8 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointPathLineEdit.enabled = bool(p) and p.modelSource == MODEL_CHECKPOINT and not running
         self.ui.dicomOutputFolderLineEdit.enabled = bool(p) and p.writeDicom and not running
         self.ui.thresholdSliderWidget.enabled = bool(p) and not p.useModelThreshold and not running
-        for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton,
-                       self.ui.outputsCollapsibleButton):
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.patientCollapsibleButton,
+                       self.ui.settingsCollapsibleButton, self.ui.outputsCollapsibleButton):
             widget.enabled = not running
         if running:
             self.ui.applyButton.text = _("Cancel")
@@ -331,7 +344,7 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startDetection(
                 p.inputVolume, checkpointPath=self.logic.checkpointFile(p), device=p.device,
                 threshold=None if p.useModelThreshold else p.threshold, minDiameterMm=p.minDiameterMm,
-                tta=p.testTimeAugmentation,
+                tta=p.testTimeAugmentation, patient=self.logic.patientInputs(p),
                 priorVolumeNode=p.priorVolume if p.priorVolume is not p.inputVolume else None,
                 dicomOutputFolder=str(p.dicomOutputFolder) if p.writeDicom else None)
             self.ui.progressBar.value = 0
@@ -402,6 +415,9 @@ class ResMTNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillResultsTable(detection, nodes["table"], p.colorBy)
             count = len(detection.nodules)
             status = (_("No nodule found.") if count == 0 else _("{count} nodule(s) found.").format(count=count))
+            brockInputs = self.logic.core().scene.slicer_scene.brock_inputs_text(detection)
+            if count and brockInputs:
+                status += " " + brockInputs
             dicomOut = detection.info.get("dicom_out")
             if dicomOut is not None:
                 status += " " + _("DICOM: {files} in {folder}.").format(files=", ".join(dicomOut["files"]),
@@ -554,20 +570,31 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
     def legendHtml(self, colorBy):
         return self.core().scene.slicer_scene.legend_html(colorBy) if colorBy else ""
 
+    def patientInputs(self, p):
+        """The Brock model's patient inputs from the panel (``resmtnet.detect.brock.PatientInputs``); age 0 and
+        "unknown" are not given."""
+        yesNo = {"unknown": None, "yes": True, "no": False}
+        return self.core().detect.brock.PatientInputs(
+            age=p.patientAge if p.patientAge > 0 else None, sex=None if p.patientSex == "unknown" else p.patientSex,
+            family_history=yesNo[p.familyHistory], emphysema=yesNo[p.emphysema])
+
     def resultsRows(self, detection, colorBy):
         """Header and rows ((cells, rgb) pairs) of the panel's results table."""
         scene = self.core().scene.slicer_scene
-        header = [_("Nodule"), _("Diameter (mm)"), _("Malignancy (%)"), _("Lung-RADS"), _("Probability (%)")]
+        header = [_("Nodule"), _("Diameter (mm)"), _("Type"), _("Margin"), _("Lung-RADS"), _("Malignancy (%)"),
+                  _("Brock (%)"), _("Probability (%)")]
         rows = []
         for nodule in detection.nodules:
-            cells = [f"N{nodule.number}", f"{nodule.diameter_mm:.1f}", f"{100 * nodule.malignancy:.0f}",
-                     nodule.lung_rads, f"{100 * nodule.probability:.0f}"]
+            cells = [f"N{nodule.number}", f"{nodule.diameter_mm:.1f}", nodule.nodule_type, nodule.margin,
+                     nodule.lung_rads, f"{100 * nodule.malignancy:.0f}", scene.brock_text(nodule),
+                     f"{100 * nodule.probability:.0f}"]
             rows.append((cells, scene.nodule_color(nodule, colorBy)))
         return header, rows
 
     # ---- running
 
-    def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0, tta=True):
+    def detectFunction(self, ct, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0, tta=True,
+                       patient=None):
         """A function of (progress, cancel) that runs the detector on ``ct`` in this process (no MRML
         inside; ``resmtnet.job.slicer_job.detect_in_this_process``). Used by :meth:`process`; the panel's Apply
         runs the detector in a child process instead."""
@@ -576,7 +603,8 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
         def detect(progress=None, cancel=None):
             return core.job.slicer_job.detect_in_this_process(ct, model=checkpointPath or None, device=device,
                                                           threshold=threshold, min_diameter_mm=minDiameterMm,
-                                                          tta=tta, progress=progress, cancel=cancel)
+                                                          tta=tta, progress=progress, cancel=cancel,
+                                                          patient=patient)
 
         return detect
 
@@ -602,20 +630,21 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
             return None
 
     def startDetection(self, volumeNode, checkpointPath=None, device="auto", threshold=None,
-                       minDiameterMm=0.0, tta=True, priorVolumeNode=None, dicomOutputFolder=None):
+                       minDiameterMm=0.0, tta=True, priorVolumeNode=None, dicomOutputFolder=None, patient=None):
         """Take the CT out of the scene (a view of its voxels, main thread) and start the detector in a child
         process, which gets them through a file the helper thread writes; returns
         the job (``resmtnet.job.slicer_job.DetectionProcess``) to poll with ``drain()`` and stop with ``cancel()``.
         With ``priorVolumeNode`` (follow-up mode) the child detects that scan too and pairs the two scans'
         nodules: the result's ``info["followup"]``. With ``dicomOutputFolder`` it also writes a DICOM SEG and SR
-        on the volume's DICOM series there (``info["dicom_out"]``)."""
+        on the volume's DICOM series there (``info["dicom_out"]``). ``patient``: the Brock model's patient inputs
+        (``resmtnet.detect.brock.PatientInputs``; None: all defaulted)."""
         core = self.core()
         toCt = core.scene.slicer_scene.ct_from_volume_node
         ct = toCt(volumeNode, copy=False)  # the helper thread writes it to a file
         prior = None if priorVolumeNode is None else toCt(priorVolumeNode, copy=False)
         job = core.job.slicer_job.DetectionProcess(
             ct, self.pythonExecutable(), model=checkpointPath or None, device=device, threshold=threshold,
-            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior,
+            min_diameter_mm=minDiameterMm, tta=tta, env=self.childEnvironment(), prior_ct=prior, patient=patient,
             interval_days=None if priorVolumeNode is None else self.intervalDays(priorVolumeNode, volumeNode),
             dicom_out=dicomOutputFolder, dicom_source=self.dicomSeriesFolder(volumeNode) if dicomOutputFolder else None)
         job.start()
@@ -702,11 +731,11 @@ class ResMTNetLogic(ScriptedLoadableModuleLogic):
                                                  name=_("{name} follow-up").format(name=volumeNode.GetName()))
 
     def process(self, volumeNode, checkpointPath=None, device="auto", threshold=None, minDiameterMm=0.0,
-                colorBy="malignancy", segmentationNode=None, tableNode=None, tta=True):
+                colorBy="malignancy", segmentationNode=None, tableNode=None, tta=True, patient=None):
         """Detect and show, in this process and on this thread (Slicer's Python console, scripts). The chosen
         output nodes are filled only where :meth:`outputNodesFor` allows."""
         ct = self.core().scene.slicer_scene.ct_from_volume_node(volumeNode)
-        detection = self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm, tta)()
+        detection = self.detectFunction(ct, checkpointPath, device, threshold, minDiameterMm, tta, patient)()
         segmentationNode, tableNode = self.outputNodesFor(volumeNode, segmentationNode, tableNode)
         return detection, self.showResults(volumeNode, detection, colorBy, segmentationNode, tableNode)
 

@@ -243,12 +243,26 @@ def scenario_apply(h, args):
     volume = h.load_volume(args.volume[0], "Chest A")
     assert h.parameters().inputVolume is volume, "the panel did not pick the volume"
     use_checkpoint(h, args.checkpoint)
+    # the patient's Brock inputs, set in the panel's widgets as a user sets them: age and sex given, the rest not
+    h.ui.patientAgeSpinBox.value = 63
+    h.ui.patientSexComboBox.currentIndex = list(h.module_file.SEX_LABELS).index("F")
+    assert h.ui.patientSexComboBox.currentText == "Female", h.ui.patientSexComboBox.currentText
+    p = h.parameters()
+    assert (p.patientAge, p.patientSex, p.familyHistory, p.emphysema) == (63.0, "F", "unknown", "unknown")
     run = apply_and_wait(h)
     assert not h.errors.records, h.errors.records
     assert "torch" not in sys.modules, "torch was imported into Slicer's process"
     outputs = check_outputs(h, volume)
     assert outputs["nodules"] > 0 and h.ui.resultsTableWidget.rowCount() == outputs["nodules"]
-    assert h.ui.statusLabel.text.endswith("nodule(s) found."), h.ui.statusLabel.text
+    brock = "Brock inputs: age 63, sex F, family history no (default), emphysema no (default)."
+    assert h.ui.statusLabel.text.endswith(f"nodule(s) found. {brock}"), h.ui.statusLabel.text
+    table = h.slicer.mrmlScene.GetNodeByID(outputs["table"])
+    assert table.GetDescription().endswith(brock), table.GetDescription()  # the child got the inputs
+    header = h.ui.resultsTableWidget.horizontalHeaderLabels()
+    assert header == ["Nodule", "Diameter (mm)", "Type", "Margin", "Lung-RADS", "Malignancy (%)", "Brock (%)",
+                      "Probability (%)"], header
+    brock_cells = [h.ui.resultsTableWidget.item(r, 6).text() for r in range(h.ui.resultsTableWidget.rowCount())]
+    assert all(c == "n/a" or 0.0 <= float(c) <= 100.0 for c in brock_cells), brock_cells
     assert run["progress"][-1] > 50 and len(run["progress"]) >= 3, run["progress"]
     assert any("lungs" in s for s in run["statuses"]) and any("Res-MTNet" in s for s in run["statuses"]), run
     p = h.parameters()

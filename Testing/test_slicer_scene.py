@@ -65,6 +65,22 @@ def _spread(detection: Detection, malignancies, diameters=None) -> Detection:
     return dataclasses.replace(detection, nodules=nodules)
 
 
+def _characterised(detection: Detection) -> Detection:
+    """Three nodules as the characterisation heads and the Brock model leave them: a calcified 18 mm nodule
+    (Lung-RADS 1, no Brock), a part-solid 12 mm one with a 6.5 mm solid component (4A), a spiculated solid 7 mm
+    one (3 with a suspicious feature: 4X); the Brock inputs partly defaulted."""
+    kinds = [dict(nodule_type="calcified", margin="smooth", diameter_mm=18.0, brock_malignancy=None),
+             dict(nodule_type="part-solid", margin="lobulated", diameter_mm=12.0, solid_component_mm=6.5,
+                  brock_malignancy=0.0834, upper_lobe=True),
+             dict(nodule_type="solid", margin="spiculated", diameter_mm=7.0, brock_malignancy=0.0412,
+                  upper_lobe=False)]
+    nodules = [dataclasses.replace(n, **k) for n, k in zip(detection.nodules, kinds, strict=True)]
+    info = {**detection.info, "brock": {"inputs": {"age": 63.0, "sex": "F", "family_history": False,
+                                                   "emphysema": False},
+                                        "defaulted": ["family_history", "emphysema"]}}
+    return dataclasses.replace(detection, nodules=nodules, info=info)
+
+
 # ------------------------------------------------------------------------------------------------
 # Volume node <-> CT
 
@@ -174,11 +190,11 @@ def test_points_and_segments_take_their_malignancy_colour_on_one_scale(slicer_ap
     assert check_nodule_scene(slicer_app.scene, volume, detection, nodes) == []
 
 
-def test_colour_by_lung_rads_size_category_with_its_legend(slicer_app, phantom, phantom_truth):
-    detection = _spread(phantom_truth, [0.1, 0.5, 0.9], diameters=[5.0, 7.0, 20.0])
+def test_colour_by_lung_rads_category_with_its_legend(slicer_app, phantom, phantom_truth):
+    detection = _characterised(phantom_truth)
     volume = _scene_with_volume(slicer_app, phantom.ct)
     nodes = build_nodule_scene(slicer_app.scene, volume, detection, color_by="lung-rads")
-    assert [n.lung_rads for n in detection.nodules] == ["2", "3", "4B"]
+    assert [n.lung_rads for n in detection.nodules] == ["1", "4A", "4X"]
     for node, nodule in zip(nodes["markups"], detection.nodules, strict=True):
         expected = lung_rads_color(nodule.lung_rads)
         np.testing.assert_allclose(node.GetDisplayNode().GetSelectedColor(), expected, atol=1e-6)
@@ -186,7 +202,9 @@ def test_colour_by_lung_rads_size_category_with_its_legend(slicer_app, phantom, 
         np.testing.assert_allclose(segment.GetColor(), expected, atol=1e-6)
     legend = nodes["legend"]
     entries = legend_entries("lung-rads")
-    assert legend.GetNumberOfColors() == len(entries) == 4
+    assert legend.GetNumberOfColors() == len(entries) == 6  # 1, 2, 3, 4A, 4B, 4X
+    assert [text.split(":")[0] for text, _ in entries] == ["1", "2", "3", "4A", "4B", "4X"]
+    assert len({rgb for _, rgb in entries}) == 6
     for i, (text, rgb) in enumerate(entries):
         assert legend.GetColorName(i) == text
         rgba = [0.0] * 4
@@ -235,6 +253,7 @@ def test_segments_sit_where_their_masks_are_on_the_ct(slicer_app, phantom, phant
 
 
 def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, phantom, phantom_truth):
+    phantom_truth = _characterised(phantom_truth)
     volume = _scene_with_volume(slicer_app, phantom.ct)
     table_node = build_nodule_scene(slicer_app.scene, volume, phantom_truth)["table"]
     table = table_node.GetTable()
@@ -256,11 +275,19 @@ def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, p
         assert row[5] == round(nodule.volume_mm3)
         assert row[6] == round(nodule.probability, 2)
         assert row[7] == round(100 * nodule.malignancy)
-        assert row[8] == nodule.lung_rads
+        assert row[8:10] == [nodule.nodule_type, nodule.margin]
+        assert row[11] == nodule.lung_rads
     assert [name for name, *_ in TABLE_COLUMNS] == ["Finding", "L", "P", "S", "Diameter", "Volume", "p",
-                                                    "Malignancy", "Lung-RADS size"]  # no constant "Type"
-    assert "if the nodule is solid" in table_node.GetColumnDescription("Lung-RADS size").lower()
+                                                    "Malignancy", "Type", "Margin", "Solid component", "Lung-RADS",
+                                                    "Brock"]
+    assert [row[10] for row in rows] == ["", "6.5", ""]  # the solid component of the part-solid nodule only
+    assert [row[11] for row in rows] == ["1", "4A", "4X"]
+    assert [row[12] for row in rows] == ["n/a", "8.3", "4.1"]  # calcified: not in PanCan
+    assert table_node.GetColumnUnitLabel("Brock") == "%" and table_node.GetColumnUnitLabel("Solid component") == "mm"
     assert "research use only" in table_node.GetDescription().lower()
+    # which Brock inputs were given and which defaulted, where a reader of the table sees it
+    assert table_node.GetDescription().endswith(
+        "Brock inputs: age 63, sex F, family history no (default), emphysema no (default).")
     np.testing.assert_allclose(table_row_ras(table_node, 1), phantom_truth.nodules[1].center_ras, atol=0.05)
 
 
@@ -387,7 +414,7 @@ def test_labels_on_another_grid_are_refused(slicer_app, phantom, phantom_truth):
 
 
 def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_path, phantom, phantom_truth):
-    detection = _spread(phantom_truth, [0.03, 0.55, 0.97])
+    detection = _spread(_characterised(phantom_truth), [0.03, 0.55, 0.97])
     paths = slicer_outputs.write_scene_files(phantom.ct, detection, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nodules.mrk.json", "nodules.seg.nrrd", "scene.mrb"]
 
@@ -412,6 +439,17 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
         assert got[1:8] == pytest.approx(expected[1:8], rel=1e-5)  # the .tsv keeps 6 significant digits
         assert got[8:] == expected[8:]
     assert nodes["table"].GetColumnUnitLabel("Volume") == "mm3"  # the schema came back too
+    assert "Brock inputs: age 63" in nodes["table"].GetDescription()
+    # the characterisation in the segments' tags and names (check_nodule_scene compared every tag)
+    segmentation = nodes["segmentation"].GetSegmentation()
+    names = [segmentation.GetSegment(f"N{n.number}").GetName() for n in detection.nodules]
+    assert names[0].startswith("N1 · 18.0 mm calcified · LR 1 ·") and "LR 4X" in names[2], names
+    tag = vtk.mutable("")
+    assert segmentation.GetSegment("N2").GetTag("ResMTNet.SolidComponentMm", tag) and str(tag) == "6.5"
+    assert segmentation.GetSegment("N3").GetTag("ResMTNet.LungRADSRule", tag) and "spiculated" in str(tag)
+    # a value that does not apply is no tag at all (an empty tag value crashes slicer-core when it writes the file)
+    assert not segmentation.GetSegment("N1").GetTag("ResMTNet.BrockMalignancy", tag)
+    assert not segmentation.GetSegment("N1").GetTag("ResMTNet.SolidComponentMm", tag)
     # the slice views show the CT when the bundle is opened
     for name in ("Red", "Yellow", "Green"):
         composite = fresh.scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")
@@ -566,7 +604,8 @@ def test_scene_bundle_opens_as_a_reader_wants_it(tmp_path, phantom, phantom_trut
     nodes = find_nodule_outputs(scene, volume)
     for node, nodule in zip(nodes["markups"], detection.nodules, strict=True):
         assert node.GetNthControlPointLabel(0) == nodule.label
-        assert nodule.label.startswith(f"N{nodule.number} · {nodule.diameter_mm:.1f} mm · p {nodule.probability:.2f} ·")
+        assert nodule.label.startswith(f"N{nodule.number} · {nodule.diameter_mm:.1f} mm {nodule.nodule_type} · "
+                                       f"LR {nodule.lung_rads} · p {nodule.probability:.2f} ·")
         glyph = node.GetDisplayNode()
         assert glyph.GetGlyphTypeAsString(glyph.GetGlyphType()) == MARKER_GLYPH
         assert glyph.GetOpacity() == (WEAK_OPACITY if nodule.probability < 0.5 else 1.0)

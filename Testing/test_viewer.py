@@ -229,6 +229,9 @@ def test_table_lists_the_findings(page, result_dir):
         assert abs(float(cells[3]) - float(truth["diameter_mm"])) <= 0.051
         assert abs(float(cells[4]) - float(truth["probability"])) <= 0.0051
         assert abs(float(cells[5].rstrip(" %")) - 100 * float(truth["malignancy"])) <= 0.51
+        assert cells[6:8] == [truth["nodule_type"], truth["lung_rads"]]
+        brock = truth["brock_malignancy"]
+        assert cells[8] == "n/a" if brock == "" else abs(float(cells[8].rstrip(" %")) - 100 * float(brock)) <= 0.051
 
 
 @pytest.mark.slow  # detect on a phantom, then the browser

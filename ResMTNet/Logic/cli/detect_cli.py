@@ -1,11 +1,12 @@
 """Find pulmonary nodules in a CT (a volume file SimpleITK reads, or a DICOM series folder), or in many.
 
 One INPUT: writes to OUTDIR, as one set that replaces the previous one whole: nodules.csv (LUNA16 columns,
-LPS mm, + diameter, malignancy, volume, Lung-RADS size category if solid), report.json, overview.png, and the
-Slicer files nodules.mrk.json, nodules.seg.nrrd and scene.mrb (one click in Slicer) with views.png, the scene
-as Slicer's views draw it. Several INPUTs, --batch FOLDER (one scan per file or sub-folder in it) or
---inputs-from FILE: a batch, one sub-folder of OUTDIR per scan, OUTDIR/nodules.csv with every finding and
-OUTDIR/failures.csv naming each scan that failed and why; exit status 1 when some scans failed, 2 when all did.
+LPS mm, + diameter, malignancy, volume, Lung-RADS v2022, type, margin, solid component, Brock probability),
+report.json, overview.png, and the Slicer files nodules.mrk.json, nodules.seg.nrrd and scene.mrb (one click in
+Slicer) with views.png, the scene as Slicer's views draw it. Several INPUTs, --batch FOLDER (one scan per file
+or sub-folder in it) or --inputs-from FILE: a batch, one sub-folder of OUTDIR per scan, OUTDIR/nodules.csv with
+every finding and OUTDIR/failures.csv naming each scan that failed and why; exit status 1 when some scans failed,
+2 when all did.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_device_option
+from .cli import add_device_option, add_patient_options, patient_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-diameter", type=float, default=0.0, help="drop findings smaller than this (mm)")
     p.add_argument("--color-by", default="malignancy", choices=COLOR_BY_CHOICES,
                    help="colour of fiducials and segments in the Slicer files: by malignancy (green to red) or by "
-                        "Lung-RADS size category")
+                        "Lung-RADS v2022 category (1 to 4X)")
+    add_patient_options(p)
     p.add_argument("--no-slicer-files", action="store_true", help="skip nodules.mrk.json, .seg.nrrd and .mrb")
     p.add_argument("--dicom-out", metavar="DIR",
                    help="also write a DICOM Segmentation (one segment per nodule) and a TID 1500 Structured Report "
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..util.errors import InputError, ResMTNetError
 
     check_detect_options(args.threshold, args.max_findings, args.min_diameter)
+    args.patient = patient_inputs(args)
     if not args.no_slicer_files and importlib.util.find_spec("slicer") is None:
         # say so before minutes of detection, not after: the Slicer files need Slicer's MRML (slicer-core)
         raise ResMTNetError("the Slicer files (.mrk.json, .seg.nrrd, .mrb) need slicer-core, which is not "
@@ -72,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _detect_options(args: argparse.Namespace) -> dict:
+    patient = getattr(args, "patient", None) or patient_inputs(args)
     return {"device": args.device, "threshold": args.threshold, "min_diameter_mm": args.min_diameter,
-            "max_findings": args.max_findings, "tta": args.tta}
+            "max_findings": args.max_findings, "tta": args.tta, "patient": patient}
 
 
 def _load_model(args: argparse.Namespace):
@@ -136,8 +140,14 @@ def run_single(args: argparse.Namespace) -> int:
           f"({det.info['timings_s']['total']:.1f} s on {det.info['device']})")
     for n in det.nodules:
         x, y, z = n.center_lps
+        brock = "n/a" if n.brock_malignancy is None else f"{100 * n.brock_malignancy:.1f}%"
         print(f"  N{n.number}: ({x:.1f}, {y:.1f}, {z:.1f}) LPS mm  p={n.probability:.2f}  {n.diameter_mm:.1f} mm  "
-              f"malignancy {100 * n.malignancy:.0f}%  Lung-RADS {n.lung_rads} by size if solid", file=sys.stdout)
+              f"{n.nodule_type}, {n.margin}  Lung-RADS {n.lung_rads}  malignancy {100 * n.malignancy:.0f}%  "
+              f"Brock {brock}", file=sys.stdout)
+    defaulted = det.info.get("brock", {}).get("defaulted") or []
+    if det.nodules and defaulted:
+        print("  Brock: defaults used for " + ", ".join(defaulted).replace("_", " ")
+              + " (give --age, --sex, --family-history, --emphysema)")
     print("wrote " + ", ".join(sorted(files)) + f" to {args.out}")
     if dicom_files:
         print("wrote " + ", ".join(sorted(dicom_files)) + f" to {args.dicom_out}")

@@ -15,22 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..io.luna16_csv import SUBMISSION_COLUMNS
+from .lung_rads import LungRads, lung_rads
 
-NODULES_CSV_COLUMNS = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy", "volume_mm3", "lung_rads"]
-
-
-def lung_rads_size_category(diameter_mm: float) -> str:
-    """Lung-RADS (v2022) category of a solid nodule on a baseline scan, from its mean diameter.
-
-    < 6 mm: 2, 6 to < 8 mm: 3, 8 to < 15 mm: 4A, >= 15 mm: 4B.
-    """
-    if diameter_mm < 6.0:
-        return "2"
-    if diameter_mm < 8.0:
-        return "3"
-    if diameter_mm < 15.0:
-        return "4A"
-    return "4B"
+#: nodules.csv: the LUNA16 submission columns, then size, the network's malignancy, volume, the characterisation
+#: (type, margin, solid component), the Lung-RADS v2022 category and the Brock (PanCan) probability.
+NODULES_CSV_COLUMNS = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy", "volume_mm3", "lung_rads", "nodule_type",
+                       "margin", "solid_component_mm", "brock_malignancy", "upper_lobe"]
 
 
 @dataclass
@@ -51,11 +41,20 @@ class Nodule:
     type_probabilities: dict[str, float] = field(default_factory=dict)
     margin_probabilities: dict[str, float] = field(default_factory=dict)
     solid_component_mm: float | None = None
+    # the Brock (PanCan) model's probability of malignancy (None: calcified, or not scored) and the location it
+    # used (upper lobe approximated from the lung mask: resmtnet.detect.brock.upper_lobe; None: not known)
+    brock_malignancy: float | None = None
+    upper_lobe: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def lung_rads_result(self) -> LungRads:
+        """The Lung-RADS v2022 baseline category and its rule, from type, size, solid component and margin."""
+        return lung_rads(self.nodule_type, self.diameter_mm, self.solid_component_mm, self.margin)
+
+    @property
     def lung_rads(self) -> str:
-        return lung_rads_size_category(self.diameter_mm)
+        return self.lung_rads_result.category
 
     @property
     def center_ras(self) -> tuple[float, float, float]:
@@ -69,21 +68,25 @@ class Nodule:
 
     @property
     def label(self) -> str:
-        """What a reader sees beside the finding, e.g. ``N1 · 25.0 mm · p 0.96 · malignant 51 %``: number, diameter
-        to 0.1 mm (Lung-RADS cut-offs are 6, 8 and 15 mm), detection probability, predicted malignancy."""
-        return (f"{self.name} · {self.diameter_mm:.1f} mm · p {self.probability:.2f} · "
-                f"malignant {100 * self.malignancy:.0f} %")
+        """What a reader sees beside the finding, e.g. ``N1 · 25.0 mm solid · LR 4X · p 0.96 · malignant 51 %``:
+        number, diameter to 0.1 mm (as Lung-RADS measures), type, Lung-RADS v2022 category, detection probability,
+        the network's malignancy."""
+        return (f"{self.name} · {self.diameter_mm:.1f} mm {self.nodule_type} · LR {self.lung_rads} · "
+                f"p {self.probability:.2f} · malignant {100 * self.malignancy:.0f} %")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["center_lps"] = [float(v) for v in self.center_lps]
-        d["lung_rads"] = self.lung_rads
+        result = self.lung_rads_result
+        d["lung_rads"] = result.category
+        d["lung_rads_rule"] = result.rule
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Nodule:
         keys = {"number", "center_lps", "probability", "diameter_mm", "malignancy", "volume_mm3",
-                "nodule_type", "margin", "type_probabilities", "margin_probabilities", "solid_component_mm", "extra"}
+                "nodule_type", "margin", "type_probabilities", "margin_probabilities", "solid_component_mm",
+                "brock_malignancy", "upper_lobe", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         kw["center_lps"] = tuple(float(v) for v in kw["center_lps"])
         return cls(**kw)
@@ -108,11 +111,21 @@ class Detection:
 
 
 def write_nodules_csv(path: str | Path, seriesuid: str, nodules: list[Nodule]) -> None:
-    """Write ``nodules.csv``: LUNA16 submission columns first, then size, malignancy and Lung-RADS."""
+    """Write ``nodules.csv`` (:data:`NODULES_CSV_COLUMNS`); a value not known (no solid component, no Brock
+    probability for a calcified nodule, no upper-lobe call) is an empty cell."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(NODULES_CSV_COLUMNS)
         for n in nodules:
             x, y, z = n.center_lps
             w.writerow([seriesuid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{n.probability:.5f}",
-                        f"{n.diameter_mm:.2f}", f"{n.malignancy:.4f}", f"{n.volume_mm3:.1f}", n.lung_rads])
+                        f"{n.diameter_mm:.2f}", f"{n.malignancy:.4f}", f"{n.volume_mm3:.1f}", n.lung_rads,
+                        n.nodule_type, n.margin, _cell(n.solid_component_mm, "{:.1f}"),
+                        _cell(n.brock_malignancy, "{:.4f}"), _cell(n.upper_lobe, "{}", str.lower)])
+
+
+def _cell(value: Any, fmt: str, then=None) -> str:
+    if value is None:
+        return ""
+    text = fmt.format(value)
+    return then(text) if then is not None else text

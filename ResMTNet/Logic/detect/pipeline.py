@@ -21,8 +21,9 @@ from ..model.model_io import LoadedModel, load_model
 from ..model.prepare import ModelGrid, index_bounds_to_world, to_model_grid, world_bounds
 from ..model.targets import Peak, decode, merge_duplicates
 from ..util.errors import Cancelled
+from .brock import PatientInputs, score_nodules
 from .lungmask import LungMask
-from .measurement import label_map_dtype, measure_findings
+from .measurement import label_map_dtype, measure_findings, measure_solid_components
 from .nodules import Detection
 
 LUNG_MARGIN_MM = 15.0
@@ -85,7 +86,7 @@ def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int =
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
               threshold: float | None = None, min_diameter_mm: float = 0.0, max_findings: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = 128,
-              batch_size: int | None = None, tta: bool = True) -> Detection:
+              batch_size: int | None = None, tta: bool = True, patient: PatientInputs | None = None) -> Detection:
     """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it.
 
     ``tta`` (the default): test-time augmentation, the network also run on the scan's mirror images and
@@ -96,6 +97,11 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     The lungs, the crop, the model grid and the nodules' masks are found on ``ct`` in the canonical voxel
     order (a view of its voxels); the nodules are in LPS world mm, and the label map is on ``ct``'s own grid,
     in its own voxel order.
+
+    Each nodule is characterised after it is measured: the solid component of a part-solid nodule (on its own
+    mask), and the Brock (PanCan) probability from its size, type, margin, upper-lobe location (from the lung
+    mask) and the scan's nodule count, with ``patient``'s inputs (absent ones defaulted: ``info["brock"]`` says
+    which).
     """
     from ..util.runtime import compute_precision, pick_device
 
@@ -142,11 +148,15 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
             continue
         findings.append(p)
     findings.sort(key=lambda p: -p.probability)
+    nodule_count = len(findings)  # Brock's count: every finding at or above the threshold, before --max-findings
     if max_findings is not None:
         findings = findings[:max_findings]
     labels = np.zeros(given.array.shape, label_map_dtype(len(findings)))
     # measured on the canonical grid, written through its view of the label map on the given one
     _, nodules = measure_findings(ct, findings, grid, check=st.check, into=order.view(labels))
+    measure_solid_components(ct, order.view(labels), nodules)
+    patient = patient or PatientInputs()
+    score_nodules(nodules, ct, lungs.chest.lungs, nodule_count, patient, mask_factors_zyx=lungs.chest.factors_zyx)
     st.end()
     info: dict[str, Any] = {
         "device": str(dev),
@@ -161,6 +171,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
         "lung_volume_ml": float(lungs.voxel_count()) * float(np.prod(ct.spacing)) / 1000.0,
         "candidates": len(peaks),
         "voxel_order": order.to_dict(),
+        "brock": {**patient.describe(), "nodule_count": nodule_count,
+                  "upper_lobe": "approximated: the upper half of the nodule's lung's craniocaudal extent"},
     }
     if progress is not None:
         progress(1.0, f"{len(nodules)} nodule(s) found")

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..cli.cli import patient_arguments
 from .slicer_worker import MESSAGE_PREFIX, read_results
 
 WORKER_SCRIPT = Path(__file__).with_name("slicer_worker.py")
@@ -70,14 +71,17 @@ class DetectionProcess:
     ``interval_days`` between them (None: unknown); the result's ``info["followup"]`` then holds the table.
     DICOM outputs: ``dicom_out`` (a folder), with ``dicom_source`` (the folder of ``ct``'s DICOM series) and
     ``ct.seriesuid`` its SeriesInstanceUID; the result's ``info["dicom_out"]`` then names the files written.
+    ``patient``: the Brock model's patient inputs (:class:`~resmtnet.detect.brock.PatientInputs`; None: all
+    defaulted), passed to the child as ``resmtnet detect`` takes them.
     """
 
     def __init__(self, ct: Any, python: str, *, model: str | None = None, device: str = "auto",
                  threshold: float | None = None, min_diameter_mm: float = 0.0, tta: bool = True,
                  env: Mapping[str, str] | None = None, temp_root: str | None = None, prior_ct: Any = None,
                  interval_days: float | None = None, dicom_out: str | None = None,
-                 dicom_source: str | None = None):
+                 dicom_source: str | None = None, patient: Any = None):
         self.ct = ct
+        self.patient = patient
         self.prior_ct = prior_ct
         self.interval_days = interval_days
         self.dicom = None if dicom_out is None else (str(dicom_out), dicom_source, getattr(ct, "seriesuid", ""))
@@ -139,6 +143,7 @@ class DetectionProcess:
             cmd += ["--prior", os.path.join(os.path.dirname(input_path), "prior.nrrd")]
             if self.interval_days is not None:
                 cmd += ["--interval-days", repr(float(self.interval_days))]
+        cmd += patient_arguments(self.patient)
         if self.dicom is not None:
             dicom_out, source, series_uid = self.dicom
             cmd += ["--dicom-out", dicom_out]
@@ -215,7 +220,7 @@ class DetectionProcess:
 
 def detect_in_this_process(ct: Any, model: str | os.PathLike | None = None, device: str = "auto",
                            threshold: float | None = None, min_diameter_mm: float = 0.0, tta: bool = True,
-                           progress: Any = None, cancel: Any = None) -> Any:
+                           progress: Any = None, cancel: Any = None, patient: Any = None) -> Any:
     """The module's other way to detect: in Slicer's own process, on the calling thread (``logic.process()``,
     for Slicer's Python console and scripts). ``model``: a checkpoint path, or None for the shipped weights.
 
@@ -228,4 +233,5 @@ def detect_in_this_process(ct: Any, model: str | os.PathLike | None = None, devi
 
     with allocator.freed_memory_kept():
         return detect_ct(ct, model=model or None, device=device, threshold=threshold,
-                         min_diameter_mm=min_diameter_mm, progress=progress, cancel=cancel, tta=tta)
+                         min_diameter_mm=min_diameter_mm, progress=progress, cancel=cancel, tta=tta,
+                         patient=patient)

@@ -56,6 +56,8 @@ def emit(kind: str, text: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..cli.cli import add_patient_options
+
     parser = argparse.ArgumentParser(prog="slicer_worker", description="Res-MTNet detection for the Slicer module")
     parser.add_argument("input", help="the CT volume file (NRRD)")
     parser.add_argument("outdir", help="folder for the results")
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dicom-out", default=None, help="folder for a DICOM SEG and SR on INPUT's source series")
     parser.add_argument("--dicom-source", default=None, help="with --dicom-out: the folder of INPUT's DICOM series")
     parser.add_argument("--series-uid", default=None, help="with --dicom-out: INPUT's DICOM SeriesInstanceUID")
+    add_patient_options(parser)
     return parser
 
 
@@ -142,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # a short-lived process: freed memory may stay until it ends
     try:
         emit("progress", "0 starting the detector")
+        from ..cli.cli import patient_inputs
         from ..detect.pipeline import detect_ct
+
+        patient = patient_inputs(args)
 
         def detect(path: str, start: float, share: float, what: str, ct: Any = None) -> tuple[Any, Any]:
             if ct is None:
                 ct = read_ct_for_detection(path)  # as the command reads it: int16, within the memory bound
             return ct, detect_ct(ct, model=args.model, device=args.device, threshold=args.threshold,
-                                 min_diameter_mm=args.min_diameter, tta=args.tta,
+                                 min_diameter_mm=args.min_diameter, tta=args.tta, patient=patient,
                                  progress=lambda f, text: emit("progress", f"{start + share * f:.4f} {what}{text}"))
 
         series = ct = None

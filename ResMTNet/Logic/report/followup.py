@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..detect.nodules import Nodule, lung_rads_size_category
+from ..detect.lung_rads import lung_rads
+from ..detect.nodules import Nodule
 from ..io.ctio import CTVolume
 
 #: Lung-RADS v2022: growth is an increase in mean diameter of more than this (mm) within 12 months.
@@ -179,7 +180,7 @@ def followup_category(current_mm: float, prior_mm: float | None, days: float | N
         if current_mm < 8.0:
             return "4A", True, f"growing by {growth:.1f} mm > {GROWTH_MM} mm, < 8 mm{when}"
         return "4B", True, f"growing by {growth:.1f} mm > {GROWTH_MM} mm, >= 8 mm{when}"
-    baseline = lung_rads_size_category(current_mm)
+    baseline = lung_rads("solid", current_mm).category  # the follow-up rules here are those of solid nodules
     if baseline != "2" and days is not None and days >= STABLE_DAYS:
         return "2", False, f"category {baseline} by size, unchanged for {days:.0f} days (>= 3 months)"
     return baseline, False, f"not growing: category by size ({current_mm:.1f} mm)"

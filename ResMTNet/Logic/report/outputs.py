@@ -57,6 +57,11 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
         "candidates_before_threshold": info.get("candidates"),
         "coordinate_system": "LPS world mm (as ITK and LUNA16); Slicer shows RAS = (-x, -y, z)",
         "nodules": [n.to_dict() for n in detection.nodules],
+        # the Brock (PanCan) inputs as used (defaults where not given: "defaulted" names them), beside the network's
+        # malignancy, never instead of it
+        "brock": info.get("brock"),
+        "lung_rads_note": "Lung-RADS v2022, baseline rules: no prior scan is compared; juxtapleural/perifissural "
+                          "benign morphology is not assessed; 4X from spiculation only; research use only",
         **(extra or {}),
     }
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..detect.lung_rads import CATEGORY_TEXT
 from ..detect.nodules import Detection, Nodule
 from ..io.ctio import CTVolume, holds_whole_int16
 from ..util.errors import InputError
@@ -36,6 +37,8 @@ ROLE_ATTRIBUTE = "ResMTNet.Role"
 NUMBER_ATTRIBUTE = "ResMTNet.NoduleNumber"
 COLOR_BY_ATTRIBUTE = "ResMTNet.ColorBy"
 INPUT_VOLUME_REFERENCE = "ResMTNet.InputVolume"
+#: the table's attribute naming the Brock model's patient inputs as used, defaults marked
+BROCK_INPUTS_ATTRIBUTE = "ResMTNet.BrockInputs"
 
 ROLE_MARKUP = "nodule-markup"
 ROLE_SEGMENTATION = "segmentation"
@@ -46,8 +49,6 @@ ROLE_FOLDER = "nodules-folder"
 COLOR_BY_CHOICES = ("malignancy", "lung-rads")
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-LUNG_RADS_SIZE_TEXT = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", "4B": ">= 15 mm"}
 
 RESEARCH_NOTE = "Research use only, not for diagnosis: ResMTNet's findings must not guide any clinical decision."
 
@@ -91,9 +92,17 @@ TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
     ("Volume", "double", "mm3", "Volume of the nodule's segmented mask"),
     ("p", "double", "", "Detection probability that this is a nodule (0 to 1); under "
      f"{CONFIDENT_PROBABILITY} drawn faded"),
-    ("Malignancy", "double", "%", "Predicted probability that the nodule is malignant"),
-    ("Lung-RADS size", "string", "", "Lung-RADS v2022 size category IF the nodule is solid, on a baseline scan: "
-     "size-based only; the model does not tell solid from part-solid or ground-glass"),
+    ("Malignancy", "double", "%", "Predicted probability that the nodule is malignant (the network's)"),
+    ("Type", "string", "", "Nodule type from the network: solid, part-solid, ground-glass or calcified (benign "
+     "calcification)"),
+    ("Margin", "string", "", "Margin from the network: smooth, lobulated, spiculated (unknown: a model without "
+     "the margin head)"),
+    ("Solid component", "string", "mm", "Part-solid nodules: mean diameter of the solid part (>= -300 HU) on the "
+     "nodule's mask, long and short axial axes; empty for other types"),
+    ("Lung-RADS", "string", "", "Lung-RADS v2022 category on a baseline scan, from type, size, solid component "
+     "and spiculation (4X); no prior compared, juxtapleural/perifissural morphology not assessed"),
+    ("Brock", "string", "%", "Brock (PanCan) full model with spiculation, McWilliams et al. NEJM 2013: a "
+     "published screening model beside the network's malignancy; n/a for calcified nodules (not in PanCan)"),
 ]
 
 
@@ -120,12 +129,12 @@ def legend_entries(color_by: str = "malignancy") -> list[tuple[str, tuple[float,
         steps = (0.0, 0.25, 0.5, 0.75, 1.0)
         names = {0.0: " benign", 0.5: " uncertain", 1.0: " malignant"}
         return [(f"{100 * p:.0f} %{names.get(p, '')}", malignancy_color(p)) for p in steps]
-    return [(f"{cat}: {LUNG_RADS_SIZE_TEXT[cat]}", rgb) for cat, rgb in LUNG_RADS_COLORS.items()]
+    return [(f"{cat}: {CATEGORY_TEXT[cat]}", rgb) for cat, rgb in LUNG_RADS_COLORS.items()]
 
 
 def legend_title(color_by: str = "malignancy") -> str:
     """The legend's title: what the colours mean, and that the findings are for research only."""
-    what = "Malignancy (model)" if check_color_by(color_by) == "malignancy" else "Lung-RADS size, if solid"
+    what = "Malignancy (model)" if check_color_by(color_by) == "malignancy" else "Lung-RADS v2022 (baseline)"
     return f"{what}\nresearch use only"
 
 
@@ -444,10 +453,17 @@ def marker_opacity(nodule: Nodule) -> float:
 
 def describe(nodule: Nodule) -> str:
     """A finding in one sentence (the control point's description)."""
+    solid = "" if nodule.solid_component_mm is None else f" (solid component {nodule.solid_component_mm:.1f} mm)"
     return (f"Finding {nodule.name}: diameter {nodule.diameter_mm:.1f} mm, "
-            f"volume {nodule.volume_mm3:.0f} mm3, detection probability {nodule.probability:.2f}, "
-            f"malignancy {100 * nodule.malignancy:.0f} %, Lung-RADS {nodule.lung_rads} by size if solid. "
+            f"volume {nodule.volume_mm3:.0f} mm3, {nodule.nodule_type}{solid}, margin {nodule.margin}, "
+            f"detection probability {nodule.probability:.2f}, malignancy {100 * nodule.malignancy:.0f} % (network), "
+            f"Brock {brock_text(nodule)} %, Lung-RADS {nodule.lung_rads} ({nodule.lung_rads_result.rule}). "
             f"{RESEARCH_NOTE}")
+
+
+def brock_text(nodule: Nodule) -> str:
+    """The Brock probability in % to 0.1, or n/a (calcified: not in PanCan; or not scored)."""
+    return "n/a" if nodule.brock_malignancy is None else f"{100 * nodule.brock_malignancy:.1f}"
 
 
 def segment_terminology(nodule: Nodule) -> str:
@@ -558,30 +574,56 @@ def _style_segments(node: Any, nodules: list[Nodule]) -> None:
 
 
 def segment_tags(nodule: Nodule) -> dict[str, str]:
-    """Tags stored on each nodule's segment (strings, as segment tags are). Only what the model tells: no
-    nodule type (it predicts none), and the Lung-RADS category named as size-based, assuming solid."""
-    return {
+    """Tags stored on each nodule's segment (strings, as segment tags are). A value that does not apply (the
+    solid component of a nodule that is not part-solid, the Brock probability of a calcified one) is left out,
+    not stored empty: slicer-core 5.11 crashes writing or freeing a segmentation whose segment has an empty tag
+    value (seen on `resmtnet detect` of a phantom: exit on SIGSEGV)."""
+    tags = {
         "ResMTNet.Number": str(nodule.number),
         "ResMTNet.DiameterMm": f"{nodule.diameter_mm:.2f}",
         "ResMTNet.VolumeMm3": f"{nodule.volume_mm3:.1f}",
         "ResMTNet.Malignancy": f"{nodule.malignancy:.4f}",
         "ResMTNet.Probability": f"{nodule.probability:.4f}",
-        "ResMTNet.LungRADSSizeIfSolid": nodule.lung_rads,
+        "ResMTNet.Type": nodule.nodule_type,
+        "ResMTNet.Margin": nodule.margin,
+        "ResMTNet.LungRADS": nodule.lung_rads,
+        "ResMTNet.LungRADSRule": nodule.lung_rads_result.rule,
     }
+    if nodule.solid_component_mm is not None:
+        tags["ResMTNet.SolidComponentMm"] = f"{nodule.solid_component_mm:.1f}"
+    if nodule.brock_malignancy is not None:
+        tags["ResMTNet.BrockMalignancy"] = f"{nodule.brock_malignancy:.4f}"
+    return tags
 
 
 def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
     """The table's rows, in :data:`TABLE_COLUMNS` order, rounded as a reader wants them: centre (LPS) and
-    diameter to 0.1 mm, volume to 1 mm3, p to 0.01, malignancy to 1 %."""
+    diameter to 0.1 mm, volume to 1 mm3, p to 0.01, malignancy to 1 %, solid component to 0.1 mm, Brock to 0.1 %."""
     rows = []
     for n in nodules:
         x, y, z = (round(float(c), 1) for c in n.center_lps)
         rows.append([n.name, x, y, z, round(float(n.diameter_mm), 1), float(round(float(n.volume_mm3))),
-                     round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.lung_rads])
+                     round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.nodule_type,
+                     n.margin, "" if n.solid_component_mm is None else f"{n.solid_component_mm:.1f}", n.lung_rads,
+                     brock_text(n)])
     return rows
 
 
-def _fill_table(node: Any, nodules: list[Nodule]) -> None:
+def brock_inputs_text(detection: Detection) -> str:
+    """The Brock model's patient inputs as used, each marked given or default (the table's description, the
+    panel's status); empty where the detection carries none."""
+    brock = detection.info.get("brock") or {}
+    inputs, defaulted = brock.get("inputs") or {}, set(brock.get("defaulted") or [])
+    if not inputs:
+        return ""
+    shown = {"age": lambda v: f"age {float(v):g}", "sex": lambda v: f"sex {v}",
+             "family_history": lambda v: f"family history {'yes' if v else 'no'}",
+             "emphysema": lambda v: f"emphysema {'yes' if v else 'no'}"}
+    parts = [shown[k](v) + (" (default)" if k in defaulted else "") for k, v in inputs.items() if k in shown]
+    return "Brock inputs: " + ", ".join(parts) + "."
+
+
+def _fill_table(node: Any, nodules: list[Nodule], detection: Detection | None = None) -> None:
     import vtk
 
     array_class = {"int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray, "string": vtk.vtkStringArray}
@@ -597,13 +639,15 @@ def _fill_table(node: Any, nodules: list[Nodule]) -> None:
         node.SetColumnUnitLabel(name, unit)
         node.SetColumnDescription(name, description)
     node.SetLocked(True)  # results: not editable in the table view
-    node.SetDescription(RESEARCH_NOTE)
+    inputs = brock_inputs_text(detection) if detection is not None else ""
+    node.SetDescription(f"{RESEARCH_NOTE} {inputs}".strip())
+    node.SetAttribute(BROCK_INPUTS_ATTRIBUTE, inputs)
     node.EndModify(was_modifying)
 
 
 def _add_legend(scene: Any, volume_node: Any, color_by: str, folder: int) -> Any:
     entries = legend_entries(color_by)
-    title = "malignancy" if color_by == "malignancy" else "Lung-RADS size category"
+    title = "malignancy" if color_by == "malignancy" else "Lung-RADS v2022 category"
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"Nodule colours ({title})")
     node.SetTypeToUser()
     node.SetHideFromEditors(False)  # colour tables are hidden by default; this one is the legend: show it
@@ -718,7 +762,7 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     if table is None:
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} nodules table")
     _tag(table, ROLE_TABLE, volume_node)
-    _fill_table(table, nodules)
+    _fill_table(table, nodules, detection)
     _place(scene, table, parent)
 
     legend = _add_legend(scene, volume_node, color_by, folder)

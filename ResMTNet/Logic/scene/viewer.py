@@ -47,13 +47,18 @@ class Finding:
     malignancy_percent: float
     center_ras: tuple[float, float, float]
     color: str  # "#rrggbb", the finding's marker colour
+    nodule_type: str = ""  # the table's Type, Lung-RADS and Brock (%) columns ("" in a scene made before them)
+    lung_rads: str = ""
+    brock: str = ""
 
     def row(self) -> dict[str, Any]:
         """The row as the page's table shows it."""
         x, y, z = self.center_lps
         return {"number": self.number, "name": self.name, "position": f"{x:.1f}, {y:.1f}, {z:.1f}",
                 "size": f"{self.diameter_mm:.1f}", "p": f"{self.probability:.2f}",
-                "malignancy": f"{self.malignancy_percent:.0f} %", "color": self.color}
+                "malignancy": f"{self.malignancy_percent:.0f} %", "type": self.nodule_type,
+                "lung_rads": self.lung_rads,
+                "brock": f"{self.brock} %" if self.brock not in ("", "n/a") else self.brock, "color": self.color}
 
 
 def resolve_scene(source: str | Path) -> Path:
@@ -129,7 +134,9 @@ def scene_findings(scene: Any) -> list[Finding]:
             found.append(Finding(number=number, name=name,
                                  center_lps=(float(value("L", r)), float(value("P", r)), float(value("S", r))),
                                  diameter_mm=float(value("Diameter", r)), probability=float(value("p", r)),
-                                 malignancy_percent=float(value("Malignancy", r)), center_ras=ras, color=color))
+                                 malignancy_percent=float(value("Malignancy", r)), center_ras=ras, color=color,
+                                 nodule_type=str(value("Type", r) or ""), lung_rads=str(value("Lung-RADS", r) or ""),
+                                 brock=str(value("Brock", r) or "")))
     return sorted(found, key=lambda f: f.number)
 
 
@@ -341,7 +348,8 @@ class SceneViewer:
         cell = "padding: 2px 6px; text-align: right; white-space: nowrap;"
         with html.Table(id=TABLE_ID, style="border-collapse: collapse; width: 100%; margin: 8px 0;"):
             with html.Thead(), html.Tr():
-                for text in ("", "Finding", "Centre L, P, S (mm)", "Size (mm)", "p", "Malignancy"):
+                for text in ("", "Finding", "Centre L, P, S (mm)", "Size (mm)", "p", "Malignancy", "Type", "Lung-RADS",
+                             "Brock"):
                     html.Th(text, style=cell)
             with html.Tbody():
                 with html.Tr(v_for="row in findings", key="row.number", click="trigger('jump', [row.number])",
@@ -354,6 +362,9 @@ class SceneViewer:
                     html.Td("{{ row.size }}", style=cell)
                     html.Td("{{ row.p }}", style=cell)
                     html.Td("{{ row.malignancy }}", style=cell)
+                    html.Td("{{ row.type }}", style=cell)
+                    html.Td("{{ row.lung_rads }}", style=cell)
+                    html.Td("{{ row.brock }}", style=cell)
         self.server.trigger("jump")(self.jump_to_finding)
         html.Div("Click a row to centre the slice views on it.", classes="text-caption")
 
