@@ -157,3 +157,14 @@ def test_a_heads_only_run_changes_nothing_but_the_heads(tmp_path, capsys):
     assert after["decode"] == {"threshold": 0.4321, "tta_flips": [[], [2]]}
     assert after["metrics"] == {"calibration": {"cpm": 0.5}}
     assert after["config"]["characterisation_heads"] is True
+
+
+def test_balanced_accuracy_weighs_each_true_class_alike():
+    from resmtnet.evaluate.characterisation import confusion
+
+    pairs = [("solid", "solid")] * 8 + [("calcified", "solid"), ("calcified", "calcified")]
+    c = confusion(pairs, TYPE_CLASSES)
+    assert c["matrix"][0] == [8, 0, 0, 0] and c["matrix"][3] == [1, 0, 0, 1]
+    assert c["recall"] == {"solid": 1.0, "part-solid": None, "ground-glass": None, "calcified": 0.5}
+    assert c["balanced_accuracy"] == pytest.approx(0.75)  # not the 0.9 of plain accuracy
+    assert confusion([], MARGIN_CLASSES)["balanced_accuracy"] is None
