@@ -373,8 +373,10 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
     prov = {"code_version": code_version(), "data": data_prov, "command": command_line(args), "recipe": tables}
     if init:
         init_prov = init.meta.get("provenance", {})
+        # its own lineage too (what it was trained with and from), so a fine-tune of a fine-tune keeps every stage
         prov["init_from"] = {"path": str(init_path),
-                             **{k: init_prov.get(k) for k in ("code_version", "command", "data")}}
+                             **{k: init_prov.get(k) for k in ("code_version", "command", "data")},
+                             **{k: init_prov[k] for k in ("train_config", "init_from") if k in init_prov}}
     last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance=prov,
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
                  init_state=init_state)
