@@ -38,6 +38,7 @@ def score_characterisation(result: EvaluationResult, nodules_by_scan: Mapping[st
     findings were scored (a finding's ``row``)."""
     types: list[tuple[str, str]] = []
     margins: list[tuple[str, str]] = []
+    malignancy: dict[str, list[float]] = {}  # the found nodules' predicted malignancy by true type and margin
     scored = not_found = 0
     for outcome in result.match.nodules:
         mark = outcome.mark
@@ -53,11 +54,16 @@ def score_characterisation(result: EvaluationResult, nodules_by_scan: Mapping[st
         nodule = nodules_by_scan[best.seriesuid][best.row]
         if mark.nodule_type in TYPE_CLASSES:
             types.append((mark.nodule_type, nodule.nodule_type))
+            malignancy.setdefault(mark.nodule_type, []).append(float(nodule.malignancy))
         if mark.margin in MARGIN_CLASSES:
             margins.append((mark.margin, nodule.margin))
+            if mark.nodule_type != "calcified":
+                malignancy.setdefault(f"{mark.margin} (not calcified)", []).append(float(nodule.malignancy))
     return {"min_diameter_mm": min_diameter_mm, "threshold": threshold, "nodules": scored,
             "not_found_at_threshold": not_found, "type": confusion(types, TYPE_CLASSES),
-            "margin": confusion(margins, MARGIN_CLASSES)}
+            "margin": confusion(margins, MARGIN_CLASSES),
+            "malignancy_by_truth": {k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+                                    for k, v in sorted(malignancy.items())}}
 
 
 def format_characterisation(c: dict[str, Any]) -> str:
@@ -70,4 +76,7 @@ def format_characterisation(c: dict[str, Any]) -> str:
         lines.append(f"  {key}: balanced accuracy {ba} on {m['n']}; rows true, columns predicted "
                      f"({', '.join(m['classes'])})")
         lines += [f"    {cls:>12}: " + " ".join(f"{v:3d}" for v in row) for cls, row in zip(m["classes"], m["matrix"])]
+    by_truth = c["malignancy_by_truth"].items()
+    lines.append("  predicted malignancy of the found nodules by their true type and margin: " + "; ".join(
+        f"{k} {v['mean']:.2f} ({v['min']:.2f}-{v['max']:.2f}, n={v['n']})" for k, v in by_truth))
     return "\n".join(lines)
