@@ -171,7 +171,7 @@ def test_windows_centre_more_often_on_small_faint_and_large_nodules():
     counts = np.zeros(4)
     n = 2000
     for _ in range(n):
-        _, inside, diam, _ = sampler.sample()
+        _, inside, diam, *_ = sampler.sample()
         # the window's own nodule lies within 0.35 window widths of its middle on every axis; the others don't
         own = np.flatnonzero(np.abs(inside - (cfg.patch - 1) / 2).max(axis=1) <= 0.35 * cfg.patch + 1)
         assert len(own) == 1
@@ -203,7 +203,7 @@ def test_a_nodule_drawn_outside_the_lung_is_background_in_training_and_excluded_
     assert PatchSampler([case], replace(cfg, min_lung_share=0.0), ModelConfig(), seed=0).nodules == [(0, 0), (0, 1)]
     assert TrainConfig.from_dict(replace(cfg, min_lung_share=0.0).to_dict()).min_lung_share == 0.0
     for _ in range(200):
-        patch, inside, diam, ratings = sampler.sample()
+        patch, inside, diam, ratings, *_ = sampler.sample()
         assert len(inside) == 1 and ratings.tolist() == [4]  # the wall nodule is never a target
         assert np.abs(inside[0] - (cfg.patch - 1) / 2).max() <= 0.35 * cfg.patch + 1
     cfg_any = TrainConfig(positive_fraction=0.0, hard_negative_fraction=0.0, patch=96, scale_range=(1.0, 1.0))

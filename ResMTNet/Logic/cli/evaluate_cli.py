@@ -135,9 +135,11 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
     check_number("--min-lung-share", args.min_lung_share, low=0.0, high=1.0)
     outdir = Path(args.outdir or f"evaluation-phantoms-s{args.phantom_seed}")
     model = load_model(args.model)
+    detections: dict[str, list] = {}
     result = evaluate_on_phantoms(outdir, args.phantoms, args.phantom_seed, model=model, device=args.device,
                                   min_diameter_mm=args.min_diameter, n_bootstrap=args.bootstrap, tta=args.tta,
-                                  progress=lambda m: print(m, flush=True), min_lung_share=args.min_lung_share)
+                                  progress=lambda m: print(m, flush=True), min_lung_share=args.min_lung_share,
+                                  detections=detections)
     annotations = outdir / "phantoms" / "annotations.csv"
     outside = count_outside_lung(annotations, args.min_diameter, args.min_lung_share)
     extra = {"inputs": {"phantoms": args.phantoms, "phantom_seed": args.phantom_seed,
@@ -146,11 +148,21 @@ def _run_on_phantoms(args: argparse.Namespace) -> int:
                         "test_time_augmentation": args.tta, "tta_passes": len(model.tta_flips) if args.tta else 1}}
     by_kind = sensitivity_by_kind(result)
     extra["by_kind"] = by_kind
+    characterised = None
+    if model.config.characterisation_heads:
+        from ..evaluate.characterisation import score_characterisation
+
+        characterised = score_characterisation(result, detections, model.threshold)
+        extra["characterisation"] = characterised
     json_path, png_path = froc.write_results(result, outdir, extra=extra)
     print(format_summary(result, f"{args.phantoms} phantoms, seed {args.phantom_seed}; nodules >= "
                                  f"{args.min_diameter:g} mm scored, smaller ones excluded, and {outside} drawn "
                                  f"mostly outside the lungs (lung_share < {args.min_lung_share:g})"))
     print(format_by_kind(by_kind))
+    if characterised is not None:
+        from ..evaluate.characterisation import format_characterisation
+
+        print(format_characterisation(characterised))
     print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -239,10 +239,31 @@ def _read_init(path: str | None, r: Recipe) -> LoadedModel | None:
     init = load_model(path)
     have = init.config.to_dict()
     for key in r.model_given:
+        if key == "characterisation_heads" and r.model[key]:
+            continue  # heads added to a network without them (:func:`_network_to_train`)
         if _comparable(key, r.model[key]) != _comparable(key, have[key]):
             raise ResMTNetError(f"model.{key} = {json.dumps(r.model[key])}: {path} has {json.dumps(have[key])}; a "
                                 "fine-tune's network is its checkpoint's (leave the setting out)")
     return init
+
+
+def _network_to_train(init: LoadedModel, r: Recipe):
+    """The network a fine-tune trains: its checkpoint's, with the characterisation heads added where the recipe
+    asks for them (``model.characterisation_heads = true``) and the checkpoint has none."""
+    from dataclasses import replace
+
+    mcfg = init.config
+    if "characterisation_heads" in r.model_given and r.model["characterisation_heads"]:
+        mcfg = replace(mcfg, characterisation_heads=True)
+    return mcfg
+
+
+def heads_only(trainable, init_path: str | None) -> bool:
+    """Whether a run trains nothing but the characterisation heads of a checkpoint: its detection (centres,
+    probabilities, sizes) and malignancy are then the checkpoint's, bit for bit."""
+    from ..model.model import CHARACTERISATION_MODULES
+
+    return bool(init_path) and bool(trainable) and all(m in CHARACTERISATION_MODULES for m in trainable)
 
 
 def _comparable(key: str, value):
@@ -312,7 +333,7 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
         raise ResMTNetError("no training cases")
     init_state = None
     if init:
-        mcfg = init.config
+        mcfg = _network_to_train(init, r)
         init_state = init.net.state_dict()
     else:
         mcfg = ModelConfig(**_model_settings(r))
@@ -352,15 +373,19 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
     prov = {"code_version": code_version(), "data": data_prov, "command": command_line(args), "recipe": tables}
     if init:
         init_prov = init.meta.get("provenance", {})
+        # its own lineage too (what it was trained with and from), so a fine-tune of a fine-tune keeps every stage
         prov["init_from"] = {"path": str(init_path),
-                             **{k: init_prov.get(k) for k in ("code_version", "command", "data")}}
+                             **{k: init_prov.get(k) for k in ("code_version", "command", "data")},
+                             **{k: init_prov[k] for k in ("train_config", "init_from") if k in init_prov}}
     last = train(train_cases, out, cfg, mcfg, val_fn=val_fn, provenance=prov,
                  resume=not args.no_resume, device=args.device, log=log, progress_bar=not args.no_progress,
                  init_state=init_state)
     if rank == 0:
         best = out / "best.pt"
         print(f"checkpoints: {last}" + (f" and {best}" if best.exists() else ""))
-        if export:
+        if export and heads_only(cfg.trainable, init_path):
+            _export_heads(best if best.exists() else last, Path(export), init, data_prov, command_line(args), tables)
+        elif export:
             cal_cases = ca.load() if ca is not None else (val_cases or train_cases[:8])
             _export(best if best.exists() else last, Path(export), cal_cases,
                     r.export["fp_rate"], data_prov, command_line(args), min_d, device, min_lung_share,
@@ -376,6 +401,29 @@ def command_line(args: argparse.Namespace) -> str:
 
     argv = getattr(args, "argv", None)
     return "resmtnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def _export_heads(src: Path, dst: Path, init: LoadedModel, data_prov: dict, command: str, recipe: dict) -> None:
+    """The release file of a run that trained only the characterisation heads: its threshold, test-time passes
+    and detection metrics are the starting checkpoint's, since every weight detection reads is that checkpoint's
+    (checked here bit for bit, or nothing is written)."""
+    import torch
+
+    from ..model.model_io import load_model, read_checkpoint, save_checkpoint
+    from ..util.errors import ResMTNetError
+
+    model = load_model(src)
+    trained = model.net.state_dict()
+    changed = [k for k, v in init.net.state_dict().items() if not torch.equal(v, trained[k])]
+    if changed:
+        raise ResMTNetError(f"{src}: {len(changed)} weights of the starting network changed (e.g. {changed[0]}); "
+                            "a heads-only export keeps them as they were")
+    prov = dict(read_checkpoint(src).get("provenance", {}))
+    prov.update({"data": data_prov, "exported_from": str(src), "command": command, "recipe": recipe,
+                 "threshold_calibration": init.meta.get("provenance", {}).get("threshold_calibration"),
+                 "detection_from": "the starting checkpoint (init_from): its weights, threshold and metrics"})
+    save_checkpoint(dst, model.net, provenance=prov, metrics=init.meta.get("metrics", {}),
+                    decode=init.meta.get("decode", {}))
 
 
 def _export(src: Path, dst: Path, cases, fp_rate: float, data_prov: dict, command: str,

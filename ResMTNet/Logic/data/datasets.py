@@ -236,7 +236,7 @@ class LidcSource:
 
     def _truths_of(self, case_id: str, case) -> list[ReferenceNodule]:
         return [ReferenceNodule(case_id, center_lps=n.center_lps, diameter_mm=n.diameter_mm,
-                                malignancy_rating=n.malignancy_rating, nodule_type=n.nodule_type)
+                                malignancy_rating=n.malignancy_rating, nodule_type=n.nodule_type, margin=n.margin)
                 for n in case.accepted(self.min_readers)]
 
     def negatives(self, case_id: str) -> list[Point]:
@@ -308,8 +308,9 @@ def _fingerprint(files: Iterable[Path]) -> list[list[Any]]:
 # ---------------------------------------------------------------- training cases for resmtnet.train.training
 
 
-#: The format of a cached training case, part of its cache key: 2 cases carry each nodule's lung_share.
-TRAIN_CACHE_FORMAT = 2
+#: The format of a cached training case, part of its cache key: 2 cases carry each nodule's lung_share, 3 its
+#: type and margin.
+TRAIN_CACHE_FORMAT = 3
 
 
 def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_lungs: bool = True):
@@ -333,7 +334,8 @@ def build_train_case(source: CaseSource, case_id: str, spacing: float, crop_to_l
     ratings = np.array([rounded_rating(t.malignancy_rating) or 0 for t in truths], dtype=np.int16)
     neg = np.array(source.negatives(case_id), dtype=np.float64).reshape(-1, 3)
     return case_from_ct(case_id, ct, centers, diameters, ratings, float(spacing), lung_mask=mask,
-                        negatives_lps=neg, lung_share=np.array([t.lung_share for t in truths], np.float32))
+                        negatives_lps=neg, lung_share=np.array([t.lung_share for t in truths], np.float32),
+                        nodule_types=[t.nodule_type for t in truths], margins=[t.margin for t in truths])
 
 
 def _build_train_case_file(source: CaseSource, case_id: str, spacing: float, crop: bool, path: Path) -> None:

@@ -21,7 +21,10 @@ Ratings: a median halfway between two ratings (e.g. 2.5 from [2, 3]) rounds *tow
 between "uncertain" and a class stays uncertain. Malignancy labels: 4–5 malignant, 1–2 benign, 3 uncertain.
 Texture (LIDC: 1 non-solid/GGO, 2 non-solid/mixed, 3 part-solid, 4 solid/mixed, 5 solid): 1–2
 ground-glass, 3 part-solid, 4–5 solid. Calcification (1–5 a pattern, 6 absent): a median below 6 makes
-the nodule "calcified", whatever its texture.
+the nodule "calcified", whatever its texture. Margin (:func:`margin_from_ratings`), from the medians of
+spiculation and lobulation (LIDC: 1 none … 5 marked): spiculation 3 or more "spiculated", else lobulation 3
+or more "lobulated", else "smooth"; spiculation wins where both are marked, as it does in Lung-RADS (4X)
+and in the Brock model. Unknown where a nodule has no spiculation rating.
 """
 
 from __future__ import annotations
@@ -425,6 +428,15 @@ def nodule_type_from_ratings(texture: int | None, calcification: int | None) -> 
     return "ground-glass" if texture <= 2 else "part-solid" if texture == 3 else "solid"
 
 
+def margin_from_ratings(spiculation: int | None, lobulation: int | None) -> str | None:
+    """The margin class (smooth, lobulated, spiculated) from median spiculation and lobulation ratings (module doc)."""
+    if spiculation is None:
+        return None
+    if spiculation >= 3:
+        return "spiculated"
+    return "lobulated" if lobulation is not None and lobulation >= 3 else "smooth"
+
+
 @dataclass
 class LidcNodule:
     """A nodule >= 3 mm as the readers agree on it (centre LPS mm, equivalent diameter mm)."""
@@ -439,6 +451,7 @@ class LidcNodule:
     malignancy_label: str | None
     texture_ratings: list[int]
     nodule_type: str | None
+    margin: str | None = None  # smooth | lobulated | spiculated (margin_from_ratings)
 
     @property
     def n_readers(self) -> int:
@@ -449,7 +462,7 @@ class LidcNodule:
                 "volume_mm3": self.volume_mm3, "readers": self.n_readers,
                 "malignancy_ratings": self.malignancy_ratings, "malignancy_median": self.malignancy_median,
                 "malignancy_rating": self.malignancy_rating, "malignancy_label": self.malignancy_label,
-                "texture_ratings": self.texture_ratings, "nodule_type": self.nodule_type,
+                "texture_ratings": self.texture_ratings, "nodule_type": self.nodule_type, "margin": self.margin,
                 "marks": [{"reader": m.reader, "mark_id": m.mark_id, "center_lps": list(m.center_lps),
                            "volume_mm3": m.volume_mm3, "diameter_mm": m.diameter_mm,
                            "characteristics": m.characteristics} for m in self.marks]}
@@ -462,6 +475,8 @@ def consensus(cluster: list[PlacedMark]) -> LidcNodule:
     mal = [m.characteristics["malignancy"] for m in marks if "malignancy" in m.characteristics]
     tex = [m.characteristics["texture"] for m in marks if "texture" in m.characteristics]
     calc = [m.characteristics["calcification"] for m in marks if "calcification" in m.characteristics]
+    spic = [m.characteristics["spiculation"] for m in marks if "spiculation" in m.characteristics]
+    lobe = [m.characteristics["lobulation"] for m in marks if "lobulation" in m.characteristics]
     rating = median_rating(mal)
     return LidcNodule(
         center_lps=tuple(float(v) for v in center),
@@ -474,6 +489,7 @@ def consensus(cluster: list[PlacedMark]) -> LidcNodule:
         malignancy_label=malignancy_label(rating),
         texture_ratings=tex,
         nodule_type=nodule_type_from_ratings(median_rating(tex), median_rating(calc)),
+        margin=margin_from_ratings(median_rating(spic), median_rating(lobe)),
     )
 
 

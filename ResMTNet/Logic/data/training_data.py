@@ -36,10 +36,18 @@ class TrainCase:
     negatives: np.ndarray  # (M, 3) z, y, x voxel positions of known non-nodules (hard negatives)
     # (N,) share of each nodule drawn in aerated lung (phantoms: PhantomNodule.lung_share); 1 for real truth
     lung_share: np.ndarray | None = field(default=None)
+    # (N,) each nodule's type and margin as class indices of resmtnet.model.model.TYPE_CLASSES / MARGIN_CLASSES,
+    # -1 where unknown (LUNA16; LIDC nodules without the ratings; cases cached before they were kept)
+    nodule_types: np.ndarray | None = field(default=None)
+    margins: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.lung_share is None:
             self.lung_share = np.ones(len(self.diameters), np.float32)
+        if self.nodule_types is None:
+            self.nodule_types = np.full(len(self.diameters), -1, np.int8)
+        if self.margins is None:
+            self.margins = np.full(len(self.diameters), -1, np.int8)
 
     def in_lung(self, min_share: float) -> np.ndarray:
         """(N,) bool: the nodules with at least ``min_share`` of themselves in the lung. A phantom nodule drawn
@@ -53,7 +61,7 @@ class TrainCase:
             with open(tmp, "wb") as f:
                 np.savez(f, image=self.image, origin=self.origin, spacing=self.spacing, centers=self.centers,
                          diameters=self.diameters, malignancy=self.malignancy, negatives=self.negatives,
-                         lung_share=self.lung_share)
+                         lung_share=self.lung_share, nodule_types=self.nodule_types, margins=self.margins)
 
         atomic_write(path, write)
 
@@ -62,13 +70,22 @@ class TrainCase:
         with np.load(path) as z:
             return cls(case_id=case_id, image=z["image"], origin=z["origin"], spacing=float(z["spacing"]),
                        centers=z["centers"], diameters=z["diameters"], malignancy=z["malignancy"],
-                       negatives=z["negatives"], lung_share=z["lung_share"] if "lung_share" in z.files else None)
+                       negatives=z["negatives"], lung_share=z["lung_share"] if "lung_share" in z.files else None,
+                       nodule_types=z["nodule_types"] if "nodule_types" in z.files else None,
+                       margins=z["margins"] if "margins" in z.files else None)
 
 
 def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters: np.ndarray,
                  malignancy: np.ndarray, spacing: float, lung_mask: np.ndarray | None = None,
-                 negatives_lps: np.ndarray | None = None, lung_share: np.ndarray | None = None) -> TrainCase:
-    """Resample a CT with its nodules onto the model grid, cropped to the lungs (+ margin) when known."""
+                 negatives_lps: np.ndarray | None = None, lung_share: np.ndarray | None = None,
+                 nodule_types: Sequence[str | None] | None = None, margins: Sequence[str | None] | None = None
+                 ) -> TrainCase:
+    """Resample a CT with its nodules onto the model grid, cropped to the lungs (+ margin) when known.
+
+    ``nodule_types`` and ``margins``: each nodule's type and margin by name (None where unknown)."""
+    from ..model.model import MARGIN_CLASSES, TYPE_CLASSES
+    from ..model.targets import class_indices
+
     bounds = mask_bounds(lung_mask, ct, CROP_MARGIN_MM) if lung_mask is not None else None
     arr, grid = to_model_grid(ct, spacing, bounds)
     c = grid.world_to_voxel(np.asarray(centers_lps, float).reshape(-1, 3))
@@ -78,7 +95,9 @@ def case_from_ct(case_id: str, ct: CTVolume, centers_lps: np.ndarray, diameters:
                      origin=grid.origin, spacing=spacing, centers=c.astype(np.float32),
                      diameters=np.asarray(diameters, np.float32).reshape(-1),
                      malignancy=np.asarray(malignancy, np.int16).reshape(-1), negatives=neg.astype(np.float32),
-                     lung_share=None if lung_share is None else np.asarray(lung_share, np.float32).reshape(-1))
+                     lung_share=None if lung_share is None else np.asarray(lung_share, np.float32).reshape(-1),
+                     nodule_types=None if nodule_types is None else class_indices(nodule_types, TYPE_CLASSES),
+                     margins=None if margins is None else class_indices(margins, MARGIN_CLASSES))
 
 
 def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix: str = "screening") -> TrainCase:
@@ -88,7 +107,8 @@ def _phantom_case(case_id: str, seed: int, spacing: float, max_nodules: int, mix
     n = ph.nodules
     return case_from_ct(case_id, ph.ct, np.array([x.center_lps for x in n]).reshape(-1, 3),
                         np.array([x.diameter_mm for x in n]), np.array([x.malignancy for x in n]), spacing,
-                        lung_mask=ph.lung_mask, lung_share=np.array([x.lung_share for x in n]))
+                        lung_mask=ph.lung_mask, lung_share=np.array([x.lung_share for x in n]),
+                        nodule_types=[x.nodule_type for x in n], margins=[x.margin for x in n])
 
 
 class PhantomCases:
@@ -108,9 +128,9 @@ class PhantomCases:
         self.max_nodules = max_nodules
         prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
         self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
-        # v: the format of a cached case (3: cases carry each nodule's lung_share); the screening mix, the
-        # one every evaluation set uses, names no mix in its key
-        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 3}
+        # v: the format of a cached case (3: cases carry each nodule's lung_share; 4: its type and margin); the
+        # screening mix, the one every evaluation set uses, names no mix in its key
+        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 4}
         if mix != "screening":
             key["mix"] = mix
         tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]

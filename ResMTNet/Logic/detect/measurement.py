@@ -133,11 +133,27 @@ def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check:
             centre = refined_centre(ct, box, own, peak_centre, p.diameter_mm)
         nodules.append(Nodule(number=i, center_lps=tuple(float(v) for v in centre), probability=p.probability,
                               diameter_mm=combined_diameter(p.diameter_mm, measured_d), malignancy=p.malignancy,
-                              volume_mm3=volume,
+                              volume_mm3=volume, **characterisation(p),
                               extra={"regressed_diameter_mm": round(p.diameter_mm, 2),
                                      "centre_moved_mm": round(float(np.linalg.norm(centre - peak_centre)), 2),
                                      "mask_diameter_mm": None if measured_d is None else round(measured_d, 2)}))
     return labels, nodules
+
+
+def characterisation(p: Peak) -> dict:
+    """The Nodule fields the type and margin heads give a finding: the most probable class of each and every
+    class's probability (the heads' softmax at the finding's cell, averaged over the test-time passes as
+    logits); nothing for a model without those heads (the Nodule's defaults: type "solid", margin "unknown")."""
+    from ..model.model import MARGIN_CLASSES, TYPE_CLASSES
+
+    fields: dict = {}
+    if p.type_probabilities is not None:
+        probs = {c: round(float(v), 4) for c, v in zip(TYPE_CLASSES, p.type_probabilities)}
+        fields.update(nodule_type=TYPE_CLASSES[int(np.argmax(p.type_probabilities))], type_probabilities=probs)
+    if p.margin_probabilities is not None:
+        probs = {c: round(float(v), 4) for c, v in zip(MARGIN_CLASSES, p.margin_probabilities)}
+        fields.update(margin=MARGIN_CLASSES[int(np.argmax(p.margin_probabilities))], margin_probabilities=probs)
+    return fields
 
 
 #: HU at and above which a voxel of a part-solid nodule's mask is solid. Ground glass lies at about -750 to

@@ -29,10 +29,12 @@ PHANTOM_MIN_DIAMETER_MM = 4.0
 def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | LoadedModel | None = None,
                          device: str = "auto", min_diameter_mm: float = PHANTOM_MIN_DIAMETER_MM, workers: int = 2,
                          n_bootstrap: int = 1000, tta: bool = True, progress: Callable[[str], None] | None = None,
-                         min_lung_share: float = MIN_LUNG_SHARE) -> EvaluationResult:
+                         min_lung_share: float = MIN_LUNG_SHARE, detections: dict[str, list] | None = None
+                         ) -> EvaluationResult:
     """Generate ``n`` phantoms of ``seed`` under ``outdir/phantoms`` (kept for the next run), detect on each as
     `resmtnet detect` does, and score by the LUNA16 rules. Excluded marks: nodules under ``min_diameter_mm``
-    and nodules with less than ``min_lung_share`` of themselves in the lung (0 scores every nodule)."""
+    and nodules with less than ``min_lung_share`` of themselves in the lung (0 scores every nodule).
+    ``detections``: filled with each phantom's detected nodules (for :mod:`.characterisation`)."""
     from ..data.phantom import write_phantom_set
     from ..detect.nodules import write_nodules_csv
     from ..detect.pipeline import detect_ct
@@ -55,6 +57,8 @@ def evaluate_on_phantoms(outdir: str | Path, n: int, seed: int, *, model: str | 
         det_dir = outdir / "detections" / uid
         det_dir.mkdir(parents=True, exist_ok=True)
         write_nodules_csv(det_dir / "nodules.csv", uid, det.nodules)
+        if detections is not None:
+            detections[uid] = det.nodules
         findings += [Finding(uid, n_.center_lps, n_.probability, n_.diameter_mm, n_.malignancy, row=j)
                      for j, n_ in enumerate(det.nodules)]
         marks += phantom_marks(truths.get(uid, []), min_diameter_mm, min_lung_share)

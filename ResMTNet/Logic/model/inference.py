@@ -87,8 +87,7 @@ def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, win
     starts = [(a, b, c) for a in _starts(padded[0], win[0], step[0]) for b in _starts(padded[1], win[1], step[1])
               for c in _starts(padded[2], win[2], step[2])]
     cells = padded // stride
-    out = {"center": torch.full((1, 1, *cells), -20.0), "offset": torch.zeros((1, 3, *cells)),
-           "log_diameter": torch.zeros((1, 1, *cells)), "malignancy": torch.zeros((1, 1, *cells))}
+    out: dict[str, torch.Tensor] = {}  # every output the network gives, each map allocated on its first window
     half = overlap // 2 // stride
     for i in range(0, len(starts), batch_size):
         if cancel is not None and cancel():
@@ -98,6 +97,10 @@ def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, win
         with torch.autocast(device_type=device.type, dtype=precision, enabled=precision != torch.float32):
             res = model(batch.to(device, non_blocking=True))
         res = {k: v.float().cpu() for k, v in res.items()}
+        for k, v in res.items():
+            if k not in out:  # cells no window writes (none, as the windows tile the volume) read as no centre
+                out[k] = torch.full((1, v.shape[1], *cells), -20.0) if k == "center" else \
+                    torch.zeros((1, v.shape[1], *cells))
         for j, st in enumerate(group):
             src, dst = [], []
             for ax in range(3):

@@ -10,7 +10,14 @@ cost sits at high resolution, so the heads stay 1x1 except malignancy's, which l
 - ``size``: log diameter in mm (regression);
 - ``malignancy``: malignant vs benign logit (classification). The malignancy head takes the size
   head's hidden features through a residual link, so what the network learns about size informs the
-  malignancy estimate, as size does for radiologists.
+  malignancy estimate, as size does for radiologists;
+- ``nodule_type`` and ``margin`` (only with ``ModelConfig.characterisation_heads``): logits of the nodule's type
+  (:data:`TYPE_CLASSES`) and margin (:data:`MARGIN_CLASSES`), each from two 3x3x3 layers that look around the
+  centre (a margin is seen at the nodule's boundary, a cell or two from its centre). They read the head trunk
+  and a light branch of their own on the CT itself (``characterisation_stem``: the input windows brought to
+  the output stride by strided convolutions): a linear probe of the trunk at nodule centres told the four
+  types apart no better than 0.38 balanced accuracy (chance 0.25), as it held no malignancy beyond size
+  (model card); density and boundary are in the voxels.
 
 Optionally the stem also sees the CT under extra HU windows (:class:`InputWindows`, e.g. a lung window
 for faint ground-glass), made inside the network from its one input channel.
@@ -29,6 +36,13 @@ from torch import nn
 
 from .prepare import HU_MAX, HU_MIN
 
+#: the type head's classes, in the order of its logits (the vocabulary of ``Nodule.nodule_type``)
+TYPE_CLASSES: tuple[str, ...] = ("solid", "part-solid", "ground-glass", "calcified")
+#: the margin head's classes, in the order of its logits (``Nodule.margin``; "unknown" where a model has no head)
+MARGIN_CLASSES: tuple[str, ...] = ("smooth", "lobulated", "spiculated")
+#: the modules of the type and margin heads (a network without them is the network of earlier checkpoints)
+CHARACTERISATION_MODULES: tuple[str, ...] = ("characterisation_stem", "type_head", "margin_head")
+
 
 @dataclass
 class ModelConfig:
@@ -45,6 +59,8 @@ class ModelConfig:
     # the 300 HU between lung and ground-glass over the whole range; computed inside the network from the
     # one normalised channel every caller feeds (see :class:`InputWindows`)
     input_windows: tuple[tuple[float, float], ...] = ()
+    # the nodule type and margin heads (off: the network of checkpoints made before them, unchanged)
+    characterisation_heads: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -181,20 +197,35 @@ class ResMTNet(nn.Module):
         self.malig_out = nn.Sequential(ConvNormAct(h, h), nn.Conv3d(h, 1, 1))
         nn.init.constant_(self.center_head[-1].bias, -math.log((1 - self.cfg.center_prior) / self.cfg.center_prior))
         nn.init.constant_(self.size_out.bias, math.log(8.0))
+        if self.cfg.characterisation_heads:  # built last: the other modules' initialisation stays as it was
+            n_in = self.cfg.in_channels + len(self.cfg.input_windows)
+            steps = int(round(math.log2(self.cfg.output_stride)))
+            chans = [n_in] + [max(8, h // 2 ** (steps - 1 - i)) for i in range(steps)]
+            self.characterisation_stem = nn.Sequential(*[ConvNormAct(a, b, 3, 2) for a, b in zip(chans, chans[1:])])
+            c2 = h + chans[-1]
+            self.type_head = nn.Sequential(ConvNormAct(c2, h), ConvNormAct(h, h), nn.Conv3d(h, len(TYPE_CLASSES), 1))
+            self.margin_head = nn.Sequential(ConvNormAct(c2, h), ConvNormAct(h, h),
+                                             nn.Conv3d(h, len(MARGIN_CLASSES), 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: (B, 1, Z, Y, X) normalised CT on the model grid, sizes divisible by 16.
 
         Returns logits/regressions at the output stride: center (B,1,...), offset (B,3,...) in cells,
-        log_diameter (B,1,...) (log mm), malignancy (B,1,...) logits.
+        log_diameter (B,1,...) (log mm), malignancy (B,1,...) logits; with the characterisation heads also
+        nodule_type (B,4,...) and margin (B,3,...) logits.
         """
         f = self.head_trunk(self.pyramid(self.encoder(x)))
         size_h = self.size_hidden(f)
         malig_h = self.malig_hidden(f) + size_h  # residual link between the size and malignancy tasks
-        return {
+        out = {
             "center": self.center_head(f),
             "offset": self.offset_head(f),
             "log_diameter": self.size_out(size_h),
             "malignancy": self.malig_out(malig_h),
         }
+        if self.cfg.characterisation_heads:
+            g = torch.cat([f, self.characterisation_stem(self.encoder.inputs(x))], 1)
+            out["nodule_type"] = self.type_head(g)
+            out["margin"] = self.margin_head(g)
+        return out
 

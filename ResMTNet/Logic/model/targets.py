@@ -8,6 +8,7 @@ Decoding inverts exactly that, so encode → decode gives the centre back (teste
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,13 @@ import torch.nn.functional as F
 # probability-of-malignancy target per LIDC rating: 4-5 malignant, 1-2 benign, 3 (indeterminate) a soft 0.5,
 # so the many indeterminate nodules still teach the head without pulling it either way; 0 = unrated
 RATING_TARGET = {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}
+#: the class index of a nodule whose type or margin is unknown; cross-entropy ignores its cells
+UNLABELLED = -1
+
+
+def class_indices(names: Sequence[str | None], classes: Sequence[str]) -> np.ndarray:
+    """(N,) int8: each name's index in ``classes``; :data:`UNLABELLED` for None or a name not among them."""
+    return np.array([classes.index(n) if n in classes else UNLABELLED for n in names], np.int8).reshape(-1)
 
 
 @dataclass
@@ -28,6 +36,10 @@ class Targets:
     size_mask: np.ndarray  # (Z, Y, X) float32, centre cells and their neighbours inside the nodule
     malignant: np.ndarray  # (Z, Y, X) float32, RATING_TARGET of the rating
     malig_mask: np.ndarray  # (Z, Y, X) float32, where the nodule has a rating (1-5)
+    # (Z, Y, X) int64 class index (TYPE_CLASSES / MARGIN_CLASSES) where malignancy is taught (the centre cell and
+    # its neighbours inside the nodule), UNLABELLED elsewhere and where the nodule's class is unknown
+    nodule_type: np.ndarray
+    margin: np.ndarray
 
 
 def voxel_to_cell(v: np.ndarray, stride: int) -> np.ndarray:
@@ -39,10 +51,12 @@ def cell_to_voxel(u: np.ndarray, stride: int) -> np.ndarray:
 
 
 def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters_mm: np.ndarray,
-           ratings: np.ndarray, stride: int, spacing_mm: float) -> Targets:
+           ratings: np.ndarray, stride: int, spacing_mm: float, nodule_types: np.ndarray | None = None,
+           margins: np.ndarray | None = None) -> Targets:
     """Targets on a grid of ``shape_cells`` for nodules at voxel positions ``centers_vox`` (N, 3) z, y, x.
 
-    The centre offset is taught on each nodule's centre cell only.
+    The centre offset is taught on each nodule's centre cell only. ``nodule_types`` and ``margins``: (N,) class
+    indices (:func:`class_indices`; None: all unknown).
     """
     Z, Y, X = shape_cells
     heat = np.zeros(shape_cells, np.float32)
@@ -52,6 +66,11 @@ def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters
     size_mask = np.zeros(shape_cells, np.float32)
     malignant = np.zeros(shape_cells, np.float32)
     malig_mask = np.zeros(shape_cells, np.float32)
+    type_map = np.full(shape_cells, UNLABELLED, np.int64)
+    margin_map = np.full(shape_cells, UNLABELLED, np.int64)
+    n = len(diameters_mm)
+    nodule_types = np.full(n, UNLABELLED) if nodule_types is None else np.asarray(nodule_types).reshape(-1)
+    margins = np.full(n, UNLABELLED) if margins is None else np.asarray(margins).reshape(-1)
     zz, yy, xx = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
     order = np.argsort(-np.asarray(diameters_mm))  # small nodules written last win shared cells
     for i in order:
@@ -77,7 +96,9 @@ def encode(shape_cells: tuple[int, int, int], centers_vox: np.ndarray, diameters
             malig_mask[near] = 1.0
         else:
             malig_mask[near] = 0.0
-    return Targets(heat, offset, offset_mask, logd, size_mask, malignant, malig_mask)
+        type_map[near] = int(nodule_types[i])  # UNLABELLED where unknown: a larger neighbour's label is not this one's
+        margin_map[near] = int(margins[i])
+    return Targets(heat, offset, offset_mask, logd, size_mask, malignant, malig_mask, type_map, margin_map)
 
 
 @dataclass
@@ -86,6 +107,9 @@ class Peak:
     probability: float
     diameter_mm: float
     malignancy: float
+    # softmax of the type / margin heads at the peak's cell, in TYPE_CLASSES / MARGIN_CLASSES order (None: no heads)
+    type_probabilities: np.ndarray | None = None
+    margin_probabilities: np.ndarray | None = None
 
 
 def decode(outputs: dict[str, torch.Tensor], stride: int, threshold: float = 0.05, max_peaks: int = 100
@@ -105,7 +129,11 @@ def decode(outputs: dict[str, torch.Tensor], stride: int, threshold: float = 0.0
     mal = torch.sigmoid(outputs["malignancy"].float()[0, 0][idx[:, 0], idx[:, 1], idx[:, 2]])
     cells = idx.double().numpy() + off.clamp(-1.5, 1.5).double().numpy()
     vox = cell_to_voxel(cells, stride)
-    return [Peak(vox[i], float(probs[i]), float(np.exp(float(logd[i]))), float(mal[i])) for i in range(len(idx))]
+    classes = {k: torch.softmax(outputs[k].float()[0][:, idx[:, 0], idx[:, 1], idx[:, 2]].T, dim=1).double().numpy()
+               for k in ("nodule_type", "margin") if k in outputs}
+    return [Peak(vox[i], float(probs[i]), float(np.exp(float(logd[i]))), float(mal[i]),
+                 classes["nodule_type"][i] if "nodule_type" in classes else None,
+                 classes["margin"][i] if "margin" in classes else None) for i in range(len(idx))]
 
 
 def merge_duplicates(peaks: list[Peak], spacing_mm: float) -> list[Peak]:

@@ -42,7 +42,7 @@ DATA: dict[str, tuple[type, Any]] = {
 }
 #: ``[model]``: the :class:`resmtnet.model.model.ModelConfig` settings a recipe may choose
 MODEL_KEYS = ("spacing_mm", "stem_channels", "stage_channels", "blocks_per_stage", "pyramid_channels",
-              "head_channels", "input_windows")
+              "head_channels", "input_windows", "characterisation_heads")
 #: ``[export]``
 EXPORT: dict[str, tuple[type, Any]] = {
     "fp_rate": (float, 1.0),  # false positives per scan at the calibrated threshold

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..data.training_data import TrainCase
 from ..model.model import ModelConfig, ResMTNet
 from ..model.prepare import HU_MIN, normalize_hu
-from ..model.targets import encode
+from ..model.targets import UNLABELLED, encode
 from ..util.errors import NonFiniteLossError, ResMTNetError
 from ..util.runtime import compute_precision, pick_device, torchrun_ranks
 from .hard_negatives import mine_false_findings, with_negatives
@@ -45,6 +45,9 @@ class TrainConfig:
     oversample_small: float = 2.5
     oversample_faint: float = 2.0
     oversample_large: float = 2.0
+    # centre windows on each nodule type equally often (the screening mix draws 55 % solid, 15 % of each other
+    # type), for training the type head; nodules of unknown type keep their weight
+    balance_types: bool = False
     loss_weights: dict[str, float] = field(default_factory=lambda: {
         "center": 1.0, "offset": 1.0, "size": 1.0, "malignancy": 1.0})
     seed: int = 0
@@ -63,17 +66,21 @@ class TrainConfig:
     # mediastinum) are not taught: no window is centred on one and no target marks it, so its spot is
     # background. 0 teaches every nodule.
     min_lung_share: float = 0.5
+    # the network's modules this run trains (e.g. ["type_head", "margin_head"]: the characterisation heads on a
+    # network whose other weights stay as they are); empty trains them all
+    trainable: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["scale_range"] = list(self.scale_range)
         d["mine_negatives_at"] = list(self.mine_negatives_at)
+        d["trainable"] = list(self.trainable)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("scale_range", "mine_negatives_at"):
+        for k in ("scale_range", "mine_negatives_at", "trainable"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -95,6 +102,10 @@ class PatchSampler:
         self.nodules = [(i, j) for i, c in enumerate(self.cases)
                         for j in np.flatnonzero(c.in_lung(cfg.min_lung_share))]
         w = np.array([self._nodule_weight(self.cases[i], j) for i, j in self.nodules], float)
+        if cfg.balance_types and len(w):
+            kinds = np.array([int(self.cases[i].nodule_types[j]) for i, j in self.nodules])
+            for k in set(kinds.tolist()) - {UNLABELLED}:
+                w[kinds == k] /= np.mean(kinds == k)
         self.nodule_p = w / w.sum() if len(w) else w
         self._dense: dict[int, np.ndarray] = {}
 
@@ -121,8 +132,9 @@ class PatchSampler:
             self._dense[i] = pts
         return self._dense[i]
 
-    def sample(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """One window: HU patch (P, P, P) and the nodules in it (centres voxel z,y,x, diameters, ratings)."""
+    def sample(self) -> tuple[np.ndarray, ...]:
+        """One window: HU patch (P, P, P) and the nodules in it (centres voxel z,y,x, diameters, ratings, type
+        and margin class indices)."""
         rng = self.rng
         scale = rng.uniform(*self.cfg.scale_range)  # > 1 magnifies: objects grow by `scale`
         P = self.cfg.patch
@@ -148,21 +160,22 @@ class PatchSampler:
         lung = c.in_lung(self.cfg.min_lung_share)
         centers = (c.centers[lung] - start) * (P / src)
         inside = np.all((centers >= 0) & (centers < P), axis=1) if len(centers) else np.zeros(0, bool)
-        return patch, centers[inside], c.diameters[lung][inside] * (P / src), c.malignancy[lung][inside]
+        return (patch, centers[inside], c.diameters[lung][inside] * (P / src), c.malignancy[lung][inside],
+                c.nodule_types[lung][inside], c.margins[lung][inside])
 
     def batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         P = self.cfg.patch
         s = self.mcfg.output_stride
         xs, tgts = [], []
         for _ in range(self.cfg.batch_size):
-            patch, centers, diam, ratings = self.sample()
+            patch, centers, diam, ratings, types, margins = self.sample()
             x = torch.from_numpy(patch.astype(np.float32))[None, None]
             if x.shape[-1] != P:
                 x = F.interpolate(x, size=(P, P, P), mode="trilinear", align_corners=False)
             x = x[0, 0].numpy()
             x, centers = self._augment(x, centers)
             xs.append(normalize_hu(x))
-            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm)
+            t = encode((P // s,) * 3, centers.reshape(-1, 3), diam, ratings, s, self.mcfg.spacing_mm, types, margins)
             tgts.append(t)
         batch_t = {k: torch.from_numpy(np.stack([getattr(t, k) for t in tgts])) for k in vars(tgts[0])}
         return torch.from_numpy(np.stack(xs))[:, None], batch_t
@@ -250,15 +263,45 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return err.sum() / (m.sum() * (pred.shape[1] if pred.dim() == 5 else 1)).clamp(min=1)
 
 
+def labelled_cross_entropy(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the cells with a class (``UNLABELLED`` cells are left out), averaged over them; 0 (still
+    part of the graph) where no cell has one."""
+    ce = F.cross_entropy(logits.float(), classes.long(), ignore_index=UNLABELLED, reduction="sum")
+    return ce / classes.ne(UNLABELLED).sum().clamp(min=1)
+
+
 def multitask_losses(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each task's loss; ``type`` and ``margin`` where the network has those heads."""
     malig_mask = t["malig_mask"][:, None]
     bce = F.binary_cross_entropy_with_logits(out["malignancy"].float(), t["malignant"][:, None], reduction="none")
-    return {
+    losses = {
         "center": focal_center_loss(out["center"], t["heat"][:, None]),
         "offset": masked_l1(out["offset"], t["offset"], t["offset_mask"]),
         "size": masked_l1(out["log_diameter"], t["log_diameter"][:, None], t["size_mask"][:, None]),
         "malignancy": (bce * malig_mask).sum() / malig_mask.sum().clamp(min=1),
     }
+    if "nodule_type" in out:
+        losses["type"] = labelled_cross_entropy(out["nodule_type"], t["nodule_type"])
+        losses["margin"] = labelled_cross_entropy(out["margin"], t["margin"])
+    return losses
+
+
+def trainable_parameters(net: ResMTNet, modules: Sequence[str]) -> list[torch.nn.Parameter]:
+    """The parameters of ``modules`` (top-level module names; empty: all), the others frozen (no gradient, so
+    neither the optimizer nor weight decay touches them: they stay bit for bit as they are)."""
+    if not modules:
+        return list(net.parameters())
+    children = dict(net.named_children())
+    unknown = [m for m in modules if m not in children]
+    if unknown:
+        raise ResMTNetError(f"train.trainable: the network has no module {unknown[0]!r} (its modules: "
+                            f"{', '.join(children)})")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params = [p for m in modules for p in children[m].parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -362,6 +405,18 @@ def _set_up(cfg: TrainConfig, device: str) -> _Runtime:
     return _Runtime(dev, rank, local, distributed, owns_group)
 
 
+def load_init_state(net: ResMTNet, state: dict[str, torch.Tensor]) -> None:
+    """Start from ``state`` (fine-tuning). A network with characterisation heads may start from the weights of one
+    without them: its heads keep their fresh initialisation, everything else is ``state``'s."""
+    from ..model.model import CHARACTERISATION_MODULES
+
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.split(".")[0] not in CHARACTERISATION_MODULES]
+    if new or unexpected:
+        raise ResMTNetError(f"the weights to start from do not fit the network: {len(new)} missing "
+                            f"{new[:1]}, {len(unexpected)} unexpected {unexpected[:1]}")
+
+
 def _resume(last: Path, resume: bool, net: ResMTNet, opt: torch.optim.Optimizer,
             init_state: dict[str, torch.Tensor] | None, log: Callable[[str], None]) -> _Progress:
     """The weights, optimizer and progress of ``last.pt`` where the run resumes from it; else ``init_state``'s
@@ -371,7 +426,7 @@ def _resume(last: Path, resume: bool, net: ResMTNet, opt: torch.optim.Optimizer,
     ck = read_checkpoint(last) if resume and last.exists() else None
     if ck is None:
         if init_state is not None:
-            net.load_state_dict(init_state)
+            load_init_state(net, init_state)
         return _Progress()
     st = ck.get("train_state", {})
     load_weights(net, ck["state_dict"], last)
@@ -465,7 +520,7 @@ def train(cases: Sequence[TrainCase], out_dir: str | Path, cfg: TrainConfig, mod
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     net = ResMTNet(model_cfg).to(rt.dev)
-    opt = torch.optim.AdamW(list(net.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable_parameters(net, cfg.trainable), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_dtype, precision_note = training_precision(rt.dev, cfg, model_cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # float16 only: CUDA
     if rt.rank == 0:
