@@ -95,7 +95,7 @@ def test_bad_patient_inputs_are_refused_with_nothing_written(tmp_path, chest_fil
 def test_the_slicer_worker_gets_the_patient_inputs_the_panel_gave(patient):
     """The job runner writes the inputs as options (cli.patient_arguments); the worker's parser reads the same
     inputs back, the ones not given still not given (so its report names them as defaulted)."""
-    from resmtnet.cli.cli import patient_arguments, patient_inputs
+    from resmtnet.detect.patient_options import patient_arguments, patient_inputs
     from resmtnet.job.slicer_worker import build_parser
 
     args = build_parser().parse_args(["in.nrrd", "out", *patient_arguments(patient)])

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_device_option, add_patient_options, patient_inputs
+from ..detect.patient_options import add_patient_options, patient_inputs
+from .cli import add_device_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..cli.cli import patient_arguments
+from ..detect.patient_options import patient_arguments
 from .slicer_worker import MESSAGE_PREFIX, read_results
 
 WORKER_SCRIPT = Path(__file__).with_name("slicer_worker.py")

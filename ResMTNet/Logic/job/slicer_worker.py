@@ -56,7 +56,7 @@ def emit(kind: str, text: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli.cli import add_patient_options
+    from ..detect.patient_options import add_patient_options
 
     parser = argparse.ArgumentParser(prog="slicer_worker", description="Res-MTNet detection for the Slicer module")
     parser.add_argument("input", help="the CT volume file (NRRD)")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # a short-lived process: freed memory may stay until it ends
     try:
         emit("progress", "0 starting the detector")
-        from ..cli.cli import patient_inputs
+        from ..detect.patient_options import patient_inputs
         from ..detect.pipeline import detect_ct
 
         patient = patient_inputs(args)
