@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         "interval_days": days,
         "registration": registration.describe(),
         "coordinate_system": "LPS world mm; current_center_in_prior_lps: the current centre mapped into the prior",
-        "lung_rads_note": "Lung-RADS v2022 for solid nodules (type is not a model output); research use only",
+        "lung_rads_note": "Lung-RADS v2022 follow-up categories by the solid-nodule rules (growth rules for "
+                          "other types are not applied); research use only",
         "pairs": [r.to_dict() for r in pairs],
     }
     out = Path(args.out)

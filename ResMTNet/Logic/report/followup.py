@@ -11,7 +11,7 @@
 3. **Change**: diameter and volume change, volume doubling time ``VDT = t * ln 2 / ln(V1 / V0)`` (days, from
    the two study dates; none without dates or without growth), and the Lung-RADS v2022 category with the
    growth rule: growing means the mean diameter grew by more than 1.5 mm (Lung-RADS asks it within 12 months;
-   a longer interval is said in the rule). Categories are for solid nodules: type is not a model output.
+   a longer interval is said in the rule). The follow-up categories use the solid-nodule rules whatever the type.
 """
 
 from __future__ import annotations
