@@ -86,10 +86,22 @@ def test_an_unknown_type_is_refused():
 def test_the_nodule_reports_its_category_and_rule_everywhere():
     """The Nodule's category comes from its type, size, solid component and margin, and to_dict carries the rule
     that gave it (report.json), and every category is one the colour scale knows."""
-    n = Nodule(1, (0.0, 0.0, 0.0), 0.9, 11.0, 0.4, nodule_type="part-solid", margin="smooth", solid_component_mm=6.2)
-    assert n.lung_rads == "4A"
+    n = Nodule(1, (0.0, 0.0, 0.0), 0.9, 11.0, 0.4, nodule_type="part-solid", margin="smooth", solid_component_mm=6.2,
+               type_probabilities={"part-solid": 0.7, "solid": 0.3})
+    assert n.lung_rads == "4A" and not n.type_assumed and n.type_text == "part-solid"
     d = n.to_dict()
     assert d["lung_rads"] == "4A" and d["lung_rads_rule"] == "part-solid, solid component 6 to < 8 mm"
     assert Nodule.from_dict(d).lung_rads == "4A"
     assert Nodule(2, (0.0, 0.0, 0.0), 0.9, 18.0, 0.1, nodule_type="calcified").lung_rads == "1"
     assert set(CATEGORIES) == {"1", "2", "3", "4A", "4B", "4X"}
+
+
+def test_a_type_no_head_gave_is_reported_as_assumed():
+    """A model without the type head leaves every finding "solid": the rule, the reader's text and report.json
+    say that it is an assumption, and the finding's label does not state a type."""
+    n = Nodule(1, (0.0, 0.0, 0.0), 0.9, 25.0, 0.5)
+    assert n.type_assumed and n.type_text == "solid (assumed)"
+    assert n.lung_rads == "4B"
+    assert n.lung_rads_result.rule == "solid >= 15 mm (type assumed: the model has no type head)"
+    assert n.to_dict()["type_assumed"] is True
+    assert n.label == "N1 · 25.0 mm · LR 4B · p 0.90 · malignant 50 %"

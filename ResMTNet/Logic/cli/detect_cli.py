@@ -143,7 +143,7 @@ def run_single(args: argparse.Namespace) -> int:
         x, y, z = n.center_lps
         brock = "n/a" if n.brock_malignancy is None else f"{100 * n.brock_malignancy:.1f}%"
         print(f"  N{n.number}: ({x:.1f}, {y:.1f}, {z:.1f}) LPS mm  p={n.probability:.2f}  {n.diameter_mm:.1f} mm  "
-              f"{n.nodule_type}, {n.margin}  Lung-RADS {n.lung_rads}  malignancy {100 * n.malignancy:.0f}%  "
+              f"{n.type_text}, {n.margin}  Lung-RADS {n.lung_rads}  malignancy {100 * n.malignancy:.0f}%  "
               f"Brock {brock}", file=sys.stdout)
     defaulted = det.info.get("brock", {}).get("defaulted") or []
     if det.nodules and defaulted:

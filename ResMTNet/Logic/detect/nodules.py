@@ -48,9 +48,23 @@ class Nodule:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def type_assumed(self) -> bool:
+        """True where no type head gave the type: the nodule is taken as solid, an assumption, not a finding."""
+        return not self.type_probabilities
+
+    @property
+    def type_text(self) -> str:
+        """The type as a reader should see it: ``solid (assumed)`` where :attr:`type_assumed`."""
+        return f"{self.nodule_type} (assumed)" if self.type_assumed else self.nodule_type
+
+    @property
     def lung_rads_result(self) -> LungRads:
-        """The Lung-RADS v2022 baseline category and its rule, from type, size, solid component and margin."""
-        return lung_rads(self.nodule_type, self.diameter_mm, self.solid_component_mm, self.margin)
+        """The Lung-RADS v2022 baseline category and its rule, from type, size, solid component and margin; the
+        rule says where the type was assumed."""
+        result = lung_rads(self.nodule_type, self.diameter_mm, self.solid_component_mm, self.margin)
+        if self.type_assumed:
+            return LungRads(result.category, f"{result.rule} (type assumed: the model has no type head)")
+        return result
 
     @property
     def lung_rads(self) -> str:
@@ -69,9 +83,10 @@ class Nodule:
     @property
     def label(self) -> str:
         """What a reader sees beside the finding, e.g. ``N1 · 25.0 mm solid · LR 4X · p 0.96 · malignant 51 %``:
-        number, diameter to 0.1 mm (as Lung-RADS measures), type, Lung-RADS v2022 category, detection probability,
-        the network's malignancy."""
-        return (f"{self.name} · {self.diameter_mm:.1f} mm {self.nodule_type} · LR {self.lung_rads} · "
+        number, diameter to 0.1 mm (as Lung-RADS measures), type (left out where only assumed), Lung-RADS v2022
+        category, detection probability, the network's malignancy."""
+        kind = "" if self.type_assumed else f" {self.nodule_type}"
+        return (f"{self.name} · {self.diameter_mm:.1f} mm{kind} · LR {self.lung_rads} · "
                 f"p {self.probability:.2f} · malignant {100 * self.malignancy:.0f} %")
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +95,7 @@ class Nodule:
         result = self.lung_rads_result
         d["lung_rads"] = result.category
         d["lung_rads_rule"] = result.rule
+        d["type_assumed"] = self.type_assumed
         return d
 
     @classmethod

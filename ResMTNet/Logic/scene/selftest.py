@@ -44,14 +44,15 @@ def malignancy_from_rating(rating: int) -> float:
 
 
 def phantom_detection(phantom: Any, seriesuid: str = "phantom") -> Detection:
-    """A phantom's truth as a :class:`Detection`: every nodule found, with its true mask and size."""
+    """A phantom's truth as a :class:`Detection`: every nodule found, with its true mask, size, type and margin."""
     ct: CTVolume = phantom.ct
     voxel_mm3 = float(np.prod(ct.spacing))
     counts = np.bincount(phantom.labels.ravel(), minlength=len(phantom.nodules) + 1)
     nodules = [
         Nodule(number=i + 1, center_lps=tuple(float(c) for c in n.center_lps), probability=1.0,
                diameter_mm=float(n.diameter_mm), malignancy=malignancy_from_rating(n.malignancy),
-               volume_mm3=float(counts[i + 1]) * voxel_mm3, nodule_type=n.nodule_type)
+               volume_mm3=float(counts[i + 1]) * voxel_mm3, nodule_type=n.nodule_type,
+               type_probabilities={n.nodule_type: 1.0}, margin=n.margin, margin_probabilities={n.margin: 1.0})
         for i, n in enumerate(phantom.nodules)
     ]
     return Detection(seriesuid=seriesuid, nodules=nodules, labels=phantom.labels.astype(np.uint16),

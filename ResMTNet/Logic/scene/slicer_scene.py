@@ -94,7 +94,7 @@ TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
      f"{CONFIDENT_PROBABILITY} drawn faded"),
     ("Malignancy", "double", "%", "Predicted probability that the nodule is malignant (the network's)"),
     ("Type", "string", "", "Nodule type from the network: solid, part-solid, ground-glass or calcified (benign "
-     "calcification)"),
+     "calcification); 'solid (assumed)' where the model has no type head"),
     ("Margin", "string", "", "Margin from the network: smooth, lobulated, spiculated (unknown: a model without "
      "the margin head)"),
     ("Solid component", "string", "mm", "Part-solid nodules: mean diameter of the solid part (>= -300 HU) on the "
@@ -455,7 +455,7 @@ def describe(nodule: Nodule) -> str:
     """A finding in one sentence (the control point's description)."""
     solid = "" if nodule.solid_component_mm is None else f" (solid component {nodule.solid_component_mm:.1f} mm)"
     return (f"Finding {nodule.name}: diameter {nodule.diameter_mm:.1f} mm, "
-            f"volume {nodule.volume_mm3:.0f} mm3, {nodule.nodule_type}{solid}, margin {nodule.margin}, "
+            f"volume {nodule.volume_mm3:.0f} mm3, {nodule.type_text}{solid}, margin {nodule.margin}, "
             f"detection probability {nodule.probability:.2f}, malignancy {100 * nodule.malignancy:.0f} % (network), "
             f"Brock {brock_text(nodule)} %, Lung-RADS {nodule.lung_rads} ({nodule.lung_rads_result.rule}). "
             f"{RESEARCH_NOTE}")
@@ -584,7 +584,7 @@ def segment_tags(nodule: Nodule) -> dict[str, str]:
         "ResMTNet.VolumeMm3": f"{nodule.volume_mm3:.1f}",
         "ResMTNet.Malignancy": f"{nodule.malignancy:.4f}",
         "ResMTNet.Probability": f"{nodule.probability:.4f}",
-        "ResMTNet.Type": nodule.nodule_type,
+        "ResMTNet.Type": nodule.type_text,
         "ResMTNet.Margin": nodule.margin,
         "ResMTNet.LungRADS": nodule.lung_rads,
         "ResMTNet.LungRADSRule": nodule.lung_rads_result.rule,
@@ -603,7 +603,7 @@ def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
     for n in nodules:
         x, y, z = (round(float(c), 1) for c in n.center_lps)
         rows.append([n.name, x, y, z, round(float(n.diameter_mm), 1), float(round(float(n.volume_mm3))),
-                     round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.nodule_type,
+                     round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.type_text,
                      n.margin, "" if n.solid_component_mm is None else f"{n.solid_component_mm:.1f}", n.lung_rads,
                      brock_text(n)])
     return rows
