@@ -71,9 +71,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _torch_seed():
+def _torch_seed_and_threads():
+    """Each test starts from torch's seed 0 and leaves torch's thread count as it found it: a training run in this
+    process sets the recipe's ``train.threads`` (1 in the tiny recipe), and every later test would otherwise
+    compute on one core."""
     try:
         import torch
     except ImportError:
+        yield
         return
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
