@@ -1,5 +1,7 @@
 """Suite-wide fixtures: where the shared real CT lies, and reproducible torch. Every test on the real CT
-(``lidc_dir``) is marked ``slow``, as are the training runs: ``pytest -m "not slow"`` is the fast set.
+(``lidc_dir``) is marked ``slow``, as are the training runs, the detections with the shipped model on full-size
+phantoms, the Slicer module's runs in fresh interpreters, the browser tests and the other tests that take more than
+about five seconds: ``pytest -m "not slow"`` is the fast set.
 
 The test process keeps freed memory as the ``resmtnet`` commands do (:mod:`resmtnet.util.allocator`): the
 training and detection tests run about a third faster.

@@ -82,6 +82,7 @@ def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.glob("*/*") if p.is_file() or p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_a_folder_of_30_scans_with_5_broken_ones_and_its_resume(tmp_path, folder_of_scans, untrained_checkpoint):
     out = tmp_path / "out"
     args = ["--batch", str(folder_of_scans), "-o", str(out), "--model", str(untrained_checkpoint), "--no-tta",

@@ -33,6 +33,7 @@ def phantom_12_detection(phantom_12, shipped_model):
     return detect_ct(phantom_12.ct, model=shipped_model)
 
 
+@pytest.mark.slow
 def test_detect_command_on_a_phantom_writes_every_output(tmp_path, capsys):
     """The command end to end on one phantom (z axis flipped), in this process: a separate interpreter would add
     only its start (the command as a process of its own is run by Testing/test_batch.py, test_ctio.py and others).
@@ -91,6 +92,7 @@ def test_detect_without_slicer_core_says_so_before_detecting(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_detect_masks_and_volumes_belong_to_their_nodules(phantom_12, phantom_12_detection):
     ph, det = phantom_12, phantom_12_detection
     assert det.nodules
@@ -104,6 +106,7 @@ def test_detect_masks_and_volumes_belong_to_their_nodules(phantom_12, phantom_12
             assert np.linalg.norm(centre - np.asarray(n.center_lps)) < max(n.diameter_mm, 3.0)
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_keeps_findings_in_place(phantom_12, phantom_12_detection):
     """The mirrored passes land on the same output cells: a misaligned cell or a wrong offset sign would
     move the 4.6 mm nodule's finding off it (cells are 6 mm)."""
@@ -116,6 +119,7 @@ def test_test_time_augmentation_keeps_findings_in_place(phantom_12, phantom_12_d
         assert d.min() < n.diameter_mm / 2, (n, d.min())
 
 
+@pytest.mark.slow
 def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model, phantom_12):
     """A threshold holds only for the passes it was found with, so the checkpoint names them: a file that
     records one pass detects exactly as ``tta=False`` does, one that records none (exported before the
@@ -223,6 +227,7 @@ def test_real_ct_nodule_holds_under_a_sharp_kernel(lidc_dir, model):
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.slow
 def test_reduced_precision_inference_matches_float32(model, phantom_12, device):
     """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
     CUDA: the centre map and the decoded peaks must stay those of float32 on the CPU."""

@@ -177,6 +177,7 @@ def _is_clean(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("earlier", ["linked", "plain files"])
+@pytest.mark.slow
 def test_detection_files_killed_at_every_step_of_publishing(tmp_path, monkeypatch, earlier):
     """A detection's files (the new set without Slicer files) replacing a set with them, the writer SIGKILLed at
     each step of publishing in turn; the earlier set published with links, or as plain files (an earlier

@@ -106,6 +106,7 @@ def finely_sliced_detections(finely_sliced_phantom, shipped_model) -> dict[str, 
             for how, ct in cts.items()}
 
 
+@pytest.mark.slow
 def test_a_phantom_stored_three_ways_gives_the_same_findings(finely_sliced_detections):
     """The phantom (stored with x and y swapped and z reversed), the same with x and z reversed, and with its
     axes permuted: the same model grid, the same findings (every one down to p 0.1, without test-time
@@ -122,6 +123,7 @@ def test_a_phantom_stored_three_ways_gives_the_same_findings(finely_sliced_detec
         _labels_over_their_nodules(stored, det)
 
 
+@pytest.mark.slow
 def test_segments_of_a_permuted_scan_sit_over_their_nodules_in_slicer(slicer_app, finely_sliced_detections):
     """Detection on the permuted phantom, its label map put into a scene with the volume as stored: each
     segment's voxels, placed in RAS by the segment's own geometry, centre on its nodule."""

@@ -96,6 +96,7 @@ def _phantom_case(folder: Path, seed: int) -> list:
     return ph.nodules
 
 
+@pytest.mark.slow
 def test_evaluate_real_on_a_folder_of_phantom_cases(tmp_path, capsys):
     """Two phantom cases, one of them with an RT structure set for one more lesion: every lesion listed with
     the rank of the first finding that hits it (none before it does), the findings at or above the threshold
