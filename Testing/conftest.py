@@ -1,5 +1,7 @@
 """Suite-wide fixtures: where the shared real CT lies, and reproducible torch. Every test on the real CT
-(``lidc_dir``) is marked ``slow``, as are the training runs: ``pytest -m "not slow"`` is the fast set.
+(``lidc_dir``) is marked ``slow``, as are the training runs, the detections with the shipped model on full-size
+phantoms, the Slicer module's runs in fresh interpreters, the browser tests and the other tests that take more than
+about five seconds: ``pytest -m "not slow"`` is the fast set.
 
 The test process keeps freed memory as the ``resmtnet`` commands do (:mod:`resmtnet.util.allocator`): the
 training and detection tests run about a third faster.
@@ -71,9 +73,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _torch_seed():
+def _torch_seed_and_threads():
+    """Each test starts from torch's seed 0 and leaves torch's thread count as it found it: a training run in this
+    process sets the recipe's ``train.threads`` (1 in the tiny recipe), and every later test would otherwise
+    compute on one core."""
     try:
         import torch
     except ImportError:
+        yield
         return
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

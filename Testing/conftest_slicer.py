@@ -6,6 +6,7 @@ belongs to the whole suite.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -44,12 +45,22 @@ def slicer_app():
     return create_slicer_core_app()
 
 
-@pytest.fixture(scope="module")
-def phantom():
-    """A small phantom (made once per test module: about two seconds)."""
+@functools.cache
+def _small_phantom():
+    """The small phantom, made once for the whole test process (about two seconds) with its arrays read-only, so
+    that a test that changed it in place would fail there instead of passing its change on to other modules."""
     from resmtnet.data.phantom import generate_phantom
 
-    return generate_phantom(PHANTOM_SEED, small=True, direction=PHANTOM_DIRECTION)
+    made = generate_phantom(PHANTOM_SEED, small=True, direction=PHANTOM_DIRECTION)
+    for array in (made.ct.array, made.labels, made.lung_mask):
+        array.setflags(write=False)
+    return made
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A small phantom, shared read-only by every test that takes it (a test that needs to change it makes a copy)."""
+    return _small_phantom()
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ def _probe(mode: str) -> tuple[str, float]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+@pytest.mark.slow
 def test_freed_large_blocks_are_reused_without_page_faults():
     took, faults = _probe("keep")
     assert took == "True"
@@ -93,6 +94,7 @@ def test_freed_memory_is_kept_inside_the_block_and_given_back_after_it():
     assert released_mb > 300, f"only {released_mb:.0f} of 384 MB freed inside the block went back after it"
 
 
+@pytest.mark.slow
 def test_a_process_that_keeps_freed_memory_for_good_is_left_so_by_a_block():
     """The commands and this test process keep freed memory throughout; a detection's block must not undo it."""
     took, faults = _probe("keep-then-block")

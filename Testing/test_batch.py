@@ -82,6 +82,7 @@ def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.glob("*/*") if p.is_file() or p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_a_folder_of_30_scans_with_5_broken_ones_and_its_resume(tmp_path, folder_of_scans, untrained_checkpoint):
     out = tmp_path / "out"
     args = ["--batch", str(folder_of_scans), "-o", str(out), "--model", str(untrained_checkpoint), "--no-tta",
@@ -136,6 +137,7 @@ def test_inputs_from_a_list_names_each_scan_uniquely(tmp_path):
     assert [(s.input.parent.name, s.name) for s in scans] == [("a", "ct"), ("b", "ct-2")]
 
 
+@pytest.mark.slow
 def test_a_batch_where_every_scan_fails_exits_2(tmp_path):
     (tmp_path / "a.nrrd").write_bytes(b"")
     res = _detect(str(tmp_path / "a.nrrd"), str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out"),

@@ -13,6 +13,7 @@ from resmtnet.io.ctio import write_volume
 from synthetic_chest import tiny_chest
 
 
+@pytest.mark.slow
 def test_whole_command_stages_add_up_to_the_wall_time(tmp_path, untrained_checkpoint):
     scan = tmp_path / "chest.nrrd"
     write_volume(tiny_chest(0), scan)

@@ -127,6 +127,7 @@ def test_phantom_set_annotations_land_on_their_nodules(tmp_path):
         assert labels.array[voxel_of(labels, lps)] == i + 1
 
 
+@pytest.mark.slow
 def test_phantoms_are_generated_in_worker_processes_after_torch_has_run(tmp_path):
     """A process that has run a network then generates phantoms in two workers. Forked workers inherited
     torch's thread-pool locks and hung on their first parallel step (`resmtnet evaluate --phantoms` did,

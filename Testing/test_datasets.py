@@ -87,6 +87,7 @@ def test_luna16_bad_input(tmp_path, luna_folder):
         Luna16Source(root, root / "annotations.csv").load("nope")
 
 
+@pytest.mark.slow
 def test_phantom_folder_source(tmp_path):
     from resmtnet.data.phantom import phantom_seed, write_phantom_set
 

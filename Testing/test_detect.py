@@ -21,20 +21,31 @@ def model(shipped_model):
     return shipped_model
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resmtnet.cli.cli", *args], capture_output=True, text=True,
-                          encoding="utf-8", timeout=600)
+@pytest.fixture(scope="module")
+def phantom_12():
+    """Phantom 12 with at most three nodules (one of them 4.6 mm), made once for this module and only read."""
+    return generate_phantom(12, max_nodules=3)
 
 
-def test_detect_command_on_a_phantom_writes_every_output(tmp_path):
-    """The command end to end on one phantom (z axis flipped). Detection quality over many phantoms is
-    measured by `resmtnet evaluate --phantoms` (numbers in the model card), not here."""
+@pytest.fixture(scope="module")
+def phantom_12_detection(phantom_12, shipped_model):
+    """Its default detection (the shipped model's eight test-time augmentation passes), made once and only read."""
+    return detect_ct(phantom_12.ct, model=shipped_model)
+
+
+@pytest.mark.slow
+def test_detect_command_on_a_phantom_writes_every_output(tmp_path, capsys):
+    """The command end to end on one phantom (z axis flipped), in this process: a separate interpreter would add
+    only its start (the command as a process of its own is run by Testing/test_batch.py, test_ctio.py and others).
+    Detection quality over many phantoms is measured by `resmtnet evaluate --phantoms` (numbers in the model card),
+    not here."""
+    from resmtnet.cli.cli import main
+
     ph = generate_phantom(12, direction=(1, 0, 0, 0, 1, 0, 0, 0, -1), max_nodules=4)
     src = tmp_path / "ct.nrrd"
     write_volume(ph.ct, src)
     out = tmp_path / "out"
-    res = _run_cli("detect", str(src), "-o", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
+    assert main(["detect", str(src), "-o", str(out), "--quiet"]) == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
     # views.png where VTK can render offscreen; elsewhere report.json says why it is missing
@@ -81,9 +92,10 @@ def test_detect_without_slicer_core_says_so_before_detecting(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_detect_masks_and_volumes_belong_to_their_nodules(model):
-    ph = generate_phantom(12, max_nodules=3)
-    det = detect_ct(ph.ct, model=model)
+@pytest.mark.slow
+def test_detect_masks_and_volumes_belong_to_their_nodules(phantom_12, phantom_12_detection):
+    ph, det = phantom_12, phantom_12_detection
+    assert det.nodules
     assert det.labels.shape == ph.ct.array.shape
     for n in det.nodules:
         voxels = det.labels == n.number
@@ -94,11 +106,11 @@ def test_detect_masks_and_volumes_belong_to_their_nodules(model):
             assert np.linalg.norm(centre - np.asarray(n.center_lps)) < max(n.diameter_mm, 3.0)
 
 
-def test_test_time_augmentation_keeps_findings_in_place(model):
+@pytest.mark.slow
+def test_test_time_augmentation_keeps_findings_in_place(phantom_12, phantom_12_detection):
     """The mirrored passes land on the same output cells: a misaligned cell or a wrong offset sign would
     move the 4.6 mm nodule's finding off it (cells are 6 mm)."""
-    ph = generate_phantom(12, max_nodules=3)
-    det = detect_ct(ph.ct, model=model, tta=True)
+    ph, det = phantom_12, phantom_12_detection
     assert det.info["test_time_augmentation"] is True and det.info["tta_passes"] == 8
     found = np.array([n.center_lps for n in det.nodules])
     assert len(found)
@@ -107,7 +119,8 @@ def test_test_time_augmentation_keeps_findings_in_place(model):
         assert d.min() < n.diameter_mm / 2, (n, d.min())
 
 
-def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model):
+@pytest.mark.slow
+def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model, phantom_12):
     """A threshold holds only for the passes it was found with, so the checkpoint names them: a file that
     records one pass detects exactly as ``tta=False`` does, one that records none (exported before the
     passes were recorded) gets the four it was calibrated with, and the shipped file records all eight."""
@@ -117,7 +130,7 @@ def test_detection_runs_the_passes_its_threshold_was_calibrated_with(model):
     def with_decode(decode: dict) -> LoadedModel:
         return LoadedModel(model.net, {**model.meta, "decode": decode}, model.path)
 
-    ph = generate_phantom(12, max_nodules=3)
+    ph = phantom_12
     one_pass = detect_ct(ph.ct, model=with_decode({"threshold": model.threshold, "tta_flips": [[]]}), tta=True)
     plain = detect_ct(ph.ct, model=model, tta=False)
     assert one_pass.info["tta_passes"] == 1 and plain.info["tta_passes"] == 1
@@ -214,7 +227,8 @@ def test_real_ct_nodule_holds_under_a_sharp_kernel(lidc_dir, model):
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_reduced_precision_inference_matches_float32(model, device):
+@pytest.mark.slow
+def test_reduced_precision_inference_matches_float32(model, phantom_12, device):
     """The network runs in bfloat16 on CPUs that compute it natively (about twice as fast) and in float16 on
     CUDA: the centre map and the decoded peaks must stay those of float32 on the CPU."""
     import torch
@@ -228,8 +242,7 @@ def test_reduced_precision_inference_matches_float32(model, device):
         pytest.skip("no CUDA device here")
     if compute_precision(dev) == torch.float32:
         pytest.skip("this CPU has no native bfloat16: inference runs in float32 here")
-    ph = generate_phantom(12, max_nodules=3)
-    hu, _ = to_model_grid(ph.ct, model.config.spacing_mm)
+    hu, _ = to_model_grid(phantom_12.ct, model.config.spacing_mm)
     cpu = torch.device("cpu")
     full = predict_volume(model.net.to(cpu), hu, cpu, precision=torch.float32)
     fast = predict_volume(model.net.to(dev), hu, dev)  # the device's own precision

@@ -55,6 +55,7 @@ def _hidden(out: Path) -> set[str]:
     return {p.name for p in out.iterdir() if p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_a_run_replaces_the_previous_set_whole(capsys, tmp_path, scans, untrained_checkpoint):
     """The second run's set replaces the first's: the Slicer files of the first go after --no-slicer-files,
     the user's own file stays, and no staging folder or journal is left."""
@@ -177,6 +178,7 @@ def _is_clean(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("earlier", ["linked", "plain files"])
+@pytest.mark.slow
 def test_detection_files_killed_at_every_step_of_publishing(tmp_path, monkeypatch, earlier):
     """A detection's files (the new set without Slicer files) replacing a set with them, the writer SIGKILLed at
     each step of publishing in turn; the earlier set published with links, or as plain files (an earlier
@@ -237,6 +239,7 @@ def _no_symlinks(*args, **kwargs):
     (("--no-slicer-files",), (), "link scene.mrb", "old"),  # the new Slicer files' links (some) dangle
     ((), ("--no-slicer-files",), "unlink nodules.mrk.json", "new"),  # the old Slicer files' links dangle
 ])
+@pytest.mark.slow
 def test_detect_killed_while_publishing_shows_one_set_and_the_next_run_cleans_up(
         capsys, tmp_path, scans, untrained_checkpoint, first, second, step, shows):
     """`resmtnet detect` SIGKILLed while publishing, into OUTDIR holding a set with other files: the Slicer files
@@ -259,6 +262,7 @@ def test_detect_killed_while_publishing_shows_one_set_and_the_next_run_cleans_up
     assert {p.name for p in out.iterdir()} == PLAIN_FILES | {MANIFEST, TREE}
 
 
+@pytest.mark.slow
 def test_sigterm_while_writing_says_so_in_one_line_and_keeps_the_previous_set(capsys, tmp_path, scans,
                                                                             untrained_checkpoint):
     """SIGTERM sent as soon as the staging folder appears (the files are being written): exit 143, one line,
@@ -321,6 +325,7 @@ def _tmpfs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_read_only_and_mount_point_outputs(capsys, tmp_path, scans, untrained_checkpoint):
     """OUTDIR is a mount point (a tmpfs of 80 MB): results are written there (no cross-device move). With the
     disk filled, ``detect`` refuses before the work and a set written anyway fails in one OutputError line;

@@ -138,6 +138,7 @@ def test_intact_series_reads_as_before_with_markers_in_place(intact, tmp_path):
 
 @pytest.mark.parametrize("name", ["LIDC-IDRI-0001", "4D-Lung-113_HM10395", "CPTAC-LSCC-C3N-00247",
                                   "NSCLC-Radiogenomics-R01-001"])
+@pytest.mark.slow
 def test_real_series_read_exactly_as_before_without_notes(name):
     folder = REAL / name / "dicom"
     if not folder.is_dir():

@@ -149,6 +149,7 @@ def test_a_pair_far_apart_for_its_size_is_flagged_not_dropped(prior_and_current,
     assert c.uncertain and "far for the nodules' size" in c.reasons[0]
 
 
+@pytest.mark.slow
 def test_followup_command_on_two_detect_result_folders(prior_and_current, tmp_path):
     prior_ct, prior, current_ct, current = prior_and_current
     folders = []

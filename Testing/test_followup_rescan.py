@@ -84,6 +84,7 @@ def test_followup_pairs_each_nodule_with_itself_growth_and_doubling_time_of_the_
         assert r.growing  # both grew by more than 1.5 mm
 
 
+@pytest.mark.slow
 def test_followup_command_writes_the_picture_with_the_table_as_one_set(prior_and_current, tmp_path):
     from resmtnet.cli.cli import main as cli_main
     from resmtnet.detect.nodules import Detection

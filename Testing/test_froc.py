@@ -336,6 +336,7 @@ def test_validation_scores_nodules_under_the_minimum_as_excluded_marks():
     assert c["ignored_on_excluded_marks"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_fresh_phantom_detects_scores_and_records_how(tmp_path, capsys):
     """`resmtnet evaluate --phantoms`: a real phantom generated, the shipped model run over it, and its
     nodules of 4 mm and more scored; froc.json says how detection ran."""

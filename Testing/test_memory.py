@@ -59,6 +59,7 @@ def test_whole_hu_are_read_as_int16_with_the_same_values(tmp_path):
         assert compact.array[0, 0, 0] == 7
 
 
+@pytest.mark.slow
 def test_lung_mask_box_by_box_equals_the_whole_mask(tilted_phantom, monkeypatch):
     ct = tilted_phantom
     # finer voxels (0.93 x 0.93 x 0.83 mm), so that the lungs are found on blocks of 2 x 2 x 2 voxels
@@ -123,6 +124,7 @@ def test_overview_panel_from_the_part_it_reads_equals_one_from_the_whole_ct(tilt
     np.testing.assert_allclose(_axial_plane(ct, ct.array, centre, 20.0, nearest=False), expected, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_ct_too_large_for_the_bound_is_refused_from_its_header(tmp_path):
     huge = _header(tmp_path / "huge.nhdr", (2048, 2048, 300), "short")
     with pytest.raises(InputError, match=r"too large .* 2048 x 2048 x 300 voxels \(1\.26 x 10\^9, stored as "

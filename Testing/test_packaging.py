@@ -350,6 +350,7 @@ def test_extension_ships_the_weights_and_model_card_but_not_the_model_history():
     assert not (REPO / "ResMTNet" / "Resources" / "Models" / "MODEL_HISTORY.md").exists()
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_weights_and_model_card_but_not_the_model_history(tmp_path):
     """The wheel as pip builds it, from a copy of the sources (so no build folder lands in the checkout)."""
     source = tmp_path / "source"

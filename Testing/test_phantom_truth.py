@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from resmtnet.data import phantom
 from resmtnet.data.phantom import MIN_LUNG_SHARE, generate_phantom, phantom_seed
 from resmtnet.evaluate.phantom_eval import count_outside_lung, phantom_marks
@@ -10,6 +11,7 @@ from resmtnet.io.luna16_csv import ReferenceNodule, annotations_by_scan
 from scipy import ndimage
 
 
+@pytest.mark.slow
 def test_a_nodule_drawn_into_the_mediastinum_has_no_lung_share():
     """Validation phantom 18 of seed 2000: its 4.3 mm "pleural" nodule was placed in the mediastinum (the
     detector never finds it); the other four sit in the lung. Checked against the finished CT on its own

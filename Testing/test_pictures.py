@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest_slicer import *  # noqa: F403  (the fixtures offscreen_rendering, phantom, phantom_truth)
 from matplotlib.image import imread
 
@@ -27,6 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return run
 
 
+@pytest.mark.slow
 def test_sample_icon_is_what_the_script_draws(offscreen_rendering, tmp_path):
     out = tmp_path / "icon.png"
     _run("sample-icon", "-o", str(out))
@@ -37,6 +39,7 @@ def test_sample_icon_is_what_the_script_draws(offscreen_rendering, tmp_path):
     assert np.abs(drawn - committed).mean() < 3.0, "the committed thumbnail is not what the script draws now"
 
 
+@pytest.mark.slow
 def test_screenshot_is_the_views_png_detect_writes(offscreen_rendering, phantom, phantom_truth, tmp_path):
     from resmtnet.report.outputs import write_detection_outputs
     from resmtnet.scene.views import GAP, VIEW_SIZE, panel_origin

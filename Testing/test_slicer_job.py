@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
 from resmtnet.job.slicer_job import WORKER_SCRIPT, DetectionProcess, describe_exit
 
@@ -113,6 +114,7 @@ def test_the_worker_script_loads_the_core_from_the_folder_above_its_own(tmp_path
     assert "own folder on the path False" in lines, lines
 
 
+@pytest.mark.slow
 def test_follow_up_mode_detects_both_scans_and_pairs_each_finding(phantom, untrained_checkpoint):
     """The panel's follow-up mode: the prior scan is the same scan, so every finding pairs with itself."""
     job = DetectionProcess(phantom.ct, sys.executable, model=str(untrained_checkpoint), device="cpu", tta=False,
@@ -136,6 +138,7 @@ def test_follow_up_mode_detects_both_scans_and_pairs_each_finding(phantom, untra
     assert not os.path.exists(job.tempDir)
 
 
+@pytest.mark.slow
 def test_dicom_outputs_on_the_series_the_volume_came_from(tmp_path, untrained_checkpoint):
     """The panel's "DICOM SEG + SR to folder": the CT as the scene holds it (voxels and series UID), the folder
     of its DICOM series; the SEG and SR reference that series' slices and carry one segment per finding."""

@@ -21,8 +21,10 @@ HARNESS = Path(__file__).with_name("slicer_harness.py")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SLICER = REPO.parent / "shared" / "slicer"
 
-pytestmark = pytest.mark.skipif(not (SHARED_SLICER / "Base" / "Python" / "slicer").is_dir(),
-                                reason=f"Slicer's Python base classes not found at {SHARED_SLICER}")
+# each case runs the module in a fresh interpreter: the whole module belongs to the slow set
+pytestmark = [pytest.mark.skipif(not (SHARED_SLICER / "Base" / "Python" / "slicer").is_dir(),
+                                 reason=f"Slicer's Python base classes not found at {SHARED_SLICER}"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from conftest_slicer import *  # noqa: F403  (the fixtures phantom, untrained_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -338,6 +339,7 @@ def test_core_loads_from_the_logic_folder_under_its_unique_name(tmp_path):
     assert run.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_checkpoint, tmp_path):
     """The in-process detection the Logic's detectFunction hands over to, run for real in fresh interpreters
     (glibc's settings are per process): a

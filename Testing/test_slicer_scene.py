@@ -143,6 +143,7 @@ def test_phantom_scenario_has_no_problems(slicer_app):
     assert result.problems == []
 
 
+@pytest.mark.slow
 def test_detector_output_goes_into_the_scene(slicer_app, untrained_checkpoint):
     """The scenario with the real detector (an untrained tiny model, so findings are arbitrary but real:
     centres, sizes and masks as the pipeline makes them), on the CT read back from the volume node."""

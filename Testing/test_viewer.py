@@ -33,6 +33,8 @@ JUMP_TIMEOUT_S = 30  # a click's effect on the status line and the views
 WINDOW = (1400, 900)
 STATUS_NUMBERS = re.compile(r"sagittal L (-?[\d.]+) · coronal P (-?[\d.]+) · axial S (-?[\d.]+)")
 
+pytestmark = pytest.mark.slow  # each test starts the command's server and a browser: the whole module is slow
+
 
 def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "resmtnet.cli.cli", *args]

@@ -143,6 +143,7 @@ def check_legend(image, entries) -> None:
         assert near.sum() >= 20, f"legend entry {text!r} not drawn"
 
 
+@pytest.mark.slow
 def test_slice_views_open_on_n1_with_marker_outline_and_legend(phantom_views):
     views, detection = phantom_views
     n1 = detection.nodules[0]
@@ -180,6 +181,7 @@ def test_three_d_view_shows_the_segments_and_the_legend(phantom_views):
             assert _changed(a, b).sum() > 0
 
 
+@pytest.mark.slow
 def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, phantom, phantom_truth, tmp_path,
                                                           monkeypatch):
     """Into an output folder named relative to the working folder, as `resmtnet detect x -o out` does."""
@@ -195,6 +197,7 @@ def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, p
     assert imread(tmp_path / "out" / "views.png").shape[:2] == (2 * VIEW_SIZE + GAP, 2 * VIEW_SIZE + GAP)
 
 
+@pytest.mark.slow
 def test_views_that_cannot_be_drawn_give_a_reason_not_an_error(tmp_path):
     from resmtnet.scene.views import ViewsRendering
 
@@ -238,6 +241,7 @@ def test_real_ct_views_frame_the_nodule_without_covering_it(offscreen_rendering,
             check_legend(view.image(), legend_entries("malignancy"))
 
 
+@pytest.mark.slow
 def test_detection_stands_where_offscreen_rendering_is_impossible(phantom, phantom_truth, tmp_path, monkeypatch):
     """Without a usable EGL (glvnd pointed at no vendor, no display) VTK crashes the rendering process: the files
     are still written, and report.json says why views.png is missing."""
