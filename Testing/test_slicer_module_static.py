@@ -224,6 +224,19 @@ def test_every_slicer_parameter_name_is_a_wrapper_field_on_a_connectable_widget(
     assert sorted(set(bound.values())) == sorted(fields)
 
 
+def test_the_panel_takes_the_ages_the_brock_model_takes_with_0_for_not_given():
+    from resmtnet.detect.brock import AGE_RANGE_YEARS, REFERENCE_AGE
+
+    field = ast.unparse(wrapper_fields()["patientAge"])
+    assert field == f"Annotated[float, WithinRange(0.0, {AGE_RANGE_YEARS[1]!r})]", field
+    box = ui_widgets()["patientAgeSpinBox"]
+    props = {p.get("name"): "".join(p.itertext()).strip() for p in box.findall("property")}
+    assert float(props["minimum"]) == 0.0 and float(props["maximum"]) == AGE_RANGE_YEARS[1]
+    assert props["decimals"] == "0"  # whole years: nothing between "not given" (0) and the youngest age taken
+    assert AGE_RANGE_YEARS[0] <= 1.0
+    assert f"({REFERENCE_AGE:g})" in props["specialValueText"]
+
+
 def test_ui_declares_its_custom_widgets_and_gives_the_scene_to_every_mrml_widget():
     root = ET.parse(UI_FILE).getroot()
     assert root.get("version") == "4.0" and root.findtext("class") == "ResMTNet"

@@ -40,9 +40,11 @@ SPICULATION = 0.7729
 
 REFERENCE_AGE = 62.0
 REFERENCE_COUNT = 4
+#: The ages (years) the model takes: the command, the Slicer worker and the panel all check against this range.
+AGE_RANGE_YEARS = (1.0, 120.0)
 
 #: The inputs' reference values, used where the patient's are not given.
-DEFAULTS = {"age": 62.0, "sex": "M", "family_history": False, "emphysema": False}
+DEFAULTS = {"age": REFERENCE_AGE, "sex": "M", "family_history": False, "emphysema": False}
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,9 @@ class PatientInputs:
     def __post_init__(self) -> None:
         if self.sex is not None and self.sex not in ("F", "M"):
             raise ValueError(f"sex must be 'F' or 'M', not {self.sex!r}")
-        if self.age is not None and not (0.0 < float(self.age) < 130.0):
-            raise ValueError(f"age must be in years (0 to 130), not {self.age!r}")
+        low, high = AGE_RANGE_YEARS
+        if self.age is not None and not (low <= float(self.age) <= high):
+            raise ValueError(f"age must be in years ({low:g} to {high:g}), not {self.age!r}")
 
     def resolved(self) -> dict[str, object]:
         """Every input, the default standing in for each one not given."""

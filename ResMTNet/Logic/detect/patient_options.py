@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .brock import PatientInputs
+from .brock import AGE_RANGE_YEARS, PatientInputs
 from .preflight import check_number
 
 
@@ -27,8 +27,8 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
 
 def patient_inputs(args: argparse.Namespace) -> PatientInputs:
     """The :class:`~resmtnet.detect.brock.PatientInputs` of :func:`add_patient_options`' options; an age outside
-    1 to 120 years is refused (exit status 2)."""
-    check_number("--age", args.age, low=1.0, high=120.0)
+    :data:`~resmtnet.detect.brock.AGE_RANGE_YEARS` is refused (exit status 2)."""
+    check_number("--age", args.age, low=AGE_RANGE_YEARS[0], high=AGE_RANGE_YEARS[1])
     return PatientInputs(age=args.age, sex=args.sex, family_history=args.family_history, emphysema=args.emphysema)
 
 
