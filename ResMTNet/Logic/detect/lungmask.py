@@ -27,7 +27,9 @@ Arrays are (z, y, x); spacings are given in ITK's x, y, z order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -116,14 +118,36 @@ class LungMask:
     ``mask(box)`` equals ``lung_mask(...)[box]``; the whole mask is ``mask()``.
     """
 
-    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None):
+    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None, device=None):
         self.array = array_zyx
-        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction)
+        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction, device=device)
         self.shape = tuple(array_zyx.shape)
 
     def mask(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         box = box or tuple(slice(0, n) for n in self.shape)
         return self.chest.upsample_box(self.chest.lungs, box) & in_field(self.array[box])
+
+    def mask_on(self, device) -> Callable[[tuple[slice, slice, slice]], Any]:
+        """``mask`` as a torch tensor on ``device``, box by box: the coarse lungs go there once, each box's
+        voxels (in the input's own type) to tell the field of view."""
+        import torch
+
+        lungs = torch.from_numpy(self.chest.lungs).to(device)
+        factors = self.chest.factors_zyx
+
+        def box_mask(box: tuple[slice, slice, slice]):
+            coarse, keep = [], []
+            for b, n, f in zip(box, self.shape, factors, strict=True):
+                start, stop, _ = b.indices(n)
+                coarse.append(slice(start // f, max(stop - 1, start) // f + 1))
+                keep.append(slice(start % f, start % f + max(stop - start, 0)))
+            out = lungs[tuple(coarse)]
+            for axis, f in enumerate(factors):
+                if f > 1:
+                    out = out.repeat_interleave(f, dim=axis)
+            field = torch.from_numpy(np.ascontiguousarray(self.array[box])).to(device) >= PADDING_HU
+            return out[tuple(keep)] & field
+        return box_mask
 
     def voxel_count(self) -> int:
         """Lung voxels on the input grid: each coarse lung voxel counts its block's voxels in the field."""
@@ -192,14 +216,18 @@ def lung_bbox(mask: np.ndarray, margin_vox=0) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
-def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> ChestMasks:
-    """Lungs, body and airways on the coarse working grid; see the module docstring for the steps."""
+def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None, device=None) -> ChestMasks:
+    """Lungs, body and airways on the coarse working grid; see the module docstring for the steps.
+
+    ``device`` (a torch device, or None for numpy): where the block averages of the input are taken, the
+    only pass over the full-resolution voxels; the rest works on the coarse grid, on the CPU."""
     a = np.asarray(array_zyx)
     if a.ndim != 3:
         raise ValueError(f"lung_mask needs a 3-D (z, y, x) array, got shape {a.shape}")
     spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
     factors = tuple(max(1, int(round(WORK_SPACING_MM / s))) for s in spacing_zyx)
-    hu, beyond_fov, field_voxels = _block_average(a, factors)
+    hu, beyond_fov, field_voxels = (_block_average(a, factors) if device is None
+                                    else block_average_torch(a, factors, device))
     work_spacing = tuple(s * f for s, f in zip(spacing_zyx, factors, strict=True))
     voxel_litres = float(np.prod(work_spacing)) / 1e6
 
@@ -272,6 +300,48 @@ def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.nda
                        > 0.5)
         clipped = np.maximum(slab, np.float32(-1024.0), dtype=np.float32)
         hu.append(clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32))
+    return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
+
+
+def block_average_torch(a: np.ndarray, factors: tuple[int, int, int], device) -> tuple[np.ndarray, np.ndarray,
+                                                                                         np.ndarray]:
+    """``_block_average`` in torch on ``device``: each slab of whole blocks goes there in the input's own type
+    (int16 as detection reads scans), is summed there exactly (int64) and averaged in float64, and only the
+    coarse grid comes back. For int16 input that is the numpy path's result bit for bit (the same exact
+    sums, divided alike); float input is summed in float64 instead of float32 (within 1e-3 HU of it)."""
+    import torch
+
+    fz, fy, fx = factors
+    n = fz * fy * fx
+    nz = -(-a.shape[0] // fz)
+    hu, padding, field = [], [], []
+    step = max(1, SLAB_PLANES // fz)
+    idx = [None, torch.arange(-(-a.shape[1] // fy) * fy, device=device),
+           torch.arange(-(-a.shape[2] // fx) * fx, device=device)]
+    for bz in range(0, nz, step):
+        host = np.ascontiguousarray(a[bz * fz:min((bz + step) * fz, a.shape[0])])
+        slab = torch.from_numpy(host).to(device)
+        idx[0] = torch.arange(-(-host.shape[0] // fz) * fz, device=device)
+        # edge blocks: the edge voxels repeated (their field counts hold real voxels only)
+        real = [i < m for i, m in zip(idx, host.shape, strict=True)]
+        for axis, (i, m) in enumerate(zip(idx, host.shape, strict=True)):
+            slab = slab.index_select(axis, i.clamp(max=m - 1))
+
+        def sums(t):  # block sums by strided additions, exact: int64 for whole numbers, float64 otherwise
+            out = t.to(torch.float64 if t.is_floating_point() else torch.int64)
+            for axis, f in enumerate(factors):
+                if f > 1:
+                    parts = [out[(slice(None),) * axis + (slice(i, None, f),)] for i in range(f)]
+                    out = parts[0].clone()
+                    for part in parts[1:]:
+                        out += part
+            return out
+        inside = (slab >= PADDING_HU) & real[0][:, None, None] & real[1][None, :, None] & real[2][None, None, :]
+        field.append(sums(inside).to(torch.int32).cpu().numpy())
+        padding.append((2 * sums(slab < PADDING_HU) > n).cpu().numpy())
+        clipped = slab.clamp(min=-1024)
+        total = sums(clipped).to(torch.float64)
+        hu.append((total / n).to(torch.float32).cpu().numpy())
     return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
 
 
