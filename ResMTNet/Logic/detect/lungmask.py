@@ -423,7 +423,9 @@ def _nearest_value(features: np.ndarray, values: np.ndarray, points: np.ndarray)
     yes, no = (nearest & vals).any(axis=1), (nearest & ~vals).any(axis=1)
     far = ~hits.any(axis=1)
     if far.any():
-        where = np.argwhere(features)
+        # a nearest feature pixel has a non-feature 4-neighbour in the slice (else the one towards the point
+        # would be nearer): only those are measured
+        where = np.argwhere(features & ~ndimage.binary_erosion(features, structure=_FACES_2D, border_value=1))
         d2 = ((points[far, None, :] - where[None, :, :]) ** 2).sum(axis=2)
         nearest = d2 == d2.min(axis=1, keepdims=True)
         at = values[where[:, 0], where[:, 1]]
@@ -529,8 +531,11 @@ def _half_planes(equations: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> n
     yy = np.arange(y0, y1, dtype=np.float64)[:, None]
     xx = np.arange(x0, x1, dtype=np.float64)[None, :]
     inside = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    plane = np.empty(inside.shape)
     for ny, nx, off in equations:
-        inside &= ny * yy + nx * xx + off <= 0.75
+        np.add(ny * yy, nx * xx, out=plane)
+        plane += off
+        inside &= plane <= 0.75
     return inside
 
 
@@ -673,12 +678,10 @@ def _split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xs = np.flatnonzero(lungs.any(axis=(0, 1)))
     lo, hi = xs[0], xs[-1] + 1
     band = slice(lo + int(0.35 * (hi - lo)), lo + int(np.ceil(0.65 * (hi - lo))))
-    for z in np.flatnonzero(lungs.any(axis=(1, 2))):
-        columns = lungs[z, :, band].sum(axis=0)
-        if columns.size == 0:
-            continue
-        x = band.start + int(np.argmin(columns))
-        if columns.min() > 0:
+    columns = lungs[:, :, band].sum(axis=1)  # (z, x in the band): lung voxels per column
+    if columns.shape[1] > 0:
+        for z in np.flatnonzero(lungs.any(axis=(1, 2)) & (columns.min(axis=1) > 0)):
+            x = band.start + int(np.argmin(columns[z]))
             cut[z, :, max(x - 1, 0): x + 2] = lungs[z, :, max(x - 1, 0): x + 2]
     parts, m = ndimage.label(lungs & ~cut, structure=_FACES_3D)
     part_sizes = np.bincount(parts.ravel())
