@@ -117,6 +117,7 @@ def test_detection_with_the_torch_passes_finds_the_same(phantom, shipped_model, 
         assert abs(a.diameter_mm - b.diameter_mm) < 0.01
     assert np.array_equal(ref.labels, got.labels)
     assert ref.info["lung_volume_ml"] == got.info["lung_volume_ml"]
+    assert (ref.info["full_resolution"], got.info["full_resolution"]) == ("numpy on cpu", "torch on cpu")
 
 
 @needs_cuda

@@ -164,6 +164,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     info: dict[str, Any] = {
         "device": str(dev),
         "precision": str(compute_precision(dev)).removeprefix("torch."),
+        # where the lungs' block averages and the resampling ran: torch on the GPU, or numpy/SimpleITK
+        "full_resolution": f"torch on {full_dev}" if full_dev is not None else "numpy on cpu",
         "threshold": thr,
         "test_time_augmentation": bool(tta),
         "tta_passes": len(model.tta_flips) if tta else 1,
