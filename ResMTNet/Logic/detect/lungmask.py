@@ -449,13 +449,13 @@ def _outside_regions(air: np.ndarray, hull: np.ndarray | None, beyond_fov: np.nd
     touching = touching[touching > 0]
     if touching.size == 0:
         return np.zeros_like(air)
-    at_edge = np.isin(labels, touching)
+    at_edge = _label_set(labels, n, touching)
     if hull is None:
         return at_edge
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     beyond_hull = np.bincount(labels.ravel(), weights=(~hull).ravel(), minlength=n + 1)
     frac = beyond_hull[touching] / np.maximum(sizes[touching], 1)
-    mostly_beyond = np.isin(labels, touching[frac > OUTSIDE_HULL_FRACTION])
+    mostly_beyond = _label_set(labels, n, touching[frac > OUTSIDE_HULL_FRACTION])
     # ... except what lies deep inside the body: a lung that reaches the skin somewhere (or the field's
     # edge next to outside air) joins the outside air there, but stays inside the body's hull
     return (mostly_beyond & ~_deep_inside(hull, mostly_beyond & hull, deep_px)) | (at_edge & ~hull)
@@ -475,6 +475,13 @@ def _deep_inside(hull: np.ndarray, where: np.ndarray, deep_px: float) -> np.ndar
     if points.size:
         deep[where] = ~_gather(~hull, points, disk).any(axis=1)
     return deep
+
+
+def _label_set(labels: np.ndarray, n: int, chosen) -> np.ndarray:
+    """``np.isin(labels, chosen)`` for labels 0..n, by a lookup table (no sorting)."""
+    table = np.zeros(n + 1, dtype=bool)
+    table[np.asarray(chosen, dtype=np.intp)] = True
+    return table[labels]
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -559,7 +566,7 @@ def _select_lungs(candidates: np.ndarray, hu: np.ndarray, voxel_litres: float) -
         return np.zeros_like(candidates)
     largest = sizes[keep[0]]
     keep = [lab for lab in keep if sizes[lab] >= MIN_COMPONENT_FRACTION * largest]
-    return np.isin(labels, keep)
+    return _label_set(labels, n, keep)
 
 
 def _superior_is_last(direction) -> bool | None:
