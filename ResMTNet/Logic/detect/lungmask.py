@@ -27,7 +27,9 @@ Arrays are (z, y, x); spacings are given in ITK's x, y, z order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -116,14 +118,36 @@ class LungMask:
     ``mask(box)`` equals ``lung_mask(...)[box]``; the whole mask is ``mask()``.
     """
 
-    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None):
+    def __init__(self, array_zyx: np.ndarray, spacing_xyz, *, direction=None, device=None):
         self.array = array_zyx
-        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction)
+        self.chest = segment_chest(array_zyx, spacing_xyz, direction=direction, device=device)
         self.shape = tuple(array_zyx.shape)
 
     def mask(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         box = box or tuple(slice(0, n) for n in self.shape)
         return self.chest.upsample_box(self.chest.lungs, box) & in_field(self.array[box])
+
+    def mask_on(self, device) -> Callable[[tuple[slice, slice, slice]], Any]:
+        """``mask`` as a torch tensor on ``device``, box by box: the coarse lungs go there once, each box's
+        voxels (in the input's own type) to tell the field of view."""
+        import torch
+
+        lungs = torch.from_numpy(self.chest.lungs).to(device)
+        factors = self.chest.factors_zyx
+
+        def box_mask(box: tuple[slice, slice, slice]):
+            coarse, keep = [], []
+            for b, n, f in zip(box, self.shape, factors, strict=True):
+                start, stop, _ = b.indices(n)
+                coarse.append(slice(start // f, max(stop - 1, start) // f + 1))
+                keep.append(slice(start % f, start % f + max(stop - start, 0)))
+            out = lungs[tuple(coarse)]
+            for axis, f in enumerate(factors):
+                if f > 1:
+                    out = out.repeat_interleave(f, dim=axis)
+            field = torch.from_numpy(np.ascontiguousarray(self.array[box])).to(device) >= PADDING_HU
+            return out[tuple(keep)] & field
+        return box_mask
 
     def voxel_count(self) -> int:
         """Lung voxels on the input grid: each coarse lung voxel counts its block's voxels in the field."""
@@ -192,14 +216,18 @@ def lung_bbox(mask: np.ndarray, margin_vox=0) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
-def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None) -> ChestMasks:
-    """Lungs, body and airways on the coarse working grid; see the module docstring for the steps."""
+def segment_chest(array_zyx: np.ndarray, spacing_xyz, *, direction=None, device=None) -> ChestMasks:
+    """Lungs, body and airways on the coarse working grid; see the module docstring for the steps.
+
+    ``device`` (a torch device, or None for numpy): where the block averages of the input are taken, the
+    only pass over the full-resolution voxels; the rest works on the coarse grid, on the CPU."""
     a = np.asarray(array_zyx)
     if a.ndim != 3:
         raise ValueError(f"lung_mask needs a 3-D (z, y, x) array, got shape {a.shape}")
     spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
     factors = tuple(max(1, int(round(WORK_SPACING_MM / s))) for s in spacing_zyx)
-    hu, beyond_fov, field_voxels = _block_average(a, factors)
+    hu, beyond_fov, field_voxels = (_block_average(a, factors) if device is None
+                                    else block_average_torch(a, factors, device))
     work_spacing = tuple(s * f for s, f in zip(spacing_zyx, factors, strict=True))
     voxel_litres = float(np.prod(work_spacing)) / 1e6
 
@@ -243,25 +271,93 @@ def _block_average(a: np.ndarray, factors: tuple[int, int, int]) -> tuple[np.nda
 
     Works through slabs of whole blocks along z, so that no float copy of a large input is ever made;
     the edge blocks are padded by repeating the edge voxels (and their field counts hold real voxels only).
+    int16 input (as detection reads scans) is summed in int32 by strided additions, which is exact and gives
+    the same float32 means as the float reduction (the sums of fewer than 512 int16 values are exact in
+    float32, in any order); other input is averaged in float32 as before.
     """
     fz, fy, fx = factors
+    n = fz * fy * fx
+    whole = a.dtype in (np.int8, np.int16) and n * 32768 < 2**24
     nz = -(-a.shape[0] // fz)
     hu, padding, field = [], [], []
     step = max(1, SLAB_PLANES // fz)
     for bz in range(0, nz, step):
         slab = a[bz * fz:min((bz + step) * fz, a.shape[0])]
         inside = slab >= PADDING_HU
-        pads = [(0, (-n) % f) for n, f in zip(slab.shape, factors, strict=True)]
+        pads = [(0, (-m) % f) for m, f in zip(slab.shape, factors, strict=True)]
         if any(p[1] for p in pads):
             slab = np.pad(slab, pads, mode="edge")
             inside = np.pad(inside, pads)
-        z, y, x = (n // f for n, f in zip(slab.shape, factors, strict=True))
+        field.append(_block_sum(inside, factors))
+        if whole:
+            padding.append(2 * _block_sum(slab < PADDING_HU, factors) > n)
+            sums = _block_sum(np.maximum(slab, -1024), factors).astype(np.float32)
+            # the division np.mean makes: float32 sums by an intp count, in float64, rounded to float32
+            hu.append(np.true_divide(sums, np.intp(n), out=sums, casting="unsafe"))
+            continue
+        z, y, x = (m // f for m, f in zip(slab.shape, factors, strict=True))
         padding.append((slab < PADDING_HU).reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32)
                        > 0.5)
-        field.append(inside.reshape(z, fz, y, fy, x, fx).sum(axis=(1, 3, 5), dtype=np.int32))
         clipped = np.maximum(slab, np.float32(-1024.0), dtype=np.float32)
         hu.append(clipped.reshape(z, fz, y, fy, x, fx).mean(axis=(1, 3, 5), dtype=np.float32))
     return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
+
+
+def block_average_torch(a: np.ndarray, factors: tuple[int, int, int], device) -> tuple[np.ndarray, np.ndarray,
+                                                                                         np.ndarray]:
+    """``_block_average`` in torch on ``device``: each slab of whole blocks goes there in the input's own type
+    (int16 as detection reads scans), is summed there exactly (int64) and averaged in float64, and only the
+    coarse grid comes back. For int16 input that is the numpy path's result bit for bit (the same exact
+    sums, divided alike); float input is summed in float64 instead of float32 (within 1e-3 HU of it)."""
+    import torch
+
+    fz, fy, fx = factors
+    n = fz * fy * fx
+    nz = -(-a.shape[0] // fz)
+    hu, padding, field = [], [], []
+    step = max(1, SLAB_PLANES // fz)
+    idx = [None, torch.arange(-(-a.shape[1] // fy) * fy, device=device),
+           torch.arange(-(-a.shape[2] // fx) * fx, device=device)]
+    for bz in range(0, nz, step):
+        host = np.ascontiguousarray(a[bz * fz:min((bz + step) * fz, a.shape[0])])
+        slab = torch.from_numpy(host).to(device)
+        idx[0] = torch.arange(-(-host.shape[0] // fz) * fz, device=device)
+        # edge blocks: the edge voxels repeated (their field counts hold real voxels only)
+        real = [i < m for i, m in zip(idx, host.shape, strict=True)]
+        for axis, (i, m) in enumerate(zip(idx, host.shape, strict=True)):
+            slab = slab.index_select(axis, i.clamp(max=m - 1))
+
+        def sums(t):  # block sums by strided additions, exact: int64 for whole numbers, float64 otherwise
+            out = t.to(torch.float64 if t.is_floating_point() else torch.int64)
+            for axis, f in enumerate(factors):
+                if f > 1:
+                    parts = [out[(slice(None),) * axis + (slice(i, None, f),)] for i in range(f)]
+                    out = parts[0].clone()
+                    for part in parts[1:]:
+                        out += part
+            return out
+        inside = (slab >= PADDING_HU) & real[0][:, None, None] & real[1][None, :, None] & real[2][None, None, :]
+        field.append(sums(inside).to(torch.int32).cpu().numpy())
+        padding.append((2 * sums(slab < PADDING_HU) > n).cpu().numpy())
+        clipped = slab.clamp(min=-1024)
+        total = sums(clipped).to(torch.float64)
+        hu.append((total / n).to(torch.float32).cpu().numpy())
+    return np.concatenate(hu), np.concatenate(padding), np.concatenate(field)
+
+
+def _block_sum(x: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Sums (int32) of the blocks of ``factors`` voxels of ``x`` (bool or integer, shape a multiple of
+    ``factors``): one strided addition per block offset and axis, much faster than a reduction over a
+    six-dimensional view."""
+    out = x
+    for axis, f in enumerate(factors):
+        if f > 1:
+            parts = [out[(slice(None),) * axis + (slice(i, None, f),)] for i in range(f)]
+            acc = parts[0].astype(np.int32)
+            for part in parts[1:]:
+                acc += part
+            out = acc
+    return out if out is not x else x.astype(np.int32)
 
 
 def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarray, thin: np.ndarray,
@@ -281,13 +377,60 @@ def _outside_air_slice(air: np.ndarray, tissue: np.ndarray, beyond_fov: np.ndarr
     thin_air = air & ~opened
     if thin_air.any():
         if opened.any():
-            _, (iy, ix) = ndimage.distance_transform_edt(~opened, return_indices=True)
-            outside |= thin_air & outside[iy, ix]
+            # only thin air inside the hull needs its nearest region (beyond the hull it is outside anyway)
+            ask = thin_air if hull is None else thin_air & hull
+            near = _nearest_value(opened, outside, np.argwhere(ask))
+            if near is None:
+                _, (iy, ix) = ndimage.distance_transform_edt(~opened, return_indices=True)
+                outside |= thin_air & outside[iy, ix]
+            else:
+                outside[ask] |= near
         else:
             outside |= thin_air
         if hull is not None:
             outside |= thin_air & ~hull
     return outside, _body_slice(outside, beyond_fov)
+
+
+#: How far (pixels) the nearest feature is looked for around a pixel before a whole-slice distance transform.
+_NEAR_PX = 8
+_NEAR_OFFSETS = np.array([(dy, dx) for dy in range(-_NEAR_PX, _NEAR_PX + 1) for dx in range(-_NEAR_PX, _NEAR_PX + 1)
+                          if dy * dy + dx * dx <= _NEAR_PX**2])
+_NEAR_D2 = (_NEAR_OFFSETS**2).sum(axis=1)
+_NEAR_OFFSETS, _NEAR_D2 = _NEAR_OFFSETS[np.argsort(_NEAR_D2, kind="stable")], np.sort(_NEAR_D2)
+
+
+def _gather(image: np.ndarray, points: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``image`` at each point (rows) plus each offset (columns); False beyond the image."""
+    yy = points[:, :1] + offsets[None, :, 0]
+    xx = points[:, 1:] + offsets[None, :, 1]
+    ok = (yy >= 0) & (yy < image.shape[0]) & (xx >= 0) & (xx < image.shape[1])
+    return image[np.clip(yy, 0, image.shape[0] - 1), np.clip(xx, 0, image.shape[1] - 1)] & ok
+
+
+def _nearest_value(features: np.ndarray, values: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+    """``values`` at the nearest ``features`` pixel of each of ``points`` (N, 2), as the feature transform
+    (``distance_transform_edt(~features, return_indices=True)``) finds it, without the whole-slice transform:
+    looked up in a disk around each point, or among all feature pixels for a point with none in the disk.
+    None where the nearest features (tied in distance) disagree, where the transform's choice among them
+    would decide; ``features`` must hold a pixel."""
+    if points.size == 0:
+        return np.zeros(0, dtype=bool)
+    hits = _gather(features, points, _NEAR_OFFSETS)
+    vals = _gather(values, points, _NEAR_OFFSETS)
+    d2 = _NEAR_D2[np.argmax(hits, axis=1)]  # offsets are sorted by distance: the first hit is a nearest one
+    nearest = hits & (_NEAR_D2[None, :] == d2[:, None])
+    yes, no = (nearest & vals).any(axis=1), (nearest & ~vals).any(axis=1)
+    far = ~hits.any(axis=1)
+    if far.any():
+        # a nearest feature pixel has a non-feature 4-neighbour in the slice (else the one towards the point
+        # would be nearer): only those are measured
+        where = np.argwhere(features & ~ndimage.binary_erosion(features, structure=_FACES_2D, border_value=1))
+        d2 = ((points[far, None, :] - where[None, :, :]) ** 2).sum(axis=2)
+        nearest = d2 == d2.min(axis=1, keepdims=True)
+        at = values[where[:, 0], where[:, 1]]
+        yes[far], no[far] = (nearest & at).any(axis=1), (nearest & ~at).any(axis=1)
+    return None if (yes & no).any() else yes
 
 
 def _outside_regions(air: np.ndarray, hull: np.ndarray | None, beyond_fov: np.ndarray, reach: np.ndarray,
@@ -306,17 +449,39 @@ def _outside_regions(air: np.ndarray, hull: np.ndarray | None, beyond_fov: np.nd
     touching = touching[touching > 0]
     if touching.size == 0:
         return np.zeros_like(air)
-    at_edge = np.isin(labels, touching)
+    at_edge = _label_set(labels, n, touching)
     if hull is None:
         return at_edge
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     beyond_hull = np.bincount(labels.ravel(), weights=(~hull).ravel(), minlength=n + 1)
     frac = beyond_hull[touching] / np.maximum(sizes[touching], 1)
-    mostly_beyond = np.isin(labels, touching[frac > OUTSIDE_HULL_FRACTION])
+    mostly_beyond = _label_set(labels, n, touching[frac > OUTSIDE_HULL_FRACTION])
     # ... except what lies deep inside the body: a lung that reaches the skin somewhere (or the field's
     # edge next to outside air) joins the outside air there, but stays inside the body's hull
-    deep = ndimage.distance_transform_edt(hull) > deep_px
-    return (mostly_beyond & ~deep) | (at_edge & ~hull)
+    return (mostly_beyond & ~_deep_inside(hull, mostly_beyond & hull, deep_px)) | (at_edge & ~hull)
+
+
+def _deep_inside(hull: np.ndarray, where: np.ndarray, deep_px: float) -> np.ndarray:
+    """``distance_transform_edt(hull) > deep_px`` at the pixels ``where`` (False elsewhere): no pixel
+    outside the hull within ``deep_px``, looked for in a disk around each pixel asked about."""
+    if hull.all():  # no pixel outside the hull at all: what the transform gives then
+        return ndimage.distance_transform_edt(hull) > deep_px
+    r = int(np.floor(deep_px))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    keep = np.sqrt((dy * dy + dx * dx).astype(np.float64)) <= deep_px  # the transform's distances, compared alike
+    disk = np.stack([dy[keep], dx[keep]], axis=1)
+    deep = np.zeros_like(hull)
+    points = np.argwhere(where)
+    if points.size:
+        deep[where] = ~_gather(~hull, points, disk).any(axis=1)
+    return deep
+
+
+def _label_set(labels: np.ndarray, n: int, chosen) -> np.ndarray:
+    """``np.isin(labels, chosen)`` for labels 0..n, by a lookup table (no sorting)."""
+    table = np.zeros(n + 1, dtype=bool)
+    table[np.asarray(chosen, dtype=np.intp)] = True
+    return table[labels]
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -346,17 +511,38 @@ def _largest_part_hull(tissue: np.ndarray) -> np.ndarray | None:
     biggest = int(np.argmax(sizes))
     if sizes[biggest] < 0.02 * tissue.size:
         return None
-    part = labels == biggest
+    box = ndimage.find_objects(labels, max_label=biggest)[biggest - 1]
+    part = labels[box] == biggest  # outside its box there is none of it: erosion's border is alike
     rim = part & ~ndimage.binary_erosion(part, structure=_FACES_2D)
-    pts = np.argwhere(rim).astype(np.float64)
+    pts = (np.argwhere(rim) + [box[0].start, box[1].start]).astype(np.float64)
     try:
         hull = ConvexHull(pts)
     except (QhullError, ValueError):
         return None
-    yy, xx = np.indices(tissue.shape, dtype=np.float64)
-    inside = np.ones(tissue.shape, dtype=bool)
-    for ny, nx, off in hull.equations:
-        inside &= ny * yy + nx * xx + off <= 0.75
+    # the half-planes are tested on the part's box with a margin; only where the hull (its tolerance at a
+    # sharp corner) reaches that margin's edge inside the slice is the whole slice tested
+    h, w = tissue.shape
+    y0, y1 = max(box[0].start - 4, 0), min(box[0].stop + 4, h)
+    x0, x1 = max(box[1].start - 4, 0), min(box[1].stop + 4, w)
+    inside = _half_planes(hull.equations, y0, y1, x0, x1)
+    edges = [(y0 > 0, inside[0]), (y1 < h, inside[-1]), (x0 > 0, inside[:, 0]), (x1 < w, inside[:, -1])]
+    if any(inner and edge.any() for inner, edge in edges):
+        return _half_planes(hull.equations, 0, h, 0, w)
+    out = np.zeros(tissue.shape, dtype=bool)
+    out[y0:y1, x0:x1] = inside
+    return out
+
+
+def _half_planes(equations: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Pixels (y0..y1-1, x0..x1-1) within 0.75 pixel of every half-plane ``ny y + nx x + off <= 0``."""
+    yy = np.arange(y0, y1, dtype=np.float64)[:, None]
+    xx = np.arange(x0, x1, dtype=np.float64)[None, :]
+    inside = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    plane = np.empty(inside.shape)
+    for ny, nx, off in equations:
+        np.add(ny * yy, nx * xx, out=plane)
+        plane += off
+        inside &= plane <= 0.75
     return inside
 
 
@@ -380,7 +566,7 @@ def _select_lungs(candidates: np.ndarray, hu: np.ndarray, voxel_litres: float) -
         return np.zeros_like(candidates)
     largest = sizes[keep[0]]
     keep = [lab for lab in keep if sizes[lab] >= MIN_COMPONENT_FRACTION * largest]
-    return np.isin(labels, keep)
+    return _label_set(labels, n, keep)
 
 
 def _superior_is_last(direction) -> bool | None:
@@ -499,12 +685,10 @@ def _split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xs = np.flatnonzero(lungs.any(axis=(0, 1)))
     lo, hi = xs[0], xs[-1] + 1
     band = slice(lo + int(0.35 * (hi - lo)), lo + int(np.ceil(0.65 * (hi - lo))))
-    for z in np.flatnonzero(lungs.any(axis=(1, 2))):
-        columns = lungs[z, :, band].sum(axis=0)
-        if columns.size == 0:
-            continue
-        x = band.start + int(np.argmin(columns))
-        if columns.min() > 0:
+    columns = lungs[:, :, band].sum(axis=1)  # (z, x in the band): lung voxels per column
+    if columns.shape[1] > 0:
+        for z in np.flatnonzero(lungs.any(axis=(1, 2)) & (columns.min(axis=1) > 0)):
+            x = band.start + int(np.argmin(columns[z]))
             cut[z, :, max(x - 1, 0): x + 2] = lungs[z, :, max(x - 1, 0): x + 2]
     parts, m = ndimage.label(lungs & ~cut, structure=_FACES_3D)
     part_sizes = np.bincount(parts.ravel())
@@ -541,8 +725,16 @@ def _close(mask: np.ndarray, spacing_zyx: tuple[float, float, float], radius_mm:
     sp = np.asarray(spacing_zyx)
     pad = [int(np.ceil(radius_mm / s)) + 1 for s in sp]
     m = np.pad(mask, [(p, p) for p in pad], mode="edge")
-    grown = ndimage.distance_transform_edt(~m, sampling=sp) <= radius_mm
-    closed = ndimage.distance_transform_edt(grown, sampling=sp) > radius_mm
+    if not m.any():
+        return mask
+    # Both distance transforms on the mask's box grown by ``pad``: it holds every mask voxel and every voxel
+    # within the radius of one, and its outer faces (inside m) lie beyond the radius, so each transform
+    # gives there what it gives on the whole of m, on fewer voxels.
+    box = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in
+                zip(ndimage.find_objects(m.astype(np.uint8))[0], pad, m.shape, strict=True))
+    grown = ndimage.distance_transform_edt(~m[box], sampling=sp) <= radius_mm
+    closed = np.zeros_like(m)
+    closed[box] = ndimage.distance_transform_edt(grown, sampling=sp) > radius_mm
     return closed[tuple(slice(p, p + n) for p, n in zip(pad, mask.shape, strict=True))] | mask
 
 

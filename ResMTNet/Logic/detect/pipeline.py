@@ -103,7 +103,7 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     mask) and the scan's nodule count, with ``patient``'s inputs (absent ones defaulted: ``info["brock"]`` says
     which).
     """
-    from ..util.runtime import compute_precision, pick_device
+    from ..util.runtime import compute_precision, full_resolution_device, pick_device
 
     t_all = time.perf_counter()
     dev = pick_device(device)
@@ -120,15 +120,18 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
 
     # Memory: the input grid is only ever held as ct.array (int16 where the scan stores whole HU) and the
     # label map; lungs, bounds and resampling go through it box by box (lungmask.LungMask, to_model_grid).
+    # On a GPU the full-resolution passes (the lungs' block averages, the resampling) run there, box by box.
+    full_dev = full_resolution_device(dev)
     st.start("lungs", "finding the lungs")
-    lungs = LungMask(ct.array, ct.spacing, direction=ct.direction)
+    lungs = LungMask(ct.array, ct.spacing, direction=ct.direction, device=full_dev)
     lung_box = lungs.index_bounds()
     bounds = index_bounds_to_world(*lung_box, ct, LUNG_MARGIN_MM) if lung_box else world_bounds(ct)
     st.end()
 
     st.start("resample", "resampling to the model grid")
-    hu_grid, grid = to_model_grid(ct, model.config.spacing_mm, bounds)
-    lung_grid, _ = to_model_grid(ct, model.config.spacing_mm, bounds, image=lungs.mask)
+    hu_grid, grid = to_model_grid(ct, model.config.spacing_mm, bounds, device=full_dev)
+    lung_grid, _ = to_model_grid(ct, model.config.spacing_mm, bounds, device=full_dev,
+                                 image=lungs.mask if full_dev is None else lungs.mask_on(full_dev))
     st.end()
 
     st.start("inference", f"running Res-MTNet on {dev.type.upper()}")
@@ -161,6 +164,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
     info: dict[str, Any] = {
         "device": str(dev),
         "precision": str(compute_precision(dev)).removeprefix("torch."),
+        # where the lungs' block averages and the resampling ran: torch on the GPU, or numpy/SimpleITK
+        "full_resolution": f"torch on {full_dev}" if full_dev is not None else "numpy on cpu",
         "threshold": thr,
         "test_time_augmentation": bool(tta),
         "tta_passes": len(model.tta_flips) if tta else 1,

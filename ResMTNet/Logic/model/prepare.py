@@ -57,19 +57,28 @@ Source = np.ndarray | Callable[[tuple[slice, slice, slice]], np.ndarray]
 
 
 def to_model_grid(ct: CTVolume, spacing: float, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-                  interpolator: int = sitk.sitkLinear, image: Source | None = None) -> tuple[np.ndarray, ModelGrid]:
+                  interpolator: int = sitk.sitkLinear, image: Source | None = None,
+                  device=None) -> tuple[np.ndarray, ModelGrid]:
     """Resample ``ct`` (or ``image``, an array on ct's grid or a function giving boxes of one) onto the
     canonical grid covering ``bounds``, as float32.
 
     Scanner padding outside the reconstruction circle (-2048, -3024 ...) is set to air first so it
     does not bleed into the body by interpolation. The grid is filled slab by slab from the part of the
     input each slab needs (the same values as one resampling of the whole input).
+
+    ``device`` (a torch device; None: SimpleITK on the CPU): linear interpolation in torch there instead,
+    each slab's input box sent in its own type (``image`` may then give torch tensors on that device); the
+    same values within float32 rounding (see :func:`_resample_slab_torch`).
     """
     lo, hi = bounds if bounds is not None else world_bounds(ct)
     lo = np.asarray(lo, float)
     hi = np.asarray(hi, float)
     size_xyz = np.maximum(np.floor((hi - lo) / spacing).astype(int) + 1, 1)
     grid = ModelGrid(origin=lo, spacing=float(spacing), shape=tuple(int(s) for s in size_xyz[::-1]))
+    if device is not None:
+        if interpolator != sitk.sitkLinear:
+            raise ValueError("the torch resampling interpolates linearly only")
+        return _to_model_grid_torch(ct, grid, image, device), grid
     if image is None:
         clip = bool(ct.array.min() < PAD_HU - 24)
 
@@ -97,6 +106,65 @@ def to_model_grid(ct: CTVolume, spacing: float, bounds: tuple[np.ndarray, np.nda
         res = sitk.Resample(src, ref, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
         out[z0:z1] = sitk.GetArrayViewFromImage(res)
     return out, grid
+
+
+def _to_model_grid_torch(ct: CTVolume, grid: ModelGrid, image: Source | None, device) -> np.ndarray:
+    """``to_model_grid``'s slabs resampled in torch on ``device``; only the model grid comes back."""
+    import torch
+
+    if image is None:
+        clip = bool(ct.array.min() < PAD_HU - 24)
+
+        def source(box):
+            part = torch.from_numpy(np.ascontiguousarray(ct.array[box])).to(device)
+            return part.to(torch.float64).clamp(min=PAD_HU) if clip else part.to(torch.float64)
+        default = PAD_HU
+    else:
+        def source(box):
+            part = image(box) if callable(image) else image[box]
+            part = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(part))
+            return part.to(device=device, dtype=torch.float64)
+        default = 0.0
+    # model-grid voxel (z, y, x) -> continuous input index (x, y, z): world = origin + (x, y, z) * spacing,
+    # index = inverse(direction * diag(spacing)) (world - ct.origin)
+    to_index = np.linalg.inv(ct.direction_matrix * np.asarray(ct.spacing, float)[None, :])
+    m = torch.tensor(to_index * grid.spacing, dtype=torch.float64, device=device)
+    start = torch.tensor(to_index @ (grid.origin - np.asarray(ct.origin, float)), dtype=torch.float64, device=device)
+    _, gy, gx = grid.shape
+    yy = torch.arange(gy, dtype=torch.float64, device=device)
+    xx = torch.arange(gx, dtype=torch.float64, device=device)
+    out = np.empty(grid.shape, np.float32)
+    for z0 in range(0, grid.shape[0], RESAMPLE_SLAB_PLANES):
+        z1 = min(z0 + RESAMPLE_SLAB_PLANES, grid.shape[0])
+        box = _input_box(ct, grid, z0, z1)
+        if box is None:
+            out[z0:z1] = default
+            continue
+        zz = torch.arange(z0, z1, dtype=torch.float64, device=device)
+        xyz = torch.stack(torch.meshgrid(xx, yy, zz, indexing="xy"), dim=-1)  # (y, x, z, 3): model x, y, z
+        ijk = (xyz @ m.T + start).permute(2, 0, 1, 3)  # (z, y, x, 3): input index x, y, z
+        slab = _resample_slab_torch(source(box), ijk, [b.start for b in box[::-1]], ct.shape_xyz, default)
+        out[z0:z1] = slab.to(torch.float32).cpu().numpy()
+    return out
+
+
+def _resample_slab_torch(values, ijk, box_start_xyz, shape_xyz, default: float):
+    """Linear interpolation of ``values`` (z, y, x: the input box starting at ``box_start_xyz``) at the
+    continuous input indices ``ijk`` (..., 3: x, y, z), as ITK's linear interpolator does it: neighbours
+    beyond the box clamped to its edge (grid_sample's border padding), and ``default`` at points outside the
+    input's buffer, which is [-0.5, n - 0.5) along each axis. Computed in float64, so the float32 result
+    agrees with SimpleITK's (double precision too) to its last bit or so."""
+    import torch
+
+    size = torch.tensor(values.shape[::-1], dtype=ijk.dtype, device=ijk.device)  # x, y, z
+    rel = ijk - torch.tensor(box_start_xyz, dtype=ijk.dtype, device=ijk.device)
+    norm = torch.where(size > 1, rel * 2 / (size - 1).clamp(min=1) - 1, torch.zeros_like(rel))
+    result = torch.nn.functional.grid_sample(values[None, None], norm[None], mode="bilinear",
+                                             padding_mode="border", align_corners=True)[0, 0]
+    inside = torch.ones_like(result, dtype=torch.bool)
+    for a in range(3):
+        inside &= (ijk[..., a] >= -0.5) & (ijk[..., a] < shape_xyz[a] - 0.5)
+    return torch.where(inside, result, torch.full_like(result, default))
 
 
 def _input_box(ct: CTVolume, grid: ModelGrid, z0: int, z1: int) -> tuple[slice, slice, slice] | None:

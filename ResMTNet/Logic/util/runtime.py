@@ -52,3 +52,11 @@ def compute_precision(device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def full_resolution_device(device: torch.device) -> torch.device | None:
+    """Where detection's full-resolution work (the lung mask's block averages, the resampling to the model
+    grid) runs in torch: the detection's device when it is a GPU; None (numpy, scipy and SimpleITK on the
+    CPU) otherwise, as torch on the CPU is no faster there (docs/benchmarks.md). The coarse-grid morphology
+    of the lung mask stays on the CPU either way: it is small."""
+    return device if device.type == "cuda" else None
