@@ -102,6 +102,7 @@ def run_single(args: argparse.Namespace) -> int:
     from ..io.memory import read_ct_for_detection
     from ..report.dicom_export import read_source_series, write_dicom_outputs
     from ..report.outputs import input_key, write_detection_outputs
+    from ..scene.slicer_process import SlicerProcess, start_slicer_process
     from .cli import print_warnings
 
     t = time.perf_counter()
@@ -114,28 +115,36 @@ def run_single(args: argparse.Namespace) -> int:
         if all((read_set(d) or {}).get("input") == input_key(source) for d in (args.out, args.dicom_out) if d):
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
-    model = _load_model(args)
-    now = time.perf_counter()
-    times["load_model"], t = round(now - t, 3), now  # with torch's import
-    ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
-    times["read"] = round(time.perf_counter() - t, 3)
-    print_warnings(ct.notes)
-    series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
-    bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
-                                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-
-    def progress(fraction: float, message: str) -> None:
-        if bar is not None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message)
-
+    # the child that writes the Slicer files imports slicer-core and sets its views up meanwhile, on the core
+    # that reading and finding the lungs leave idle
+    helper = None if args.no_slicer_files else start_slicer_process()
     try:
-        det = detect_ct(ct, model=model, progress=progress, **_detect_options(args))
-    finally:
-        if bar is not None:
-            bar.close()
+        model = _load_model(args)
+        now = time.perf_counter()
+        times["load_model"], t = round(now - t, 3), now  # with torch's import
+        ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
+        times["read"] = round(time.perf_counter() - t, 3)
+        print_warnings(ct.notes)
+        series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
+        bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
+                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+        def progress(fraction: float, message: str) -> None:
+            if bar is not None:
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(message)
+
+        try:
+            det = detect_ct(ct, model=model, progress=progress, **_detect_options(args))
+        finally:
+            if bar is not None:
+                bar.close()
+    except BaseException:
+        if isinstance(helper, SlicerProcess):
+            helper.stop()
+        raise
     files = write_detection_outputs(ct, det, args.out, slicer_files=not args.no_slicer_files,
-                                    color_by=args.color_by, timings_s=times)
+                                    color_by=args.color_by, timings_s=times, slicer_process=helper)
     dicom_files = write_dicom_outputs(series, ct, det, args.dicom_out) if series is not None else {}
     print(f"{len(det.nodules)} nodule(s) in {ct.seriesuid or source} "
           f"({det.info['timings_s']['total']:.1f} s on {det.info['device']})")

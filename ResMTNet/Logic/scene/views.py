@@ -13,16 +13,14 @@ The slice views show the scene's own first view (centred on N1, see :func:`resmt
 Nothing is restyled here: what is drawn is what the scene says.
 
 Rendering needs an offscreen OpenGL (Mesa's EGL or OSMesa where there is no display). Where VTK cannot render,
-it may abort the process, so :class:`ViewsRendering` renders in a child process (``python -m resmtnet.scene.views``) and
-reports why it could not instead of failing the detection.
+it may abort the process, so ``resmtnet detect`` renders in a child process (:mod:`.slicer_process`) and reports why
+it could not instead of failing the detection.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ VIEW_SIZE = 440  # pixels per view (square); the four fit the catalog's 500 KB s
 GAP = 4  # pixels between views
 GAP_VALUE = 255  # white
 LAYOUT = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))  # slice views, then the 3-D view
-RENDER_TIMEOUT_S = 300
+RENDER_TIMEOUT_S = 300  # the longest resmtnet detect waits for views.png (:mod:`.slicer_process`)
 
 
 def panel_origin(index: int, size: int = VIEW_SIZE) -> tuple[int, int]:
@@ -365,75 +363,13 @@ def write_png(pixels: Any, path: str | Path) -> None:
     atomic_write(Path(path), write)
 
 
-class ViewsRendering:
-    """``views.png`` rendered in a child process (``python -m resmtnet.scene.views``), started before the bundle exists.
-
-    A child process, because VTK without an offscreen OpenGL may abort rather than raise: the caller's work (the
-    detection) must survive that. Started early, the child imports Slicer's libraries and sets its views up while
-    the caller builds and writes the bundle; :meth:`draw` gives it the bundle's path, :meth:`finish` waits for the
-    picture. Raises OSError where the process can't start.
-    """
-
-    def __init__(self, out: str | Path, size: int = VIEW_SIZE):
-        self.out = Path(out).absolute()
-        self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # never a full pipe
-        command = [sys.executable, "-m", "resmtnet.scene.views", "-", str(self.out), "--size", str(size)]
-        try:
-            self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                           stderr=self._stderr, text=True)
-        except OSError:
-            self._stderr.close()
-            raise
-
-    def draw(self, mrb: str | Path) -> None:
-        """Hand the child the written bundle (absolute: Slicer's ReadFromMRB unpacks into a folder of its own)."""
-        assert self._child.stdin is not None
-        try:
-            self._child.stdin.write(str(Path(mrb).absolute()) + "\n")
-            self._child.stdin.close()
-        except OSError:  # the child ended already: finish() says why
-            pass
-
-    def finish(self, timeout_s: float = RENDER_TIMEOUT_S) -> str | None:
-        """Wait for the picture: None when it was written, else why not (one line)."""
-        try:
-            self._child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            return f"rendering the views took over {timeout_s:.0f} s and was stopped"
-        self._stderr.seek(0)
-        stderr = self._stderr.read()
-        self._stderr.close()
-        if self._child.returncode == 0 and self.out.is_file():
-            return None
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "WARN" not in ln]
-        reason = lines[-1] if lines else f"exit status {self._child.returncode}"
-        return f"offscreen rendering failed ({reason[-300:]})"
-
-    def stop(self) -> None:
-        """Stop the child (no picture is wanted any more)."""
-        self._child.kill()
-        self._child.wait()
-        self._stderr.close()
-
-
-def _scene_from_stdin() -> Path:
-    """The bundle's path, one line on stdin once the parent has written it; none: the parent gave up."""
-    line = sys.stdin.readline().strip()
-    if not line:
-        raise SystemExit("no scene was given (the caller stopped before writing it)")
-    return Path(line)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resmtnet.scene.views", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scene", help="a scene.mrb written by resmtnet detect; -: its path on stdin, read once "
-                                      "the views are set up")
+    parser.add_argument("scene", type=Path, help="a scene.mrb written by resmtnet detect")
     parser.add_argument("output", type=Path, help="the PNG to write")
     parser.add_argument("--size", type=int, default=VIEW_SIZE, help="pixels per view (default %(default)s)")
     args = parser.parse_args(argv)
-    scene = _scene_from_stdin if args.scene == "-" else Path(args.scene)
-    write_png(render_views(scene, args.size), args.output)
+    write_png(render_views(args.scene, args.size), args.output)
     return 0
 
 
