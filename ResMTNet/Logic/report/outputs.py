@@ -125,6 +125,7 @@ def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Pa
                     if isinstance(helper, SlicerProcess) and "skipped" not in views:
                         why_not = helper.finish()
                         views = {"file": VIEWS_FILE} if why_not is None else {"skipped": why_not}
+                        times.setdefault("slicer_process", {}).update(helper.timings_s)
                         t = timed("write_views", t)
                     helper = None
                     report_extra["views"] = views

@@ -61,6 +61,7 @@ class SlicerProcess:
         self._answer = os.fdopen(read_end, "r", encoding="utf-8")
         self._handoff: Path | None = None
         self.views: Path | None = None
+        self.timings_s: dict[str, float] = {}  # the views' steps in the child, once :meth:`finish` returned
 
     def request(self, ct: CTVolume, detection: Detection, outdir: Path, views: Path,
                 color_by: str = "malignancy") -> None:
@@ -111,6 +112,8 @@ class SlicerProcess:
             self.stop()
             return f"rendering the views took over {timeout_s:.0f} s and was stopped"
         stderr = self._read_stderr()
+        with contextlib.suppress(OSError, ValueError):  # the child's last line: its views' steps
+            self.timings_s = json.loads(self._answer.readline() or "{}").get("timings_s", {})
         self._close()
         if self._child.returncode == 0 and self.views is not None and self.views.is_file():
             return None
@@ -177,7 +180,7 @@ def _serve(answer_fd: int, size: int) -> int:
     import numpy as np
 
     from .slicer_outputs import write_scene_files
-    from .views import render_views, write_png
+    from .views import SceneViews, write_png
 
     request: dict[str, Any] = {}
 
@@ -199,13 +202,36 @@ def _serve(answer_fd: int, size: int) -> int:
         times: dict[str, Any] = {"ready": ready_s}
         files = write_scene_files(ct, detection, request["outdir"], color_by=request["color_by"], timings_s=times)
         del ct, detection
-        with os.fdopen(answer_fd, "w", encoding="utf-8") as answer:
-            answer.write(json.dumps({"files": {k: str(p) for k, p in files.items()}, "timings_s": times}) + "\n")
+        answer.write(json.dumps({"files": {k: str(p) for k, p in files.items()}, "timings_s": times}) + "\n")
+        answer.flush()
+        marks.append(time.perf_counter())
         return files["scene"]
 
-    pixels = render_views(written_scene, size)
+    answer = os.fdopen(answer_fd, "w", encoding="utf-8")
+    marks: list[float] = []
+    with SceneViews(written_scene, size) as views:
+        marks.append(time.perf_counter())
+        pixels = views.picture()
+    marks.append(time.perf_counter())
     write_png(pixels, request["views"])
+    marks.append(time.perf_counter())
+    # the views' steps after the files: the bundle read into the views, the four views drawn, the PNG written
+    steps = ("views_scene", "views_render", "views_png")
+    answer.write(json.dumps({"timings_s": {k: round(b - a, 3) for k, a, b in zip(steps, marks, marks[1:])}}) + "\n")
+    answer.close()
     return 0
+
+
+def _end(code: int) -> None:
+    """End the child at once: the parent waits for its exit, and the interpreter's teardown (VTK, slicer-core: about
+    0.5 s) gives it nothing (the same as ``resmtnet``'s own end, :func:`resmtnet.cli.cli.entry`)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,4 +244,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _end(main())

@@ -338,29 +338,56 @@ def _middle(volume: Any) -> tuple[float, float, float]:
     return tuple((bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3))  # type: ignore[return-value]
 
 
-def write_png(pixels: Any, path: str | Path) -> None:
-    """Write (height, width, 3) uint8 ``pixels``, top row first, as an RGB PNG (VTK's writer), atomically."""
-    import numpy as np
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
+#: zlib level of views.png: with each row's PNG filter chosen as libpng chooses it, 7 gives 482 KB for
+#: LIDC-IDRI-0001's views in 0.14 s, where VTK's writer at level 9 gave 466 KB in 1.16 s (level 6: 494 KB in 0.08 s,
+#: 8: 464 KB in 0.5 s), under the catalog's 500 KB screenshot limit
+PNG_LEVEL = 7
 
+
+def png_bytes(pixels: Any, level: int = PNG_LEVEL) -> bytes:
+    """(height, width, 3) uint8 ``pixels``, top row first, as an RGB PNG file's bytes (8 bits a channel).
+
+    Each row is filtered as libpng's adaptive heuristic does (of the five PNG filters, the one whose output bytes,
+    read as signed, sum to the least magnitude), then the whole is deflated at ``level``."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    height, width, channels = pixels.shape
+    raw = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, width * channels).astype(np.int16)
+    left = np.zeros_like(raw)
+    left[:, channels:] = raw[:, :-channels]
+    up = np.zeros_like(raw)
+    up[1:] = raw[:-1]
+    up_left = np.zeros_like(raw)
+    up_left[1:, channels:] = raw[:-1, :-channels]
+    guess = left + up - up_left  # the Paeth predictor: whichever neighbour is nearest the guess
+    near_left, near_up, near_up_left = np.abs(guess - left), np.abs(guess - up), np.abs(guess - up_left)
+    paeth = np.where((near_left <= near_up) & (near_left <= near_up_left), left,
+                     np.where(near_up <= near_up_left, up, up_left))
+    filtered = np.stack([raw, raw - left, raw - up, raw - (left + up) // 2, raw - paeth]).astype(np.uint8)  # mod 256
+    cost = np.abs(filtered.view(np.int8).astype(np.int32)).sum(axis=2)  # (filter, row)
+    choice = cost.argmin(axis=0)
+    rows = np.empty((height, 1 + width * channels), np.uint8)
+    rows[:, 0] = choice
+    rows[:, 1:] = filtered[choice, np.arange(height)]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    colour_type = {1: 0, 3: 2, 4: 6}[channels]  # grey, RGB, RGBA
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+            + chunk(b"IEND", b""))
+
+
+def write_png(pixels: Any, path: str | Path) -> None:
+    """Write (height, width, 3) uint8 ``pixels``, top row first, as an RGB PNG (:func:`png_bytes`), atomically."""
     from ..util.atomic import atomic_write
 
-    height, width, _ = pixels.shape
-    image = vtk.vtkImageData()
-    image.SetDimensions(width, height, 1)
-    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(pixels[::-1]).reshape(-1, 3), deep=True))
-
-    def write(tmp: Path) -> None:
-        writer = vtk.vtkPNGWriter()
-        writer.SetCompressionLevel(9)
-        writer.SetInputData(image)
-        writer.SetFileName(str(tmp))
-        writer.Write()
-        if writer.GetErrorCode():
-            raise OSError(f"{path}: could not be written")
-
-    atomic_write(Path(path), write)
+    data = png_bytes(pixels)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def main(argv: list[str] | None = None) -> int:
