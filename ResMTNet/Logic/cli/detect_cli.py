@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..detect.patient_options import add_patient_options, patient_inputs
 from .cli import add_device_option
@@ -99,7 +100,6 @@ def run_single(args: argparse.Namespace) -> int:
     from ..detect.pipeline import detect_ct
     from ..detect.preflight import check_output_dir
     from ..io.fileset import read_set, recover
-    from ..io.memory import read_ct_for_detection
     from ..report.dicom_export import read_source_series, write_dicom_outputs
     from ..report.outputs import input_key, write_detection_outputs
     from ..scene.slicer_process import SlicerProcess, start_slicer_process
@@ -119,11 +119,14 @@ def run_single(args: argparse.Namespace) -> int:
     # that reading and finding the lungs leave idle
     helper = None if args.no_slicer_files else start_slicer_process()
     try:
+        # the CT is read on a thread while torch is imported and the model loaded here: the reading is mostly
+        # ITK's and GDCM's C++ (the GIL released), torch's import Python's
+        reading = _Reading(source)
         model = _load_model(args)
         now = time.perf_counter()
         times["load_model"], t = round(now - t, 3), now  # with torch's import
-        ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
-        times["read"] = round(time.perf_counter() - t, 3)
+        ct = reading.result()  # refused from its header if too large; whole HU as int16
+        times["read"] = round(time.perf_counter() - t, 3)  # what reading took beyond the model
         print_warnings(ct.notes)
         series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
         bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
@@ -162,6 +165,35 @@ def run_single(args: argparse.Namespace) -> int:
     if dicom_files:
         print("wrote " + ", ".join(sorted(dicom_files)) + f" to {args.dicom_out}")
     return 0
+
+
+class _Reading:
+    """:func:`~resmtnet.io.memory.read_ct_for_detection` on a thread of its own; :meth:`result` waits for the CT
+    (or raises what reading raised). A daemon thread: a run stopped meanwhile (an error, Ctrl-C) does not wait."""
+
+    def __init__(self, source: str):
+        import threading
+
+        from ..io.memory import read_ct_for_detection  # imported here, not on the thread beside torch's import
+
+        self._read_ct = read_ct_for_detection
+        self._source = source
+        self._ct: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="read-ct", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            self._ct = self._read_ct(self._source)
+        except BaseException as e:  # handed to the main thread, raised there
+            self._error = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._ct
 
 
 def seconds_since_process_start() -> float | None:
