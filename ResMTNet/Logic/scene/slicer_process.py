@@ -124,11 +124,13 @@ class SlicerProcess:
     def why_not(self) -> str:
         """Why the child gave no Slicer files (once :meth:`scene_files` returned None): its last words."""
         lines = [ln.strip() for ln in self._read_stderr().splitlines() if ln.strip() and "WARN" not in ln]
+        self._close()
         reason = lines[-1] if lines else f"exit status {self._child.returncode}"
         return f"offscreen rendering failed ({reason[-300:]})"
 
     def stop(self) -> None:
-        """End the child (nothing more is wanted from it) and remove what was handed to it."""
+        """End the child (nothing more is wanted from it) and remove what was handed to it; its stderr stays
+        readable for :meth:`why_not`."""
         if self._child.poll() is None:
             self._child.kill()
         self._child.wait()
