@@ -97,7 +97,6 @@ def run_single(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..detect.pipeline import detect_ct
     from ..detect.preflight import check_output_dir
     from ..io.fileset import read_set, recover
     from ..report.dicom_export import read_source_series, write_dicom_outputs
@@ -106,7 +105,7 @@ def run_single(args: argparse.Namespace) -> int:
     from .cli import print_warnings
 
     t = time.perf_counter()
-    times = {"startup": seconds_since_process_start()}  # the interpreter, imports, argument parsing
+    times = {"startup": seconds_since_process_start()}  # the interpreter, imports (not torch's), argument parsing
     source = args.input[0]
     check_output_dir(args.out)
     with contextlib.suppress(OSError):  # finish a publish a killed run left; an OUTDIR that can't be written
@@ -115,18 +114,20 @@ def run_single(args: argparse.Namespace) -> int:
         if all((read_set(d) or {}).get("input") == input_key(source) for d in (args.out, args.dicom_out) if d):
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
-    # the child that writes the Slicer files imports slicer-core and sets its views up meanwhile, on the core
-    # that reading and finding the lungs leave idle
+    # the CT is read on a thread while torch is imported and the model loaded here: the reading is mostly ITK's and
+    # GDCM's C++ (the GIL released), torch's import Python's
+    reading = _Reading(source)
+    from ..detect.pipeline import detect_ct  # torch
+
+    model = _load_model(args)
+    now = time.perf_counter()
+    times["load_model"], t = round(now - t, 3), now  # with torch's import
+    ct = reading.result()  # refused from its header if too large; whole HU as int16
+    times["read"] = round(time.perf_counter() - t, 3)  # what reading took beyond the model
+    # the child that writes the Slicer files imports slicer-core and sets its views up meanwhile, on the core that
+    # finding the lungs (one thread) leaves idle; not earlier, where the reading and torch's import use both
     helper = None if args.no_slicer_files else start_slicer_process()
     try:
-        # the CT is read on a thread while torch is imported and the model loaded here: the reading is mostly
-        # ITK's and GDCM's C++ (the GIL released), torch's import Python's
-        reading = _Reading(source)
-        model = _load_model(args)
-        now = time.perf_counter()
-        times["load_model"], t = round(now - t, 3), now  # with torch's import
-        ct = reading.result()  # refused from its header if too large; whole HU as int16
-        times["read"] = round(time.perf_counter() - t, 3)  # what reading took beyond the model
         print_warnings(ct.notes)
         series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
         bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
