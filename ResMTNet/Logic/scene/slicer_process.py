@@ -2,9 +2,9 @@
 
 ``resmtnet detect`` would otherwise spend, after the network, about 1.2 s importing slicer-core and VTK, then
 build and write the scene while its views child (:mod:`.views`) imports the same libraries again and re-reads the
-bundle. Here one child (``python -m resmtnet.scene.slicer_process``), started as the command starts, imports
-slicer-core and VTK and sets Slicer's views up while the parent reads the CT and runs the network (on a core the
-parent leaves idle there), then, handed the CT and the detection, writes ``nodules.mrk.json``, ``nodules.seg.nrrd``
+bundle. Here one child (``python -m resmtnet.scene.slicer_process``), started once the CT is read, imports
+slicer-core and VTK and sets Slicer's views up while the parent finds the lungs (one thread: a core left idle) and
+runs the network, then, handed the CT and the detection, writes ``nodules.mrk.json``, ``nodules.seg.nrrd``
 and ``scene.mrb`` (:func:`.slicer_outputs.write_scene_files`, unchanged) while the parent writes the overview, and
 draws ``views.png`` from the bundle it wrote (:class:`.views.SceneViews`, unchanged). The parent itself never
 imports slicer-core.
