@@ -198,15 +198,22 @@ def test_detect_writes_views_png_and_notes_in_report_json(offscreen_rendering, p
 
 
 @pytest.mark.slow
-def test_views_that_cannot_be_drawn_give_a_reason_not_an_error(tmp_path):
-    from resmtnet.scene.views import ViewsRendering
+def test_a_child_that_died_gives_no_slicer_files_and_a_reason(phantom, phantom_truth, tmp_path):
+    """A child killed before it wrote anything (as VTK without an offscreen OpenGL aborts it): no answer, a one-line
+    reason, nothing of what was handed to it left behind; the caller then writes the Slicer files itself."""
+    import os
+    import signal
 
-    broken = tmp_path / "scene.mrb"
-    broken.write_bytes(b"not a bundle")
-    rendering = ViewsRendering(tmp_path / "views.png")
-    rendering.draw(broken)
-    reason = rendering.finish(timeout_s=120)
+    from resmtnet.scene.slicer_process import HANDOFF, SlicerProcess
+
+    child = SlicerProcess()
+    os.kill(child._child.pid, signal.SIGKILL)
+    child._child.wait()
+    child.request(phantom.ct, phantom_truth, tmp_path, tmp_path / "views.png")
+    assert child.scene_files(timeout_s=120) is None
+    reason = child.why_not()
     assert reason and "rendering failed" in reason and "\n" not in reason
+    assert not (tmp_path / HANDOFF).exists()
     assert not (tmp_path / "views.png").exists()
 
 

@@ -9,8 +9,8 @@ measured (``resmtnet bench SCAN --resize 1024x1024x800 --device cpu --warmup 0 -
 
 ``--whole`` times the command as a user runs it instead: ``resmtnet detect`` in a child process, each run from
 the start of the process to its exit, stage by stage as the run's report.json records them (start-up and
-imports, loading the model, reading, detection's stages, each file written), with the peak RSS of the largest
-process (the command, or its views.png child).
+imports, loading the model, reading, detection's stages, each file written; the Slicer files' child process's
+steps apart), with the peak RSS of the largest process (the command, or its Slicer files' child).
 """
 
 from __future__ import annotations
@@ -120,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
 #: report.json's timings in the order the command runs them; ``total`` is detection's own sum
 DETECTION_STAGES = ("lungs", "resample", "inference", "decode")
-WHOLE_STAGES = ("startup", "load_model", "read", *DETECTION_STAGES, "detection_other", "write_csv", "slicer_scene",
-                "write_markups", "write_segmentation", "write_scene", "write_overview", "write_views",
-                "report_publish_exit")
+WHOLE_STAGES = ("startup", "load_model", "read", *DETECTION_STAGES, "detection_other", "write_csv", "slicer_handoff",
+                "write_overview", "slicer_files", "write_views", "report_publish_exit")
+#: the Slicer files' child process (report.json's ``slicer_process``), its steps overlapping the stages above
+CHILD_STEPS = ("ready", "slicer_scene", "write_markups", "write_segmentation", "write_scene", "views_scene",
+               "views_render", "views_png")
 
 
 def run_detect_child(detect_args: list[str]) -> tuple[float, float]:
@@ -176,19 +178,25 @@ def _bench_whole(args: argparse.Namespace, tmp: str) -> int:
     for _ in range(max(1, args.repeat)):
         wall, rss = run_detect_child(detect_args)
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        child = report["timings_s"].get("slicer_process") or {}
         runs.append({"wall_s": round(wall, 3), "peak_rss_mb": round(rss, 1),
-                     "stages_s": whole_stages(report["timings_s"], wall)})
+                     "stages_s": whole_stages(report["timings_s"], wall),
+                     "child_steps_s": {k: float(child[k]) for k in CHILD_STEPS if k in child}})
     stages = {k: round(statistics.median(r["stages_s"].get(k, 0.0) for r in runs), 3) for k in WHOLE_STAGES}
+    child_steps = {k: round(statistics.median(r["child_steps_s"].get(k, 0.0) for r in runs), 3) for k in CHILD_STEPS}
     results = {"input": args.input, "command": "resmtnet detect " + " ".join(detect_args),
                "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "load_average": [round(x, 2) for x in os.getloadavg()], "findings": len(report["nodules"]),
                "device": report["device"], "wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 3),
-               "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs), "stages_s_median": stages, "runs": runs}
+               "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs), "stages_s_median": stages,
+               "child_steps_s_median": child_steps, "runs": runs}
     print(f"{results['command']}: {len(runs)} run(s) on {report['device']}, {os.cpu_count()} CPUs, "
           f"load average {results['load_average'][0]:.1f} at the end")
     width = max(len(k) for k in WHOLE_STAGES)
     for k, v in stages.items():
         print(f"  {k:{width}s} {v:7.2f} s")
+    print("  the Slicer files' child process (its steps, within the stages above): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in child_steps.items()) + " s")
     print(f"  {'whole command':{width}s} {results['wall_s_median']:7.2f} s (median; runs: "
           + ", ".join(f"{r['wall_s']:.2f}" for r in runs) + f"), peak RSS {results['peak_rss_mb_max']:.0f} MB, "
           f"{results['findings']} finding(s)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..detect.patient_options import add_patient_options, patient_inputs
 from .cli import add_device_option
@@ -96,16 +97,15 @@ def run_single(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..detect.pipeline import detect_ct
     from ..detect.preflight import check_output_dir
     from ..io.fileset import read_set, recover
-    from ..io.memory import read_ct_for_detection
     from ..report.dicom_export import read_source_series, write_dicom_outputs
     from ..report.outputs import input_key, write_detection_outputs
+    from ..scene.slicer_process import SlicerProcess, start_slicer_process
     from .cli import print_warnings
 
     t = time.perf_counter()
-    times = {"startup": seconds_since_process_start()}  # the interpreter, imports, argument parsing
+    times = {"startup": seconds_since_process_start()}  # the interpreter, imports (not torch's), argument parsing
     source = args.input[0]
     check_output_dir(args.out)
     with contextlib.suppress(OSError):  # finish a publish a killed run left; an OUTDIR that can't be written
@@ -114,28 +114,41 @@ def run_single(args: argparse.Namespace) -> int:
         if all((read_set(d) or {}).get("input") == input_key(source) for d in (args.out, args.dicom_out) if d):
             print(f"{args.out} already holds the results of {source} (--resume): nothing to do")
             return 0
+    # the CT is read on a thread while torch is imported and the model loaded here: the reading is mostly ITK's and
+    # GDCM's C++ (the GIL released), torch's import Python's
+    reading = _Reading(source)
+    from ..detect.pipeline import detect_ct  # torch
+
     model = _load_model(args)
     now = time.perf_counter()
     times["load_model"], t = round(now - t, 3), now  # with torch's import
-    ct = read_ct_for_detection(source)  # refused from its header if too large; whole HU as int16
-    times["read"] = round(time.perf_counter() - t, 3)
-    print_warnings(ct.notes)
-    series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
-    bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
-                                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-
-    def progress(fraction: float, message: str) -> None:
-        if bar is not None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message)
-
+    ct = reading.result()  # refused from its header if too large; whole HU as int16
+    times["read"] = round(time.perf_counter() - t, 3)  # what reading took beyond the model
+    # the child that writes the Slicer files imports slicer-core and sets its views up meanwhile, on the core that
+    # finding the lungs (one thread) leaves idle; not earlier, where the reading and torch's import use both
+    helper = None if args.no_slicer_files else start_slicer_process()
     try:
-        det = detect_ct(ct, model=model, progress=progress, **_detect_options(args))
-    finally:
-        if bar is not None:
-            bar.close()
+        print_warnings(ct.notes)
+        series = read_source_series(source, ct) if args.dicom_out is not None else None  # refused before the work
+        bar = None if args.quiet else tqdm(total=100, desc="detect", unit="%", dynamic_ncols=True,
+                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+        def progress(fraction: float, message: str) -> None:
+            if bar is not None:
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(message)
+
+        try:
+            det = detect_ct(ct, model=model, progress=progress, **_detect_options(args))
+        finally:
+            if bar is not None:
+                bar.close()
+    except BaseException:
+        if isinstance(helper, SlicerProcess):
+            helper.stop()
+        raise
     files = write_detection_outputs(ct, det, args.out, slicer_files=not args.no_slicer_files,
-                                    color_by=args.color_by, timings_s=times)
+                                    color_by=args.color_by, timings_s=times, slicer_process=helper)
     dicom_files = write_dicom_outputs(series, ct, det, args.dicom_out) if series is not None else {}
     print(f"{len(det.nodules)} nodule(s) in {ct.seriesuid or source} "
           f"({det.info['timings_s']['total']:.1f} s on {det.info['device']})")
@@ -153,6 +166,35 @@ def run_single(args: argparse.Namespace) -> int:
     if dicom_files:
         print("wrote " + ", ".join(sorted(dicom_files)) + f" to {args.dicom_out}")
     return 0
+
+
+class _Reading:
+    """:func:`~resmtnet.io.memory.read_ct_for_detection` on a thread of its own; :meth:`result` waits for the CT
+    (or raises what reading raised). A daemon thread: a run stopped meanwhile (an error, Ctrl-C) does not wait."""
+
+    def __init__(self, source: str):
+        import threading
+
+        from ..io.memory import read_ct_for_detection  # imported here, not on the thread beside torch's import
+
+        self._read_ct = read_ct_for_detection
+        self._source = source
+        self._ct: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="read-ct", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            self._ct = self._read_ct(self._source)
+        except BaseException as e:  # handed to the main thread, raised there
+            self._error = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._ct
 
 
 def seconds_since_process_start() -> float | None:

@@ -21,6 +21,7 @@ from ..detect.nodules import Detection, write_nodules_csv
 from ..io.ctio import CTVolume
 from ..io.fileset import StagedSet, UnfinishedPublish
 from ..scene.slicer_outputs import MARKUPS_FILE, SCENE_FILE, SEGMENTATION_FILE
+from ..scene.slicer_process import SlicerProcess, start_slicer_process
 from ..util.errors import OutputError
 
 CSV_FILE = "nodules.csv"
@@ -66,75 +67,75 @@ def build_report(ct: CTVolume, detection: Detection, extra: dict[str, Any] | Non
     }
 
 
-def start_views(out: Path) -> Any:
-    """Start rendering ``views.png`` (:class:`.views.ViewsRendering`), or why it could not start."""
-    from ..scene.views import ViewsRendering
-
-    try:
-        return ViewsRendering(out)
-    except OSError as e:
-        return f"the rendering process could not start: {e}"
-
-
-def finish_views(rendering: Any) -> dict[str, str]:
-    """``{"file": "views.png"}`` once ``rendering`` (:func:`start_views`) wrote it; where offscreen rendering is
-    impossible, a note saying why instead (never an error: the detection stands without its picture)."""
-    if isinstance(rendering, str):
-        return {"skipped": rendering}
-    why_not = rendering.finish()
-    return {"file": rendering.out.name} if why_not is None else {"skipped": why_not}
-
-
 def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Path, *, slicer_files: bool = True,
                             color_by: str = "malignancy", extra_report: dict[str, Any] | None = None,
-                            timings_s: dict[str, float] | None = None) -> dict[str, Path]:
+                            timings_s: dict[str, float] | None = None,
+                            slicer_process: SlicerProcess | str | None = None) -> dict[str, Path]:
     """Write nodules.csv, report.json, overview.png and (with slicer-core) the Slicer files and views.png
     to ``outdir``.
 
     They replace the folder's previous set as one (:mod:`.fileset`); the manifest records the input they
     were made from (``input``: its resolved path) for ``detect --resume``. An output folder that can't be
     written (read-only, full, a file, under a file) raises :class:`OutputError`; the previous set stays.
+
+    The Slicer files and views.png are written by a child process (:mod:`..scene.slicer_process`) while the
+    overview is written here: ``slicer_process``, one started early (:func:`start_slicer_process`: its imports
+    and views then overlap the caller's work), else one is started here; it is used once, and ended here
+    whatever happens. Where it gives no Slicer files, they are written here.
     report.json's ``timings_s`` holds detection's stages, ``timings_s`` given here (the caller's: start-up,
-    reading) and the time each file took (``write_*``; views.png renders in a child process, started before the
-    Slicer files and drawing while the overview is written: ``write_views`` is the wait after them).
-    Returns the written files by name.
+    reading) and this process's time for each step: ``write_csv``, ``slicer_handoff`` (the CT and detection
+    handed to the child), ``write_overview``, ``slicer_files`` (the wait left for the Slicer files, or their writing
+    here), ``write_views`` (the wait left for views.png); then the steps inside those, apart: ``slicer_process``, the
+    child's (``ready``: its start-up and views set up; ``slicer_scene``, ``write_markups``, ``write_segmentation``,
+    ``write_scene``; ``views_scene``, ``views_render``, ``views_png``), or ``slicer_in_process`` where the Slicer
+    files were written here. Returns the written files by name.
     """
     import time
 
     from .overview import write_overview
 
     outdir = Path(outdir)
-    times = dict(timings_s or {})
+    times: dict[str, Any] = dict(timings_s or {})
 
     def timed(name: str, t0: float) -> float:
         now = time.perf_counter()
         times[name] = round(now - t0, 3)
         return now
 
-    views = None
+    helper = slicer_process
+    if slicer_files and helper is None:
+        helper = start_slicer_process()  # its imports and views overlap the csv and the handoff at least
     try:
         with StagedSet(outdir, replaces=OUTPUT_FILES) as stage:
             tmp = stage.path
             assert tmp is not None
             report_extra = dict(extra_report or {})
-            t = time.perf_counter()
-            write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)  # first: a full disk says so
-            t = timed("write_csv", t)
-            if slicer_files:
-                from ..scene.slicer_outputs import write_scene_files
-
-                # the child sets Slicer's views up while the scene is built and written here
-                views = start_views(tmp / VIEWS_FILE)
-                files = write_scene_files(ct, detection, tmp, color_by=color_by, timings_s=times)
-                report_extra["slicer_files"] = {k: p.name for k, p in files.items()}
-                if not isinstance(views, str):
-                    views.draw(files["scene"])  # renders while the overview is written
+            try:
                 t = time.perf_counter()
-            write_overview(tmp / OVERVIEW_FILE, ct, detection)
-            t = timed("write_overview", t)
-            if views is not None:
-                report_extra["views"], views = finish_views(views), None
-                t = timed("write_views", t)
+                write_nodules_csv(tmp / CSV_FILE, detection.seriesuid, detection.nodules)  # first: a full disk says so
+                t = timed("write_csv", t)
+                if slicer_files and isinstance(helper, SlicerProcess):
+                    helper.request(ct, detection, tmp, tmp / VIEWS_FILE, color_by=color_by)
+                    t = timed("slicer_handoff", t)
+                write_overview(tmp / OVERVIEW_FILE, ct, detection)
+                t = timed("write_overview", t)
+                if slicer_files:
+                    views = _slicer_files(helper, ct, detection, tmp, color_by, times)
+                    report_extra["slicer_files"] = {k: Path(p).name for k, p in views.pop("files").items()}
+                    t = timed("slicer_files", t)
+                    if isinstance(helper, SlicerProcess) and "skipped" not in views:
+                        why_not = helper.finish()
+                        views = {"file": VIEWS_FILE} if why_not is None else {"skipped": why_not}
+                        times.setdefault("slicer_process", {}).update(helper.timings_s)
+                        t = timed("write_views", t)
+                    helper = None
+                    report_extra["views"] = views
+            except BaseException:
+                # the child writes into the staging folder: it ends before that folder is removed
+                if isinstance(helper, SlicerProcess):
+                    helper.stop()
+                    helper = None
+                raise
             report = build_report(ct, detection, report_extra, times)
             with open(tmp / REPORT_FILE, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
@@ -142,9 +143,30 @@ def write_detection_outputs(ct: CTVolume, detection: Detection, outdir: str | Pa
     except OSError as e:
         raise OutputError(describe_output_error(outdir, e)) from e
     finally:
-        if views is not None and not isinstance(views, str):  # an error or Ctrl-C before the picture was done
-            views.stop()
+        if isinstance(helper, SlicerProcess):  # --no-slicer-files with one started, or an error before the with
+            helper.stop()
     return {name: outdir / name for name in names}
+
+
+def _slicer_files(helper: SlicerProcess | str | None, ct: CTVolume, detection: Detection, outdir: Path,
+                  color_by: str, times: dict[str, Any]) -> dict[str, Any]:
+    """The Slicer files, from ``helper`` where it wrote them, else written here: ``{"files": {kind: path}}``, with
+    ``{"skipped": why}`` where views.png won't come. ``times`` receives the steps' seconds."""
+    if isinstance(helper, SlicerProcess):
+        answer = helper.scene_files()
+        if answer is not None:
+            times["slicer_process"] = answer.get("timings_s", {})
+            return {"files": answer["files"]}
+        why_not = helper.why_not()
+    else:
+        why_not = helper or "the rendering process was not started"
+    from ..scene.slicer_outputs import write_scene_files
+
+    # the child is gone (or never was): the files are this process's job, views.png is not to be had
+    steps: dict[str, float] = {}
+    files = write_scene_files(ct, detection, outdir, color_by=color_by, timings_s=steps)
+    times["slicer_in_process"] = steps  # within slicer_files: apart, so that no second counts twice
+    return {"files": files, "skipped": why_not}
 
 
 def input_key(source: str | Path) -> str:
