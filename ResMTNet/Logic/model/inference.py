@@ -20,6 +20,11 @@ from .prepare import HU_MIN, normalize_hu
 
 ALIGN = 16
 
+#: the largest window side (voxels of the model grid): a volume whose padded sides all fit runs as one window
+#: (every cell sees its whole context, and one window costs less than the overlapping tiles); a larger one
+#: runs in windows of this side. Chosen on peak memory and time (docs/benchmarks.md, *The network's window*).
+WINDOW = 224
+
 
 def _starts(n: int, window: int, step: int) -> list[int]:
     if n <= window:
@@ -40,7 +45,7 @@ FOUR_MIRROR_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))
 
 
 @torch.no_grad()
-def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = 128, overlap: int = 32,
+def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = WINDOW, overlap: int = 32,
                    batch_size: int = 2, progress: Callable[[float], None] | None = None,
                    cancel: Callable[[], bool] | None = None, flips: Sequence[tuple[int, ...]] = ((),),
                    precision: torch.dtype | None = None) -> dict[str, torch.Tensor]:
