@@ -11,6 +11,8 @@ Three steps, each one command (phantoms made beforehand with ``resmtnet.data.pha
     python scripts/tta_passes.py score --phantoms DIR/phantoms --maps MAPS/val [--settings ...] [--bootstrap 1000]
     # 3. the export's threshold for a setting (1 FP/scan on the calibration cases, as train/validation.calibrate)
     python scripts/tta_passes.py calibrate --cases CACHE --seed 5000 --n 40 --maps MAPS/cal [--settings ...]
+    # the network's seconds per setting on a CT (one pass of each policy, interleaved rounds)
+    python scripts/tta_passes.py time --ct ../shared/data/LIDC-IDRI-0001/dicom --rounds 3
 
 A setting is ``POLICY:PASSES``: POLICY ``tiles`` (128³ windows, 32 overlap: detection before the window
 policy) or ``window`` (:data:`resmtnet.model.inference.WINDOW`: one window over the model grid where it fits);
@@ -213,11 +215,42 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     _print(rows, a.json)
 
 
+def cmd_time(a: argparse.Namespace) -> None:
+    """One pass of each policy on a CT's model grid, ``--rounds`` times interleaved (tiles, window, tiles, …):
+    the median seconds of a pass, and the settings' network seconds (passes × a pass)."""
+    import os
+
+    from resmtnet.detect.lungmask import LungMask
+    from resmtnet.detect.pipeline import LUNG_MARGIN_MM
+    from resmtnet.io.ctio import read_ct
+    from resmtnet.io.orientation import canonical_ct
+    from resmtnet.model.model_io import load_model
+    from resmtnet.model.prepare import index_bounds_to_world, to_model_grid
+
+    device = torch.device("cpu")
+    model = load_model(a.model, device)
+    ct, _ = canonical_ct(read_ct(a.ct, int16=True))
+    lungs = LungMask(ct.array, ct.spacing, direction=ct.direction)
+    hu, _ = to_model_grid(ct, model.config.spacing_mm, index_bounds_to_world(*lungs.index_bounds(), ct, LUNG_MARGIN_MM))
+    predict_volume(model.net, hu, device, window=POLICIES["window"][0])  # warm-up (oneDNN's first-call setup)
+    seconds: dict[str, list[float]] = {p: [] for p in POLICIES}
+    for _ in range(a.rounds):
+        for policy, (window, overlap) in POLICIES.items():
+            t = time.perf_counter()
+            predict_volume(model.net, hu, device, window=window, overlap=overlap, batch_size=1)
+            seconds[policy].append(time.perf_counter() - t)
+    per_pass = {p: float(np.median(v)) for p, v in seconds.items()}
+    print(json.dumps({"grid": list(hu.shape), "load_average": os.getloadavg(),
+                      "pass_seconds": {p: [round(x, 2) for x in v] for p, v in seconds.items()},
+                      "settings_seconds": {f"{p}:{k}": round(per_pass[p] * len(v), 2)
+                                           for p in POLICIES for k, v in SUBSETS.items()}}))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     all_settings = ",".join(f"{po}:{s}" for po in POLICIES for s in SUBSETS)
-    for name in ("maps", "score", "calibrate"):
+    for name in ("maps", "score", "calibrate", "time"):
         q = sub.add_parser(name)
         q.add_argument("--phantoms", help="a phantom set's folder (its annotations.csv and .nrrd files)")
         q.add_argument("--cases", help="a PhantomCases cache folder (with --seed, --n)")
@@ -233,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--min-lung-share", type=float, default=0.5)
         q.add_argument("--json", help="also write the rows here")
         q.add_argument("--policies", default=",".join(POLICIES), help="the window policies to run (maps)")
+        q.add_argument("--ct", help="a CT to time the passes on (time)")
+        q.add_argument("--rounds", type=int, default=3, help="interleaved rounds (time)")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
-    {"maps": cmd_maps, "score": cmd_score, "calibrate": cmd_calibrate}[a.cmd](a)
+    {"maps": cmd_maps, "score": cmd_score, "calibrate": cmd_calibrate, "time": cmd_time}[a.cmd](a)
     return 0
 
 
