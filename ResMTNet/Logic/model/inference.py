@@ -1,5 +1,6 @@
-"""Running Res-MTNet over a whole volume in overlapping windows, batched, on CPU (bfloat16 where the CPU
-computes it natively) or CUDA (float16 AMP).
+"""Running Res-MTNet over a whole volume, on CPU (bfloat16 where the CPU computes it natively) or CUDA
+(float16 AMP): as one window where the padded volume's sides are at most :data:`WINDOW`, else in overlapping
+windows of that side, batched.
 
 Windows start on multiples of 16 voxels so the output cells of every window line up with one global
 output grid; each window contributes only its inner part (its border cells, which see less context,
