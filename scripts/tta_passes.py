@@ -75,7 +75,8 @@ def cmd_maps(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
     model = load_model(a.model, device)
-    for uid, source in _items(a):
+    k, n = (int(v) for v in a.part.split("/"))
+    for uid, source in _items(a)[k::n]:
         path = out / f"{uid}.npz"  # a set's maps are made once: a run stopped goes on where it stopped
         if path.is_file():
             continue
@@ -171,13 +172,16 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def _row(policy: str, subset: str, res) -> dict:
+    from resmtnet.train.validation import threshold_at
+
     d = res.to_dict()
     i2 = list(res.fp_rates).index(2.0)
     found2 = round(float(res.sensitivities[i2]) * d["counts"]["nodules"])
     return {"setting": f"{policy}:{subset}", "passes": len(SUBSETS[subset]), "cpm": round(float(res.cpm), 4),
             "cpm_ci95": d["cpm_ci95"], "sens_at_2fp": round(float(res.sensitivities[i2]), 4),
             "found_at_2fp": f"{found2}/{d['counts']['nodules']}",
-            "diameter_mae_mm": d["diameter_error"].get("mae_mm"), "malignancy_auc": d["malignancy_auc"].get("auc")}
+            "diameter_mae_mm": d["diameter_error"].get("mae_mm"), "malignancy_auc": d["malignancy_auc"].get("auc"),
+            "threshold_at_1fp": round(threshold_at(res, 1.0)[0], 4)}
 
 
 def _print(rows: list[dict], path: str | None) -> None:
@@ -266,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--min-lung-share", type=float, default=0.5)
         q.add_argument("--json", help="also write the rows here")
         q.add_argument("--policies", default=",".join(POLICIES), help="the window policies to run (maps)")
+        q.add_argument("--part", default="0/1", help="K/N: every Nth item from the Kth (maps: N processes at once)")
         q.add_argument("--ct", help="a CT to time the passes on (time)")
         q.add_argument("--rounds", type=int, default=3, help="interleaved rounds (time)")
     a = p.parse_args(argv)
