@@ -14,8 +14,8 @@ Three steps, each one command (phantoms made beforehand with ``resmtnet.data.pha
     # the network's seconds per setting on a CT (one pass of each policy, interleaved rounds)
     python scripts/tta_passes.py time --ct ../shared/data/LIDC-IDRI-0001/dicom --rounds 3
 
-A setting is ``POLICY:PASSES``: POLICY ``tiles`` (128³ windows, 32 overlap: detection before the window
-policy) or ``window`` (:data:`resmtnet.model.inference.WINDOW`: one window over the model grid where it fits);
+A setting is ``POLICY:PASSES``: POLICY ``tiles`` (128³ windows, 32 overlap: detection's default,
+:data:`resmtnet.model.inference.WINDOW`) or ``window`` (:data:`ONE_WINDOW`: one window over the model grid);
 PASSES a name of :data:`SUBSETS`. Each pass is stored as its own maps (flipped back), so a set of passes is
 their mean, as ``predict_volume`` averages them (the same sum, in the same order).
 """
@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from resmtnet.model.inference import TTA_FLIPS, WINDOW, predict_volume
 
-#: the window policies compared: (window side, overlap)
-POLICIES = {"tiles": (128, 32), "window": (WINDOW, 32)}
+#: the largest one window compared: LIDC-IDRI-0001 and every phantom fit (docs/benchmarks.md, *The network's window*)
+ONE_WINDOW = 224
+#: the window policies compared: (window side, overlap); ``tiles`` is detection's default
+POLICIES = {"tiles": (WINDOW, 32), "window": (ONE_WINDOW, 32)}
 #: the sets of passes compared (indices into TTA_FLIPS, in its order)
 SUBSETS = {
     "1": [()],

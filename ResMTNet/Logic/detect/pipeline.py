@@ -1,4 +1,4 @@
-"""Detection over a whole CT: canonical voxel order → lungs → model grid → Res-MTNet (one window) → peaks →
+"""Detection over a whole CT: canonical voxel order → lungs → model grid → Res-MTNet in windows → peaks →
 nodules + masks (measured by :mod:`.measurement`).
 
 :func:`detect_ct` is the one entry point the command line, the benchmark and the Slicer module share, and the
