@@ -1,5 +1,5 @@
 """What each test-time augmentation pass adds, and which window: the network run once per pass and window
-policy, the maps stored, then sets of passes scored offline (docs/evaluation.md, *Choosing the passes*).
+policy, the maps stored, then sets of passes scored offline (docs/evaluation.md, *Choosing the passes and the window*).
 
 Three steps, each one command (phantoms made beforehand with ``resmtnet.data.phantom.write_phantom_set``, as
 ``resmtnet evaluate --phantoms`` makes them, or cached as training cases with ``PhantomCases``)::
