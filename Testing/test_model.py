@@ -246,3 +246,27 @@ def test_window_workers_hand_out_each_workers_batches_in_turn_and_reproducibly()
             torch.testing.assert_close(t[k], t2[k])
             torch.testing.assert_close(t[k], te[k])
     assert not torch.equal(got[0][0], got[1][0])
+
+
+def test_a_volume_within_the_window_runs_as_one_window_and_a_larger_one_in_tiles_covering_every_cell():
+    """The window policy (inference.WINDOW): a model grid whose padded sides all fit is one window, i.e. the
+    network's own output over the padded volume; a larger one is tiled, and every output cell is written by
+    some window (no cell keeps the "no centre" fill)."""
+    from resmtnet.model.inference import ALIGN, WINDOW, predict_volume
+    from resmtnet.model.prepare import HU_MIN
+
+    torch.manual_seed(0)
+    net = ResMTNet(tiny_model_config(1.5)).eval()
+    hu = np.random.default_rng(0).normal(-600, 300, (40, 70, 52)).astype(np.float32)
+    assert max(hu.shape) <= WINDOW
+    cpu = torch.device("cpu")
+    whole = predict_volume(net, hu, cpu, precision=torch.float32)
+    padded = np.pad(normalize_hu(hu), [(0, -s % ALIGN) for s in hu.shape],
+                    constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
+    with torch.no_grad():
+        direct = net(torch.from_numpy(padded)[None, None])
+    for k in whole:
+        torch.testing.assert_close(whole[k], direct[k].float(), atol=1e-5, rtol=0)
+    tiled = predict_volume(net, hu, cpu, window=32, overlap=16, precision=torch.float32)
+    assert tiled["center"].shape == whole["center"].shape
+    assert not (tiled["center"] == -20.0).any()

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..io.ctio import CTVolume
 from ..io.orientation import canonical_ct
+from ..model.inference import WINDOW
 from ..model.model_io import LoadedModel, load_model
 from ..model.prepare import ModelGrid, index_bounds_to_world, to_model_grid, world_bounds
 from ..model.targets import Peak, decode, merge_duplicates
@@ -65,7 +66,7 @@ class _Stages:
             raise Cancelled("detection cancelled")
 
 
-def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int = 128, batch_size: int = 2,
+def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int = WINDOW, batch_size: int = 2,
                progress: Callable[[float], None] | None = None, cancel: CancelFn | None = None,
                floor: float = 0.05, tta: bool = False) -> list[Peak]:
     """Peaks (model-grid voxel positions) of the network over a volume already on the model grid.
@@ -77,15 +78,21 @@ def find_peaks(model: LoadedModel, hu_grid: np.ndarray, device, *, window: int =
 
     out = predict_volume(model.net, hu_grid, device, window=window, batch_size=batch_size, progress=progress,
                          cancel=cancel, flips=model.tta_flips if tta else ((),))
+    return peaks_from_maps(model, out, hu_grid.shape, floor=floor)
+
+
+def peaks_from_maps(model: LoadedModel, out: dict, grid_shape: tuple[int, ...], floor: float = 0.05) -> list[Peak]:
+    """The peaks of the network's maps ``out`` (:func:`~resmtnet.model.inference.predict_volume`) over a volume of
+    ``grid_shape`` on the model grid: decoded, those beyond the volume dropped, duplicates merged."""
     peaks = decode(out, model.config.output_stride, threshold=floor, max_peaks=200)
-    shape = np.array(hu_grid.shape)
+    shape = np.array(grid_shape)
     peaks = [p for p in peaks if np.all(p.position_vox >= -0.5) and np.all(p.position_vox <= shape - 0.5)]
     return merge_duplicates(peaks, model.config.spacing_mm)
 
 
 def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: str = "auto",
               threshold: float | None = None, min_diameter_mm: float = 0.0, max_findings: int | None = None,
-              progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = 128,
+              progress: ProgressFn | None = None, cancel: CancelFn | None = None, window: int = WINDOW,
               batch_size: int | None = None, tta: bool = True, patient: PatientInputs | None = None) -> Detection:
     """Find the nodules of ``ct``. ``progress(fraction, message)``; ``cancel()`` → True stops it.
 

@@ -1,5 +1,5 @@
-"""Running Res-MTNet over a whole volume in overlapping windows, batched, on CPU (bfloat16 where the CPU
-computes it natively) or CUDA (float16 AMP).
+"""Running Res-MTNet over a whole volume in overlapping windows of :data:`WINDOW` (one window where the padded
+volume fits), batched, on CPU (bfloat16 where the CPU computes it natively) or CUDA (float16 AMP).
 
 Windows start on multiples of 16 voxels so the output cells of every window line up with one global
 output grid; each window contributes only its inner part (its border cells, which see less context,
@@ -19,6 +19,13 @@ from .model import ResMTNet
 from .prepare import HU_MIN, normalize_hu
 
 ALIGN = 16
+
+#: the window side (voxels of the model grid): a volume whose padded sides all fit runs as one window, a larger
+#: one in windows of this side overlapping by 32. One window over the whole grid (224 a side: 0.63 s a pass on
+#: LIDC-IDRI-0001 against 0.95 s) was measured and is not the default: as good on the phantoms, but it sizes
+#: LIDC-IDRI-0001's nodule on 5 mm slices 24 % over, past the 20 % its test allows (docs/evaluation.md,
+#: *Choosing the passes and the window*; memory per window size: docs/benchmarks.md, *The network's window*).
+WINDOW = 128
 
 
 def _starts(n: int, window: int, step: int) -> list[int]:
@@ -40,7 +47,7 @@ FOUR_MIRROR_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))
 
 
 @torch.no_grad()
-def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = 128, overlap: int = 32,
+def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window: int = WINDOW, overlap: int = 32,
                    batch_size: int = 2, progress: Callable[[float], None] | None = None,
                    cancel: Callable[[], bool] | None = None, flips: Sequence[tuple[int, ...]] = ((),),
                    precision: torch.dtype | None = None) -> dict[str, torch.Tensor]:
