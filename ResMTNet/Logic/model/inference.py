@@ -8,7 +8,8 @@ are left to the neighbouring window), except at the volume's own edges.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,20 +69,41 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
     model.eval()
     precision = precision or compute_precision(device)
     total: dict[str, torch.Tensor] | None = None
-    for n, axes in enumerate(flips):
-        def sub(f: float, n: int = n) -> None:
-            if progress is not None:
-                progress((n + f) / len(flips))
-        xt = torch.from_numpy(np.ascontiguousarray(np.flip(x, axes) if axes else x))
-        out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel, precision)
-        if axes:
-            dims = [a + 2 for a in axes]
-            out = {k: torch.flip(v, dims) for k, v in out.items()}
-            for a in axes:
-                out["offset"][:, a] = -out["offset"][:, a]
-        total = out if total is None else {k: total[k] + out[k] for k in out}
+    with _memory_format(model, device):
+        for n, axes in enumerate(flips):
+            def sub(f: float, n: int = n) -> None:
+                if progress is not None:
+                    progress((n + f) / len(flips))
+            xt = torch.from_numpy(np.ascontiguousarray(np.flip(x, axes) if axes else x))
+            out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel, precision)
+            if axes:
+                dims = [a + 2 for a in axes]
+                out = {k: torch.flip(v, dims) for k, v in out.items()}
+                for a in axes:
+                    out["offset"][:, a] = -out["offset"][:, a]
+            total = out if total is None else {k: total[k] + out[k] for k in out}
     assert total is not None
     return {k: v / len(flips) for k, v in total.items()}
+
+
+#: devices on which the network runs in the channels-last (NDHWC) layout: oneDNN's 3-D convolutions on this 2-core
+#: CPU take about a fifth less time in it (a pass over LIDC-IDRI-0001 in 128³ tiles, bfloat16: 0.67 s against
+#: 0.84 s), with centre probabilities within 0.004 of the default layout's (bfloat16 rounding in another order)
+CHANNELS_LAST_DEVICES = ("cpu",)
+
+
+@contextlib.contextmanager
+def _memory_format(model: ResMTNet, device: torch.device) -> Iterator[None]:
+    """The model's weights in the channels-last layout while detection runs on a device in
+    :data:`CHANNELS_LAST_DEVICES`, and back to the default layout afterwards (training's layout untouched)."""
+    if device.type not in CHANNELS_LAST_DEVICES:
+        yield
+        return
+    model.to(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, window: int, overlap: int,
@@ -101,6 +123,8 @@ def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, win
             raise Cancelled("detection cancelled")
         group = starts[i:i + batch_size]
         batch = torch.stack([xt[a:a + win[0], b:b + win[1], c:c + win[2]] for a, b, c in group])[:, None]
+        if device.type in CHANNELS_LAST_DEVICES:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device_type=device.type, dtype=precision, enabled=precision != torch.float32):
             res = model(batch.to(device, non_blocking=True))
         res = {k: v.float().cpu() for k, v in res.items()}
