@@ -265,8 +265,8 @@ def test_a_volume_within_the_window_runs_as_one_window_and_a_larger_one_in_tiles
                     constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
     with torch.no_grad():
         direct = net(torch.from_numpy(padded)[None, None])
-    for k in whole:
-        torch.testing.assert_close(whole[k], direct[k].float(), atol=1e-5, rtol=0)
+    for k in whole:  # float32 to its rounding: detection runs the network channels-last on the CPU, summing in
+        torch.testing.assert_close(whole[k], direct[k].float(), atol=5e-5, rtol=1e-5)  # another order
     tiled = predict_volume(net, hu, cpu, window=32, overlap=16, precision=torch.float32)
     assert tiled["center"].shape == whole["center"].shape
     assert not (tiled["center"] == -20.0).any()
