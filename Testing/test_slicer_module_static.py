@@ -391,7 +391,9 @@ def test_slicer_detection_keeps_freed_memory_while_it_runs(phantom, untrained_ch
         assert run.returncode == 0, run.stderr
         found, counts[mode] = (int(v) for v in run.stdout.split())
         assert found > 0
-    assert counts["module"] < 0.3 * counts["bare"], counts
+    # measured: module 14-16 k faults against bare 42-43 k with the network channels-last on the CPU (before it:
+    # 21 k against 86 k: the NDHWC convolutions take fewer fresh blocks, which helps the bare call most)
+    assert counts["module"] < 0.5 * counts["bare"], counts
     method = next(f for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == "ResMTNetLogic"
                   for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "detectFunction")
     assert "core.job.slicer_job.detect_in_this_process" in [ast.unparse(c.func) for c in ast.walk(method)
