@@ -25,12 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="*", metavar="INPUT",
                    help="CT volume (.nrrd, .nii[.gz], .mhd, .mha) or DICOM series folder; several make a batch")
     p.add_argument("-o", "--out", required=True, help="output folder (a batch: the root of its tree)")
-    p.add_argument("--batch", action="store_true",
-                   help="a batch in which each INPUT folder holds one scan per entry: each volume file in it and "
-                        "each sub-folder (a DICOM series, or the volume files inside it)")
-    p.add_argument("--inputs-from", metavar="FILE",
-                   help="a batch over the inputs FILE lists: one path a line (relative to the current folder; "
-                        "blank lines and lines starting with # skipped)")
+    batch = p.add_argument_group(
+        "batch", "several INPUTs, --batch or --inputs-from: one sub-folder of OUT a scan, OUT/nodules.csv with every "
+        "finding, OUT/failures.csv with each scan that failed and why")
+    batch.add_argument("--batch", action="store_true", help="each INPUT folder holds scans: each volume file in it "
+                       "and each sub-folder (a DICOM series, or the volume files inside it) is one")
+    batch.add_argument("--inputs-from", metavar="FILE", help="the scans FILE lists, one path a line (relative to the "
+                       "current folder; blank lines and lines starting with # skipped)")
     p.add_argument("--resume", action="store_true",
                    help="skip scans whose output folder already holds a complete set made from the same input")
     p.add_argument("--model", help="checkpoint file (default: the shipped weights)")
