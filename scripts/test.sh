@@ -6,4 +6,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
 python scripts/deadcode.py
-python -m pytest "$@"
+# Two pytest workers (pytest-xdist) on this project's two cores, one torch/OpenMP thread each: the whole suite in
+# about two thirds of one process's time (docs/development.md). RESMTNET_TEST_WORKERS=0 runs it in one process.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest -n "${RESMTNET_TEST_WORKERS:-2}" "$@"
