@@ -97,19 +97,12 @@ def entry() -> None:
     does not: what ``atexit`` was asked to do (temporary folders removed, logs flushed) still runs, and stdout and
     stderr are flushed. Where a thread that is not a daemon still runs, it ends the usual way, which waits for it.
     """
-    import atexit
-    import os
+    from ..util.processes import exit_now
 
     code = main()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that went away, a stream already closed: nothing more to say
-            pass
-    os._exit(code)
+    exit_now(code)
 
 
 def print_warnings(notes: Iterable[str]) -> None:

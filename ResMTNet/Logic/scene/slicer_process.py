@@ -31,6 +31,8 @@ from typing import Any
 
 from ..detect.nodules import Detection
 from ..io.ctio import CTVolume
+from ..util.processes import exit_now
+from .slicer_scene import nonzero_box
 from .views import RENDER_TIMEOUT_S, VIEW_SIZE
 
 HANDOFF = ".slicer-handoff.pickle"  # in the staging folder: a dot name is never part of the published set
@@ -71,7 +73,7 @@ class SlicerProcess:
         self.views = Path(views).absolute()
         self._handoff = Path(outdir).absolute() / HANDOFF
         labels = detection.labels
-        box = None if labels is None else _nonzero_box(labels)
+        box = None if labels is None else nonzero_box(labels)
         handed = dataclasses.replace(detection, labels=None)
         with open(self._handoff, "wb") as f:  # the label map as its nodules' box: mostly zeros, twice the CT's size
             pickle.dump((ct, handed, None if labels is None else (labels.shape, labels.dtype.str, box,
@@ -117,14 +119,17 @@ class SlicerProcess:
         self._close()
         if self._child.returncode == 0 and self.views is not None and self.views.is_file():
             return None
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "WARN" not in ln]
-        reason = lines[-1] if lines else f"exit status {self._child.returncode}"
-        return f"offscreen rendering failed ({reason[-300:]})"
+        return self._failure(stderr)
 
     def why_not(self) -> str:
         """Why the child gave no Slicer files (once :meth:`scene_files` returned None): its last words."""
-        lines = [ln.strip() for ln in self._read_stderr().splitlines() if ln.strip() and "WARN" not in ln]
+        stderr = self._read_stderr()
         self._close()
+        return self._failure(stderr)
+
+    def _failure(self, stderr: str) -> str:
+        """One line: the child's last words on ``stderr`` (VTK's warnings left out), or its exit status."""
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "WARN" not in ln]
         reason = lines[-1] if lines else f"exit status {self._child.returncode}"
         return f"offscreen rendering failed ({reason[-300:]})"
 
@@ -153,19 +158,6 @@ class SlicerProcess:
         if self._handoff is not None:
             with contextlib.suppress(OSError):
                 self._handoff.unlink()
-
-
-def _nonzero_box(labels: Any) -> tuple[slice, slice, slice] | None:
-    """The smallest box (z, y, x slices) holding every non-zero voxel of ``labels``, None where there is none."""
-    import numpy as np
-
-    zs = np.flatnonzero(labels.any(axis=(1, 2)))
-    if not len(zs):
-        return None
-    part = labels[zs[0]:zs[-1] + 1]
-    ys = np.flatnonzero(part.any(axis=(0, 2)))
-    xs = np.flatnonzero(part.any(axis=(0, 1)))
-    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
 
 
 def start_slicer_process() -> SlicerProcess | str:
@@ -224,18 +216,6 @@ def _serve(answer_fd: int, size: int) -> int:
     return 0
 
 
-def _end(code: int) -> None:
-    """End the child at once: the parent waits for its exit, and the interpreter's teardown (VTK, slicer-core: about
-    0.5 s) gives it nothing (the same as ``resmtnet``'s own end, :func:`resmtnet.cli.cli.entry`)."""
-    import atexit
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resmtnet.scene.slicer_process",
                                      description=__doc__.split("\n\n")[0])
@@ -246,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _end(main())
+    exit_now(main())  # the parent waits for the exit; VTK's and slicer-core's teardown (about 0.5 s) gives it nothing

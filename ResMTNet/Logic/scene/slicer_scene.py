@@ -495,7 +495,7 @@ def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
     import slicer
 
     labels = np.asarray(detection.labels)
-    box = _nonzero_box(labels)
+    box = nonzero_box(labels)
     if box is None:
         return None
     lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint16)
@@ -516,7 +516,7 @@ def _labels_image(detection: Detection, nodules: list[Nodule]) -> Any:
     return image
 
 
-def _nonzero_box(labels: np.ndarray, slab: int = 32) -> tuple[slice, slice, slice] | None:
+def nonzero_box(labels: np.ndarray, slab: int = 32) -> tuple[slice, slice, slice] | None:
     """The smallest box (z, y, x slices) holding every non-zero voxel, looked for slab by slab (no
     whole-volume temporary); None where there is none."""
     lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
@@ -625,11 +625,11 @@ def brock_inputs_text(detection: Detection) -> str:
     return "Brock inputs: " + ", ".join(parts) + "."
 
 
-def _fill_table(node: Any, nodules: list[Nodule], detection: Detection | None = None) -> None:
+def _fill_table(node: Any, detection: Detection) -> None:
     import vtk
 
     array_class = {"int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray, "string": vtk.vtkStringArray}
-    rows = table_rows(nodules)
+    rows = table_rows(list(detection.nodules))
     was_modifying = node.StartModify()
     node.RemoveAllColumns()
     for c, (name, kind, unit, description) in enumerate(TABLE_COLUMNS):
@@ -641,7 +641,7 @@ def _fill_table(node: Any, nodules: list[Nodule], detection: Detection | None = 
         node.SetColumnUnitLabel(name, unit)
         node.SetColumnDescription(name, description)
     node.SetLocked(True)  # results: not editable in the table view
-    inputs = brock_inputs_text(detection) if detection is not None else ""
+    inputs = brock_inputs_text(detection)
     node.SetDescription(f"{RESEARCH_NOTE} {inputs}".strip())
     node.SetAttribute(BROCK_INPUTS_ATTRIBUTE, inputs)
     node.EndModify(was_modifying)
@@ -764,7 +764,7 @@ def build_nodule_scene(scene: Any, volume_node: Any, detection: Detection, color
     if table is None:
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{base} nodules table")
     _tag(table, ROLE_TABLE, volume_node)
-    _fill_table(table, nodules, detection)
+    _fill_table(table, detection)
     _place(scene, table, parent)
 
     legend = _add_legend(scene, volume_node, color_by, folder)
