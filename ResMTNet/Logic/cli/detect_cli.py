@@ -78,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _detect_options(args: argparse.Namespace) -> dict:
-    patient = getattr(args, "patient", None) or patient_inputs(args)
     return {"device": args.device, "threshold": args.threshold, "min_diameter_mm": args.min_diameter,
-            "max_findings": args.max_findings, "tta": args.tta, "patient": patient}
+            "max_findings": args.max_findings, "tta": args.tta, "patient": args.patient}
 
 
 def _load_model(args: argparse.Namespace):
