@@ -252,8 +252,9 @@ def test_a_volume_within_the_window_runs_as_one_window_and_a_larger_one_in_tiles
     """The window policy (inference.WINDOW): a model grid whose padded sides all fit is one window, i.e. the
     network's own output over the padded volume; a larger one is tiled, and every output cell is written by
     some window (no cell keeps the "no centre" fill)."""
-    from resmtnet.model.inference import ALIGN, CHANNELS_LAST_DEVICES, WINDOW, predict_volume
+    from resmtnet.model.inference import ALIGN, WINDOW, predict_volume
     from resmtnet.model.prepare import HU_MIN
+    from resmtnet.util.runtime import compute_layout
 
     torch.manual_seed(0)
     net = ResMTNet(tiny_model_config(1.5)).eval()
@@ -264,7 +265,7 @@ def test_a_volume_within_the_window_runs_as_one_window_and_a_larger_one_in_tiles
     padded = np.pad(normalize_hu(hu), [(0, -s % ALIGN) for s in hu.shape],
                     constant_values=float(normalize_hu(np.array([HU_MIN], np.float32))[0]))
     # the network called directly in the layout detection runs it in on the CPU (channels-last sums in another order)
-    layout = torch.channels_last_3d if "cpu" in CHANNELS_LAST_DEVICES else torch.contiguous_format
+    layout = compute_layout(torch.device("cpu"))
     with torch.no_grad():
         direct = net.to(memory_format=layout)(torch.from_numpy(padded)[None, None].contiguous(memory_format=layout))
     net.to(memory_format=torch.contiguous_format)

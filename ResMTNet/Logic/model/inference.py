@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..util.errors import Cancelled
-from ..util.runtime import compute_precision
+from ..util.runtime import compute_layout, compute_precision
 from .model import ResMTNet
 from .prepare import HU_MIN, normalize_hu
 
@@ -69,13 +69,14 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
     model.eval()
     precision = precision or compute_precision(device)
     total: dict[str, torch.Tensor] | None = None
-    with _memory_format(model, device):
+    layout = compute_layout(device)
+    with _memory_format(model, layout):
         for n, axes in enumerate(flips):
             def sub(f: float, n: int = n) -> None:
                 if progress is not None:
                     progress((n + f) / len(flips))
             xt = torch.from_numpy(np.ascontiguousarray(np.flip(x, axes) if axes else x))
-            out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel, precision)
+            out = _predict_padded(model, xt, device, window, overlap, batch_size, sub, cancel, precision, layout)
             if axes:
                 dims = [a + 2 for a in axes]
                 out = {k: torch.flip(v, dims) for k, v in out.items()}
@@ -86,20 +87,14 @@ def predict_volume(model: ResMTNet, hu: np.ndarray, device: torch.device, window
     return {k: v / len(flips) for k, v in total.items()}
 
 
-#: devices on which the network runs in the channels-last (NDHWC) layout: oneDNN's 3-D convolutions on this 2-core
-#: CPU take about a fifth less time in it (a pass over LIDC-IDRI-0001 in 128³ tiles, bfloat16: 0.67 s against
-#: 0.84 s), with centre probabilities within 0.004 of the default layout's (bfloat16 rounding in another order)
-CHANNELS_LAST_DEVICES = ("cpu",)
-
-
 @contextlib.contextmanager
-def _memory_format(model: ResMTNet, device: torch.device) -> Iterator[None]:
-    """The model's weights in the channels-last layout while detection runs on a device in
-    :data:`CHANNELS_LAST_DEVICES`, and back to the default layout afterwards (training's layout untouched)."""
-    if device.type not in CHANNELS_LAST_DEVICES:
+def _memory_format(model: ResMTNet, layout: torch.memory_format) -> Iterator[None]:
+    """The model's weights in ``layout`` while detection runs, and back to the default layout afterwards
+    (training's layout untouched)."""
+    if layout == torch.contiguous_format:
         yield
         return
-    model.to(memory_format=torch.channels_last_3d)
+    model.to(memory_format=layout)
     try:
         yield
     finally:
@@ -108,7 +103,7 @@ def _memory_format(model: ResMTNet, device: torch.device) -> Iterator[None]:
 
 def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, window: int, overlap: int,
                     batch_size: int, progress: Callable[[float], None], cancel: Callable[[], bool] | None,
-                    precision: torch.dtype) -> dict[str, torch.Tensor]:
+                    precision: torch.dtype, layout: torch.memory_format) -> dict[str, torch.Tensor]:
     stride = model.cfg.output_stride
     padded = np.array(xt.shape)
     win = np.minimum(window, padded)
@@ -123,8 +118,7 @@ def _predict_padded(model: ResMTNet, xt: torch.Tensor, device: torch.device, win
             raise Cancelled("detection cancelled")
         group = starts[i:i + batch_size]
         batch = torch.stack([xt[a:a + win[0], b:b + win[1], c:c + win[2]] for a, b, c in group])[:, None]
-        if device.type in CHANNELS_LAST_DEVICES:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        batch = batch.contiguous(memory_format=layout)
         with torch.autocast(device_type=device.type, dtype=precision, enabled=precision != torch.float32):
             res = model(batch.to(device, non_blocking=True))
         res = {k: v.float().cpu() for k, v in res.items()}

@@ -54,6 +54,14 @@ def compute_precision(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def compute_layout(device: torch.device) -> torch.memory_format:
+    """The memory layout the network's inference runs in: channels-last (NDHWC) on the CPU, where oneDNN's 3-D
+    convolutions take about a fifth less time in it (a pass over LIDC-IDRI-0001 in 128³ tiles, bfloat16: 0.67 s
+    against 0.84 s; centre probabilities within 0.004, bfloat16 summed in another order); the default layout
+    elsewhere (not measured on a GPU)."""
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
 def full_resolution_device(device: torch.device) -> torch.device | None:
     """Where detection's full-resolution work (the lung mask's block averages, the resampling to the model
     grid) runs in torch: the detection's device when it is a GPU; None (numpy, scipy and SimpleITK on the
