@@ -150,8 +150,12 @@ def _check_recipe(r: Recipe, fine_tune: bool, export: bool) -> None:
         raise ResMTNetError(f"train.min_lung_share {t['min_lung_share']}: must lie between 0 and 1")
     if t["loader_workers"] is not None and t["loader_workers"] < 0:
         raise ResMTNetError(f"train.loader_workers {t['loader_workers']}: must be 0 or more")
-    if d["thick_phantoms"] < 0:
-        raise ResMTNetError(f"data.thick_phantoms {d['thick_phantoms']}: must be 0 or more")
+    for key in ("thick", "mass"):
+        if d[f"{key}_phantoms"] < 0:
+            raise ResMTNetError(f"data.{key}_phantoms {d[f'{key}_phantoms']}: must be 0 or more")
+    if d["source"] == "phantoms" and d["mass_phantoms"] and d["mass_seed"] == d["val_seed"]:
+        raise ResMTNetError(f"data.mass_seed {d['mass_seed']}: data.val_seed is the same; validation phantoms "
+                            "must be phantoms the run does not train on")
     if d["source"] == "phantoms" and d["thick_phantoms"] and d["thick_seed"] == d["val_seed"]:
         raise ResMTNetError(f"data.thick_seed {d['thick_seed']}: data.val_seed is the same; validation phantoms "
                             "must be phantoms the run does not train on")
@@ -178,10 +182,24 @@ def _check_recipe(r: Recipe, fine_tune: bool, export: bool) -> None:
     used = {"data.phantom_seed": d["phantom_seed"], "data.val_seed": d["val_seed"]}
     if d["thick_phantoms"]:
         used["data.thick_seed"] = d["thick_seed"]
+    if d["mass_phantoms"]:
+        used["data.mass_seed"] = d["mass_seed"]
     for key, seed in used.items():
         if seed == e["calibration_seed"]:
             raise ResMTNetError(f"export.calibration_seed {seed}: {key} is the same; the calibration phantoms "
                                 "must be phantoms the run does not otherwise see")
+
+
+def _real_backgrounds(args, d: dict, spacing: float):
+    """The recipe's real-background cases (data.real_backgrounds); a folder without real cases stops the run."""
+    from ..data.real_backgrounds import RealBackgroundCases
+    from ..util.errors import ResMTNetError
+
+    try:
+        return RealBackgroundCases(args.cache, d["real_backgrounds"], d["real_copies"], d["real_seed"], spacing,
+                                   holdout=tuple(d["real_holdout"]))
+    except ValueError as e:
+        raise ResMTNetError(str(e)) from None
 
 
 def _model_settings(r: Recipe) -> dict:
@@ -309,7 +327,11 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
         if d["thick_phantoms"]:
             tr = tr + PhantomCases(args.cache, d["thick_seed"], d["thick_phantoms"], spacing, d["max_nodules"],
                                    mix="thick")
+        if d["mass_phantoms"]:
+            tr = tr + PhantomCases(args.cache, d["mass_seed"], d["mass_phantoms"], spacing, d["max_nodules"],
+                                   mix="masses")
         va = PhantomCases(args.cache, d["val_seed"], d["val_phantoms"], spacing, d["max_nodules"])
+        real = _real_backgrounds(args, d, spacing) if d["real_backgrounds"] else None  # a bad folder stops it here
         n_cal = r.export["calibration_phantoms"]
         ca = PhantomCases(args.cache, r.export["calibration_seed"], n_cal, spacing, d["max_nodules"]) \
             if n_cal else None
@@ -319,11 +341,19 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
             ca.ensure(args.workers, _printer("calibration phantoms") if shown else None)
         tr.ensure(args.workers, _printer("training phantoms") if shown else None)
         train_cases, val_cases = tr.load(), va.load()
+        if real is not None:
+            real.ensure(args.workers, _printer("real-background cases") if shown else None)
+            train_cases += real.load()
         data_prov = {"source": "synthetic phantoms (resmtnet.data.phantom)", "phantom_seed": d["phantom_seed"],
                      "phantoms": d["phantoms"], "val_seed": d["val_seed"], "val_phantoms": d["val_phantoms"],
                      "max_nodules": d["max_nodules"]}
         if d["thick_phantoms"]:
             data_prov.update(thick_phantoms=d["thick_phantoms"], thick_seed=d["thick_seed"])
+        if d["mass_phantoms"]:
+            data_prov.update(mass_phantoms=d["mass_phantoms"], mass_seed=d["mass_seed"])
+        if real is not None:
+            data_prov.update(real_backgrounds=[f.name for f in real.folders], real_copies=d["real_copies"],
+                             real_seed=d["real_seed"], real_holdout=list(d["real_holdout"]))
         if ca is not None:
             data_prov.update(calibration_seed=r.export["calibration_seed"], calibration_phantoms=n_cal)
     else:

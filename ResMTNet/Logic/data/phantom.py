@@ -25,6 +25,7 @@ Everything is drawn from one seed, so a phantom is reproducible.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,13 +72,21 @@ class PhantomMix:
     location_weights: tuple[float, float, float]  # LOCATIONS
     diameter_range_mm: tuple[float, float]  # before the skew toward small nodules
     slice_thicknesses_mm: tuple[float, ...] = (0.625, 1.0, 1.25, 1.5, 2.0, 2.5)  # full-size phantoms
+    #: masses (:func:`_draw_masses`) drawn beside the nodules: (fewest, most) per phantom
+    masses: tuple[int, int] = (0, 0)
 
 
 _SCREENING_MIX = PhantomMix((0.55, 0.15, 0.15, 0.15), (0.5, 0.3, 0.2), (3.0, 30.0))
 PHANTOM_MIXES: dict[str, PhantomMix] = {
     "screening": _SCREENING_MIX,
     "thick": replace(_SCREENING_MIX, slice_thicknesses_mm=(3.0, 4.0, 5.0)),
+    # training only: one or two masses of 30-80 mm against the chest wall, the mediastinum or the hilum, some
+    # invading them, beside the screening mix's nodules, on thin and thick slices
+    "masses": replace(_SCREENING_MIX, slice_thicknesses_mm=(1.0, 1.25, 2.0, 2.5, 3.0, 5.0), masses=(1, 2)),
 }
+#: where a mass is drawn: against the chest wall, against the mediastinum, at the hilum
+MASS_LOCATIONS = ["chest wall", "mediastinal", "hilar"]
+MASS_DIAMETER_RANGE_MM = (30.0, 80.0)
 
 
 def phantom_mix(name: str) -> PhantomMix:
@@ -103,6 +112,8 @@ class PhantomNodule:
     lung_share: float = 1.0
     #: its index among the nodules drawn from the phantom's seed (a :class:`Rescan` may hide some)
     index: int | None = None
+    #: a mass (30-80 mm) with an air cavity in it, its wall thick and uneven
+    cavitating: bool = False
 
 
 @dataclass
@@ -407,6 +418,13 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
         else:
             calc = (texture > 0.6).astype(np.float32)
         val = base + calc * rng.uniform(250, 900)
+    if nod.cavitating:  # an eccentric air cavity, its wall at least a fifth of the radius thick
+        rc = R * rng.uniform(0.3, 0.5)
+        v = rng.normal(size=3)
+        off = v / np.linalg.norm(v) * (R - rc) * rng.uniform(0.2, 0.6)
+        cd = np.sqrt((dx - off[0]) ** 2 + (dy - off[1]) ** 2 + (dz - off[2]) ** 2)
+        cavity = np.clip(0.5 + (rc * (1 + 0.15 * texture) - cd) / edge, 0, 1)
+        val = val * (1 - cavity) + rng.uniform(-1000, -950) * cavity
     region = hu[box]
     hu[box] = region * (1 - occ) + val * occ
     lab = labels[box]
@@ -630,6 +648,9 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
                             lung_share=_lung_share(hu, grid, c, R))
         _render_nodule(hu, labels, grid, rng, nod, len(nodules) + 1)
         nodules.append(nod)
+    if nodule_mix.masses[1] and rescan is None:
+        nodules += _draw_masses(np.random.default_rng([seed, 7919]), hu, labels, grid, edt, lung_pts,
+                                nodule_mix.masses, len(nodules) + 1, _phantom_mass_zone(grid, lung_pts, hila))
     if rescan is not None:
         assert without_nodules is not None
         hu, labels, nodules = _redraw_nodules(without_nodules, grid, nodules, rescan, seed)
@@ -639,10 +660,188 @@ def generate_phantom(seed: int, *, small: bool = False, direction: tuple[float, 
         vol = counts[i + 1] * step ** 3
         if vol > 0:
             nod.diameter_mm = float((6 * vol / math.pi) ** (1 / 3))
+    if nodule_mix.masses[1]:  # a mass's centre is the centre of what was drawn, not of the sphere it grew from
+        masses = [i for i, nod in enumerate(nodules) if nod.location in MASS_LOCATIONS]
+        for i, com in zip(masses, ndimage.center_of_mass(labels > 0, labels, [i + 1 for i in masses])):
+            nodules[i].center_lps = tuple(float(v) for v in grid.lo + np.asarray(com)[::-1] * step)
     truth_lung |= labels > 0
 
     return _acquire(rng, grid, hu, labels, truth_lung, nodules, small, direction, seed,
                     nodule_mix.slice_thicknesses_mm, rescan)
+
+
+def _draw_masses(rng: np.random.Generator, hu: np.ndarray, labels: np.ndarray, grid: _Grid, edt: np.ndarray,
+                 lung_pts: np.ndarray, count: tuple[int, int], first_label: int,
+                 zone: Callable[[str, float], np.ndarray | None]) -> list[PhantomNodule]:
+    """Masses of 30-80 mm drawn into ``hu`` and ``labels``: solid, lobulated or spiculated, some cavitating, each
+    centred inside a lung at 0.35-1.0 of its radius from the lung's edge, so that it abuts the chest wall, the
+    mediastinum or the hilum and, the deeper it reaches past the edge, invades it (no fat plane: the mass's
+    tissue replaces whatever lay there).
+
+    ``lung_pts``: (N, 3) z, y, x indices of lung voxels to centre masses on; ``edt``: each voxel's distance (mm)
+    to the lung's edge; ``zone(location, radius)``: which of ``lung_pts`` lie in that part of the lung (one of
+    :data:`MASS_LOCATIONS`; None where the chest gives no such place)."""
+    step = grid.step
+    out: list[PhantomNodule] = []
+    want = int(rng.integers(count[0], count[1] + 1))
+    for _ in range(40 * want):
+        if len(out) >= want:
+            break
+        diameter = float(np.exp(rng.uniform(*np.log(MASS_DIAMETER_RANGE_MM))))
+        R = diameter / 2
+        where = str(rng.choice(MASS_LOCATIONS, p=[0.4, 0.35, 0.25]))
+        depth = edt[tuple(lung_pts.T)]
+        reach = R * rng.uniform(0.35, 1.0)  # the centre's depth in the lung: under R, part of the mass lies beyond
+        ok = np.abs(depth - reach) < max(3.0, 0.15 * R)
+        in_zone = zone(where, R)
+        if in_zone is None:
+            continue
+        cand = np.flatnonzero(ok & in_zone)
+        if not len(cand):
+            continue
+        c = grid.lo + lung_pts[cand[rng.integers(len(cand))]][::-1] * step
+        if any(np.linalg.norm(np.asarray(n.center_lps) - c) < n.diameter_mm / 2 + R + 5 for n in out):
+            continue
+        if labels[grid.box(c - R, c + R) or (slice(0, 0),) * 3].any():  # keeps clear of the nodules drawn
+            continue
+        margin_ = str(rng.choice(["lobulated", "spiculated"], p=[0.6, 0.4]))
+        nod = PhantomNodule(tuple(float(v) for v in c), diameter, int(rng.choice([4, 5, 5])), "solid", margin_,
+                            where, lung_share=_lung_share(hu, grid, c, R), cavitating=bool(rng.random() < 0.3))
+        _render_nodule(hu, labels, grid, rng, nod, first_label + len(out))
+        out.append(nod)
+    return out
+
+
+def _phantom_mass_zone(grid: _Grid, lung_pts: np.ndarray, hila: list[np.ndarray]
+                       ) -> Callable[[str, float], np.ndarray]:
+    """The phantom's parts of the lung for masses: medial to the hila (mediastinal), within reach of a hilum
+    (hilar), well lateral to them (chest wall)."""
+    world = grid.lo + lung_pts[:, ::-1] * grid.step
+    medial_x = min(abs(float(h[0])) for h in hila)  # the hila's distance from the midline
+    to_hilum = np.min([np.linalg.norm(world - h, axis=1) for h in hila], axis=0)
+
+    def zone(where: str, radius: float) -> np.ndarray:
+        if where == "hilar":
+            return to_hilum < radius + 25
+        if where == "mediastinal":
+            return np.abs(world[:, 0]) < medial_x
+        return np.abs(world[:, 0]) > medial_x + 25
+
+    return zone
+
+
+@dataclass
+class InsertedLesion:
+    """A lesion :func:`insert_lesions` drew into a real scan: what it is, and where (z, y, x voxels)."""
+
+    nodule: PhantomNodule
+    center_vox: np.ndarray
+
+
+def insert_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, origin_xyz: np.ndarray,
+                   spacing: float, known_vox: np.ndarray, known_diameters: np.ndarray, *, nodules: int,
+                   masses: tuple[int, int], clearance_mm: float = 15.0, mix: str = "screening"
+                   ) -> tuple[np.ndarray, list[InsertedLesion]]:
+    """A real scan on an isotropic axis-aligned grid (``hu``, ``lung``: (z, y, x); ``origin_xyz`` LPS mm of voxel
+    (0, 0, 0); ``spacing`` mm) with ``nodules`` nodules of ``mix`` and ``masses`` (fewest, most) masses drawn
+    into its lungs by the phantom's renderer, each at least ``clearance_mm`` clear of the scan's own lesions
+    (``known_vox``: their centres, z, y, x voxels; ``known_diameters`` mm) and of each other.
+
+    What is drawn is blurred by half a voxel (the scan's own resampling blur) and given noise of the scan's own
+    level (measured in its lungs), so a lesion is no smoother than the parenchyma around it. Each lesion's
+    diameter is its equivalent-sphere diameter as drawn; a mass's centre the centre of what was drawn.
+    Returns the new image (float32) and the lesions."""
+    nodule_mix = phantom_mix(mix)
+    grid = _Grid(np.asarray(origin_xyz, float), np.asarray(origin_xyz, float), spacing)
+    grid.shape = tuple(int(n) for n in hu.shape)
+    grid.shape_xyz = np.array(grid.shape[::-1])
+    base = hu.astype(np.float32)
+    work = base.copy()
+    labels = np.zeros(hu.shape, np.uint16)
+    edt = ndimage.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
+    known_vox = np.asarray(known_vox, float).reshape(-1, 3)
+    known_r = np.asarray(known_diameters, float).reshape(-1) / 2
+
+    def clear_of_known(pts_vox: np.ndarray, radius: float) -> np.ndarray:
+        ok = np.ones(len(pts_vox), bool)
+        for c, r in zip(known_vox, known_r):
+            ok &= np.linalg.norm((pts_vox - c) * spacing, axis=1) >= r + radius + clearance_mm
+        return ok
+
+    lung_pts = np.argwhere(lung)
+    if len(lung_pts) > 400_000:  # placement needs candidates, not every voxel
+        lung_pts = lung_pts[rng.choice(len(lung_pts), 400_000, replace=False)]
+    drawn: list[PhantomNodule] = []
+    for _ in range(30 * nodules):
+        if len(drawn) >= nodules:
+            break
+        diameter = _draw_diameter(rng, False, nodule_mix)
+        R = diameter / 2
+        kind = str(rng.choice(NODULE_TYPES, p=nodule_mix.type_weights))
+        margin_ = "smooth" if kind == "calcified" else str(rng.choice(MARGINS, p=[0.45, 0.3, 0.25]))
+        pleural = rng.random() < 0.35
+        depth = edt[tuple(lung_pts.T)]
+        ok = (depth >= R * 0.7) & (depth <= R + 1.0) if pleural else depth >= R + 2
+        cand = np.flatnonzero(ok)
+        if not len(cand):
+            continue
+        v = lung_pts[cand[rng.integers(len(cand))]]
+        if not clear_of_known(v[None].astype(float), R)[0]:
+            continue
+        c = grid.lo + v[::-1] * spacing
+        if any(np.linalg.norm(np.asarray(n.center_lps) - c) < n.diameter_mm / 2 + R + 6 for n in drawn):
+            continue
+        nod = PhantomNodule(tuple(float(x) for x in c), float(diameter), _malignancy_rating(rng, diameter, margin_,
+                                                                                             kind),
+                            kind, margin_, "pleural" if pleural else "parenchyma",
+                            lung_share=_lung_share(work, grid, c, R))
+        _render_nodule(work, labels, grid, rng, nod, len(drawn) + 1)
+        drawn.append(nod)
+    if masses[1]:
+        far = lung_pts[clear_of_known(lung_pts.astype(float), MASS_DIAMETER_RANGE_MM[1] / 2)]
+        x = grid.lo[0] + far[:, 2] * spacing
+        mid = 0.5 * (x.min() + x.max()) if len(x) else 0.0
+        half = max(float(np.abs(x - mid).max()) if len(x) else 1.0, 1.0)
+
+        def zone(where: str, radius: float) -> np.ndarray | None:
+            off = np.abs(x - mid) / half
+            if where == "mediastinal":
+                return off < 0.35
+            if where == "chest wall":
+                return off > 0.6
+            return None  # no hilum is known on a real scan
+
+        drawn += _draw_masses(rng, work, labels, grid, edt, far, masses, len(drawn) + 1, zone)
+    if not drawn:
+        return base, []
+    delta = ndimage.gaussian_filter(work - base, 0.5)
+    inside = ndimage.gaussian_filter((labels > 0).astype(np.float32), 0.5)
+    noise_sd = _lung_noise_sd(base, lung)
+    noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 0.6)
+    noise *= noise_sd / max(float(noise.std()), 1e-6)
+    out = base + delta + noise * inside
+    counts = np.bincount(labels.ravel(), minlength=len(drawn) + 1)
+    centres = ndimage.center_of_mass(labels > 0, labels, list(range(1, len(drawn) + 1)))
+    lesions = []
+    for i, nod in enumerate(drawn):
+        if counts[i + 1] == 0:
+            continue
+        nod.diameter_mm = float((6 * counts[i + 1] * spacing ** 3 / math.pi) ** (1 / 3))
+        v = np.asarray(centres[i]) if nod.location in MASS_LOCATIONS else \
+            (np.asarray(nod.center_lps) - grid.lo)[::-1] / spacing
+        nod.center_lps = tuple(float(a) for a in grid.lo + v[::-1] * spacing)
+        lesions.append(InsertedLesion(nod, v))
+    return out.astype(np.float32), lesions
+
+
+def _lung_noise_sd(hu: np.ndarray, lung: np.ndarray) -> float:
+    """The scan's noise in its lungs (HU): the robust spread of what a 1-voxel smoothing removes there."""
+    inner = ndimage.binary_erosion(lung, iterations=2)
+    if inner.sum() < 1000:
+        return 20.0
+    resid = (hu - ndimage.gaussian_filter(hu, 1.0))[inner]
+    resid = resid[np.abs(resid) < 200]  # vessel edges are no noise
+    return float(1.4826 * np.median(np.abs(resid - np.median(resid)))) * 1.5
 
 
 def _acquire(rng: np.random.Generator, grid: _Grid, hu: np.ndarray, labels: np.ndarray, lung: np.ndarray,

@@ -33,6 +33,14 @@ DATA: dict[str, tuple[type, Any]] = {
     "phantom_seed": (int, 1000),
     "thick_phantoms": (int, 0),  # training phantoms of the thick-slice mix, beside the screening ones
     "thick_seed": (int, 6000),
+    "mass_phantoms": (int, 0),  # training phantoms of the masses mix (30-80 mm masses beside the nodules)
+    "mass_seed": (int, 9000),
+    # real chest CTs (a folder of case folders, as `evaluate --real` reads them) with synthetic nodules and masses
+    # inserted into their lungs (resmtnet.data.real_backgrounds), beside the phantoms; "" for none
+    "real_backgrounds": (str, ""),
+    "real_copies": (int, 4),  # training cases made from each real case
+    "real_seed": (int, 11000),
+    "real_holdout": (list, ["4D-Lung-113_HM10395"]),  # case folders never trained on: the run is judged on them
     "val_phantoms": (int, 12),
     "val_seed": (int, 2000),
     "max_nodules": (int, 8),  # nodules drawn per phantom (1..N)

@@ -27,6 +27,9 @@ from ..util.errors import NonFiniteLossError, ResMTNetError
 from ..util.runtime import compute_precision, pick_device, torchrun_ranks
 from .hard_negatives import mine_false_findings, with_negatives
 
+#: a window centred on a nodule spans at least this many times its diameter (masses of 30-80 mm are shrunk to fit)
+FIT_MARGIN = 1.4
+
 
 @dataclass
 class TrainConfig:
@@ -143,6 +146,10 @@ class PatchSampler:
         if r < self.cfg.positive_fraction and self.nodules:
             i, j = self.nodules[rng.choice(len(self.nodules), p=self.nodule_p)]
             c = self.cases[i]
+            # a mass is seen whole: the window spans at least FIT_MARGIN times its diameter
+            d_vox = float(c.diameters[j]) / c.spacing
+            if d_vox * FIT_MARGIN > src:
+                src = int(np.ceil(d_vox * FIT_MARGIN))
             centre = c.centers[j] + rng.uniform(-0.35, 0.35, 3) * src
         else:
             i = int(rng.integers(len(self.cases)))
