@@ -280,7 +280,7 @@ def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, p
         assert row[11] == nodule.lung_rads
     assert [name for name, *_ in TABLE_COLUMNS] == ["Finding", "L", "P", "S", "Diameter", "Volume", "p",
                                                     "Malignancy", "Type", "Margin", "Solid component", "Lung-RADS",
-                                                    "Brock"]
+                                                    "Brock", "Long axis", "Sphere diameter"]
     assert [row[10] for row in rows] == ["", "6.5", ""]  # the solid component of the part-solid nodule only
     assert [row[11] for row in rows] == ["1", "4A", "4X"]
     assert [row[12] for row in rows] == ["n/a", "8.3", "4.1"]  # calcified: not in PanCan

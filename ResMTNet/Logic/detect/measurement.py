@@ -1,6 +1,7 @@
 """Measuring each finding on the CT itself: its own voxels (a mask grown from the network's centre inside its
-predicted sphere), its volume, a size from both the mask and the network, a centre the mask refines, and the
-solid component of a part-solid nodule (:func:`measure_solid_components`).
+predicted sphere), its volume, a size from both the mask and the network, the mask's longest axial diameter and
+equivalent-sphere diameter (how masses are sized), a centre the mask refines, and the solid component of a
+part-solid nodule (:func:`measure_solid_components`).
 
 :func:`measure_findings` turns the network's findings into the nodule list and its label map; :mod:`.pipeline`
 calls it after the network has run.
@@ -22,9 +23,16 @@ if TYPE_CHECKING:
     from ..model.targets import Peak
 
 
+#: findings this large (mm, predicted) are masses: irregular and often elongated, so their mask may grow to
+#: MASS_GROWTH times the predicted radius (nodules: 1.25), for the longest axial diameter to be measured whole
+MASS_DIAMETER_MM = 30.0
+MASS_GROWTH = 1.5
+
+
 def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float
               ) -> tuple[tuple[slice, ...], np.ndarray, bool]:
-    """The nodule's own voxels on ct's grid: dense tissue connected to its centre inside its predicted sphere.
+    """The nodule's own voxels on ct's grid: dense tissue connected to its centre inside its predicted sphere
+    (grown by a quarter; by half for a mass, :data:`MASS_GROWTH`).
 
     The threshold sits halfway between the nodule's core and the surrounding lung, so part-solid and
     ground-glass nodules keep their hazy part. Falls back to the predicted sphere where nothing dense is
@@ -34,7 +42,8 @@ def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float
     sp = np.asarray(ct.spacing)
     c = ct.world_to_index(center_lps)  # x, y, z continuous
     R = max(diameter_mm / 2.0, 1.5)
-    reach = 1.3 * R + 2 * sp
+    grow = MASS_GROWTH if diameter_mm >= MASS_DIAMETER_MM else 1.25  # of the predicted radius
+    reach = (grow + 0.05) * R + 2 * sp
     lo = np.maximum(np.floor(c - reach / sp).astype(int), 0)
     hi = np.minimum(np.ceil(c + reach / sp).astype(int) + 1, np.array(ct.shape_xyz))
     box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
@@ -42,9 +51,9 @@ def grow_mask(ct: CTVolume, center_lps: np.ndarray, diameter_mm: float
     zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in ((lo[2], hi[2]), (lo[1], hi[1]), (lo[0], hi[0]))),
                              indexing="ij")
     d = np.sqrt(((xx - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((zz - c[2]) * sp[2]) ** 2)
-    sphere = d <= 1.25 * R
+    sphere = d <= grow * R
     core_vals = hu[d <= max(0.35 * R, float(sp.max()))]
-    shell = hu[(d > 1.3 * R) & (d <= 1.3 * R + 2 * float(sp.max()))]
+    shell = hu[(d > (grow + 0.05) * R) & (d <= (grow + 0.05) * R + 2 * float(sp.max()))]
     core = float(np.median(core_vals)) if core_vals.size else float(hu.max())
     background = float(np.percentile(shell, 25)) if shell.size else -850.0
     thr = float(np.clip((core + background) / 2.0, -750.0, -250.0))
@@ -131,12 +140,14 @@ def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check:
         peak_centre = centre
         if measured:
             centre = refined_centre(ct, box, own, peak_centre, p.diameter_mm)
+        long_axis = round(longest_axial_diameter(own, ct.spacing), 1) if measured else None
         nodules.append(Nodule(number=i, center_lps=tuple(float(v) for v in centre), probability=p.probability,
                               diameter_mm=combined_diameter(p.diameter_mm, measured_d), malignancy=p.malignancy,
-                              volume_mm3=volume, **characterisation(p),
+                              volume_mm3=volume, long_axis_mm=long_axis,
+                              sphere_diameter_mm=None if measured_d is None else round(measured_d, 1),
+                              **characterisation(p),
                               extra={"regressed_diameter_mm": round(p.diameter_mm, 2),
-                                     "centre_moved_mm": round(float(np.linalg.norm(centre - peak_centre)), 2),
-                                     "mask_diameter_mm": None if measured_d is None else round(measured_d, 2)}))
+                                     "centre_moved_mm": round(float(np.linalg.norm(centre - peak_centre)), 2)}))
     return labels, nodules
 
 
@@ -184,11 +195,27 @@ def solid_component_mm(hu: np.ndarray, mask: np.ndarray, spacing_xyz) -> float:
 
 
 def axial_mean_diameter(region_yx: np.ndarray, spacing_yx: tuple[float, float]) -> float:
-    """The mean of the long and short axes of a 2-D region (y, x) in mm: the long axis the largest calliper
-    width over the directions between the region's outermost pixels, the short one its width perpendicular."""
+    """The mean of the long and short axes of a 2-D region (y, x) in mm (:func:`axial_axes`)."""
+    return 0.5 * sum(axial_axes(region_yx, spacing_yx))
+
+
+def longest_axial_diameter(mask_zyx: np.ndarray, spacing_xyz) -> float:
+    """A mask's longest axial diameter (mm), as a mass is measured on CT: the long axis (:func:`axial_axes`) on
+    the axial slice where the mask is largest. 0.0 for an empty mask."""
+    mask_zyx = np.asarray(mask_zyx, bool)
+    if not mask_zyx.any():
+        return 0.0
+    z = int(np.argmax(mask_zyx.sum(axis=(1, 2))))
+    return axial_axes(mask_zyx[z], (float(spacing_xyz[1]), float(spacing_xyz[0])))[0]
+
+
+def axial_axes(region_yx: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
+    """The long and short axes of a 2-D region (y, x) in mm: the long axis the largest calliper width over the
+    directions between the region's outermost pixels, the short one its width perpendicular; each the extent of
+    the pixel centres along the axis plus half a pixel."""
     pts = np.argwhere(region_yx).astype(float) * np.asarray(spacing_yx)
     if len(pts) == 0:
-        return 0.0
+        return 0.0, 0.0
     hull_pts = _hull_points(pts)
     sy, sx = spacing_yx
     best, axis = -1.0, np.array([0.0, 1.0])
@@ -205,7 +232,7 @@ def axial_mean_diameter(region_yx: np.ndarray, spacing_yx: tuple[float, float]) 
         proj = pts @ u
         return float(proj.max() - proj.min()) + 0.5 * float(np.hypot(u[0] * sy, u[1] * sx))
 
-    return 0.5 * (width(axis) + width(np.array([-axis[1], axis[0]])))
+    return width(axis), width(np.array([-axis[1], axis[0]]))
 
 
 def _hull_points(pts: np.ndarray) -> np.ndarray:

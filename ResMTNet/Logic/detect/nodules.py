@@ -18,9 +18,11 @@ from ..io.luna16_csv import SUBMISSION_COLUMNS
 from .lung_rads import LungRads, lung_rads
 
 #: nodules.csv: the LUNA16 submission columns, then size, the network's malignancy, volume, the characterisation
-#: (type, margin, solid component), the Lung-RADS v2022 category and the Brock (PanCan) probability.
+#: (type, margin, solid component), the Lung-RADS v2022 category, the Brock (PanCan) probability, and the two sizes
+#: measured on the finding's mask: its longest axial diameter and its equivalent-sphere diameter.
 NODULES_CSV_COLUMNS = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy", "volume_mm3", "lung_rads", "nodule_type",
-                       "margin", "solid_component_mm", "brock_malignancy", "upper_lobe"]
+                       "margin", "solid_component_mm", "brock_malignancy", "upper_lobe", "long_axis_mm",
+                       "sphere_diameter_mm"]
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Nodule:
     # used (upper lobe approximated from the lung mask: resmtnet.detect.brock.upper_lobe; None: not known)
     brock_malignancy: float | None = None
     upper_lobe: bool | None = None
+    # measured on the finding's own mask (None where no mask was measured: the predicted sphere stands in): the
+    # longest axial diameter (on the axial slice where the mask is largest) and the equivalent-sphere diameter
+    # of its volume, as masses are sized
+    long_axis_mm: float | None = None
+    sphere_diameter_mm: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,7 +109,7 @@ class Nodule:
     def from_dict(cls, d: dict[str, Any]) -> Nodule:
         keys = {"number", "center_lps", "probability", "diameter_mm", "malignancy", "volume_mm3",
                 "nodule_type", "margin", "type_probabilities", "margin_probabilities", "solid_component_mm",
-                "brock_malignancy", "upper_lobe", "extra"}
+                "brock_malignancy", "upper_lobe", "long_axis_mm", "sphere_diameter_mm", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         kw["center_lps"] = tuple(float(v) for v in kw["center_lps"])
         return cls(**kw)
@@ -137,7 +144,8 @@ def write_nodules_csv(path: str | Path, seriesuid: str, nodules: list[Nodule]) -
             w.writerow([seriesuid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{n.probability:.5f}",
                         f"{n.diameter_mm:.2f}", f"{n.malignancy:.4f}", f"{n.volume_mm3:.1f}", n.lung_rads,
                         n.nodule_type, n.margin, _cell(n.solid_component_mm, "{:.1f}"),
-                        _cell(n.brock_malignancy, "{:.4f}"), _cell(n.upper_lobe, "{}", str.lower)])
+                        _cell(n.brock_malignancy, "{:.4f}"), _cell(n.upper_lobe, "{}", str.lower),
+                        _cell(n.long_axis_mm, "{:.1f}"), _cell(n.sphere_diameter_mm, "{:.1f}")])
 
 
 def _cell(value: Any, fmt: str, then=None) -> str:

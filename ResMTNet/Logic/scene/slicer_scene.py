@@ -103,6 +103,10 @@ TABLE_COLUMNS: list[tuple[str, str, str, str]] = [
      "and spiculation (4X); no prior compared, juxtapleural/perifissural morphology not assessed"),
     ("Brock", "string", "%", "Brock (PanCan) full model with spiculation, McWilliams et al. NEJM 2013: a "
      "published screening model beside the network's malignancy; n/a for calcified nodules (not in PanCan)"),
+    ("Long axis", "string", "mm", "Longest axial diameter of the nodule's mask, on the axial slice where it is "
+     "largest (how masses are measured); empty where no mask was measured"),
+    ("Sphere diameter", "string", "mm", "Diameter of the sphere of the mask's volume (equivalent-sphere "
+     "diameter); empty where no mask was measured"),
 ]
 
 
@@ -593,6 +597,10 @@ def segment_tags(nodule: Nodule) -> dict[str, str]:
     }
     if nodule.solid_component_mm is not None:
         tags["ResMTNet.SolidComponentMm"] = f"{nodule.solid_component_mm:.1f}"
+    if nodule.long_axis_mm is not None:
+        tags["ResMTNet.LongAxisMm"] = f"{nodule.long_axis_mm:.1f}"
+    if nodule.sphere_diameter_mm is not None:
+        tags["ResMTNet.SphereDiameterMm"] = f"{nodule.sphere_diameter_mm:.1f}"
     if nodule.brock_malignancy is not None:
         tags["ResMTNet.BrockMalignancy"] = f"{nodule.brock_malignancy:.4f}"
     return tags
@@ -600,15 +608,19 @@ def segment_tags(nodule: Nodule) -> dict[str, str]:
 
 def table_rows(nodules: list[Nodule]) -> list[list[Any]]:
     """The table's rows, in :data:`TABLE_COLUMNS` order, rounded as a reader wants them: centre (LPS) and
-    diameter to 0.1 mm, volume to 1 mm3, p to 0.01, malignancy to 1 %, solid component to 0.1 mm, Brock to 0.1 %."""
+    diameters to 0.1 mm, volume to 1 mm3, p to 0.01, malignancy to 1 %, solid component to 0.1 mm, Brock to 0.1 %."""
     rows = []
     for n in nodules:
         x, y, z = (round(float(c), 1) for c in n.center_lps)
         rows.append([n.name, x, y, z, round(float(n.diameter_mm), 1), float(round(float(n.volume_mm3))),
                      round(float(n.probability), 2), float(round(100.0 * float(n.malignancy))), n.type_text,
                      n.margin, "" if n.solid_component_mm is None else f"{n.solid_component_mm:.1f}", n.lung_rads,
-                     brock_text(n)])
+                     brock_text(n), _mm_text(n.long_axis_mm), _mm_text(n.sphere_diameter_mm)])
     return rows
+
+
+def _mm_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def brock_inputs_text(detection: Detection) -> str:
