@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="nrrd", choices=["nrrd", "mhd", "nii.gz", "mha"], help="volume format")
     p.add_argument("--masks", action="store_true", help="also write PHANTOM.labels.FORMAT (label i = nodule i)")
     p.add_argument("--small", action="store_true", help="small, coarse phantoms (about 1.5-2 mm voxels; tests)")
+    p.add_argument("--mix", default="screening", choices=["screening", "thick", "masses"],
+                   help="what is drawn: the screening mix of every evaluation set (default), its nodules on 3-5 mm "
+                        "slices (thick), or one or two 30-80 mm masses beside them (masses)")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(round(fraction * args.count) - bar.n)
 
         paths = write_phantom_set(args.out, args.count, args.seed, masks=args.masks, fmt=args.format,
-                                  small=args.small, workers=max(1, args.workers), progress=progress)
+                                  small=args.small, workers=max(1, args.workers), progress=progress, mix=args.mix)
     print(f"{len(paths)} phantom(s) in {args.out} ({time.perf_counter() - t0:.1f} s); annotations: "
           f"{args.out}/annotations.csv")
     return 0

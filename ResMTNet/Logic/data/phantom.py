@@ -946,10 +946,11 @@ def phantom_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small: bool) -> list[ReferenceNodule]:
+def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small: bool, mix: str = "screening"
+               ) -> list[ReferenceNodule]:
     """Generate and write phantom ``index`` of a set; return its nodules as annotations."""
     uid = f"phantom-s{seed}-{index:04d}"
-    ph = generate_phantom(phantom_seed(seed, index), small=small)
+    ph = generate_phantom(phantom_seed(seed, index), small=small, mix=mix)
     ph.ct.seriesuid = uid
     write_volume(ph.ct, outdir / f"{uid}.{fmt}", integer=True)
     if masks:
@@ -961,12 +962,13 @@ def _write_one(outdir: Path, seed: int, index: int, masks: bool, fmt: str, small
 
 
 def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = False, fmt: str = "nrrd",
-                      small: bool = False, workers: int = 1, progress=None) -> list[Path]:
+                      small: bool = False, workers: int = 1, progress=None, mix: str = "screening") -> list[Path]:
     """Write ``n`` phantoms and one ``annotations.csv`` (LUNA16 columns, then malignancy, type, margin, location
     and lung share: :data:`resmtnet.io.luna16_csv.PHANTOM_ANNOTATION_COLUMNS`) to ``outdir``.
 
     Files appear whole: each volume is written under a temporary name and renamed; the CSV last.
-    ``workers`` > 1 generates phantoms in that many processes (same files, same order).
+    ``workers`` > 1 generates phantoms in that many processes (same files, same order). ``mix``: the
+    :data:`PHANTOM_MIXES` entry drawn.
     """
     if fmt not in ("nrrd", "mhd", "nii.gz", "mha"):
         raise ValueError(f"unknown format {fmt!r}")
@@ -977,7 +979,7 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
     nodules_by_index: dict[int, list[ReferenceNodule]] = {}
     if workers <= 1:
         for i in range(n):
-            nodules_by_index[i] = _write_one(out, seed, i, masks, fmt, small)
+            nodules_by_index[i] = _write_one(out, seed, i, masks, fmt, small, mix)
             if progress:
                 progress((i + 1) / n, f"phantom {i + 1}/{n}")
     else:
@@ -986,7 +988,7 @@ def write_phantom_set(outdir: str | Path, n: int, seed: int, *, masks: bool = Fa
         from ..util.processes import process_pool
 
         with process_pool(workers) as pool:
-            futs = {pool.submit(_write_one, out, seed, i, masks, fmt, small): i for i in range(n)}
+            futs = {pool.submit(_write_one, out, seed, i, masks, fmt, small, mix): i for i in range(n)}
             for done, fut in enumerate(as_completed(futs), start=1):
                 nodules_by_index[futs[fut]] = fut.result()
                 if progress:
