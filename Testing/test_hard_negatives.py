@@ -16,7 +16,7 @@ from resmtnet.train.hard_negatives import (
     mine_false_findings,
     with_negatives,
 )
-from resmtnet.train.training import PatchSampler, TrainConfig
+from resmtnet.train.training import NEGATIVE_CLEARANCE_MM, PatchSampler, TrainConfig
 
 
 def _case(seed: int = 0) -> TrainCase:
@@ -67,7 +67,8 @@ def test_negative_windows_centre_on_the_mined_findings():
     (withneg,) = with_negatives([case], {"synthetic": mined_point})
     np.testing.assert_array_equal(withneg.negatives, np.concatenate([own, mined_point]))
     assert with_negatives([case], {})[0] is case and len(case.negatives) == 1  # the original is left alone
-    cfg = TrainConfig(patch=32, positive_fraction=0.0, scale_range=(1.0, 1.0))
+    # no windows on dense voxels: the mark is one, and it would be the only one (the nodule is kept clear)
+    cfg = TrainConfig(patch=32, positive_fraction=0.0, hard_negative_fraction=0.0, scale_range=(1.0, 1.0))
 
     def share_holding_the_mark(c: TrainCase, n: int = 800) -> float:
         sampler = PatchSampler([c], cfg, ModelConfig(), seed=0)
@@ -76,3 +77,15 @@ def test_negative_windows_centre_on_the_mined_findings():
     # a quarter of the windows: half are drawn on negatives, and the mined point is one of two
     assert 0.2 < share_holding_the_mark(withneg) < 0.33
     assert share_holding_the_mark(case) < 0.06  # without it only the windows drawn anywhere hold it
+
+
+def test_dense_windows_are_never_centred_near_a_lesion():
+    """The nodule is the densest thing in the lung: without the clearance its surface would be a window centre
+    taught as background (on a real case, its own cancer and the tissue around it)."""
+    case = _case()
+    dense = PatchSampler([case], TrainConfig(), ModelConfig(), seed=0)._dense_points(0)
+    assert len(dense)  # the vessel is still there
+    for c, d in zip(case.centers, case.diameters):
+        assert np.linalg.norm((dense - c) * case.spacing, axis=1).min() >= d / 2 + NEGATIVE_CLEARANCE_MM
+    img = case.image[::2, ::2, ::2]
+    assert (img[10:14, 10:14, 10:14] > -500).any()  # the nodule's voxels are dense: the clearance removed them

@@ -92,6 +92,19 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------- sampling
 
 
+
+#: a hard-negative window is centred at least this far beyond a lesion's radius: a real case's own lesion
+#: (or its spiculae and the tissue around it) is never the centre of a window taught as background
+NEGATIVE_CLEARANCE_MM = 10.0
+
+
+def clear_of_lesions(pts_vox: np.ndarray, case: TrainCase) -> np.ndarray:
+    """Which of ``pts_vox`` (N, 3) lie at least (radius + NEGATIVE_CLEARANCE_MM) from every lesion of ``case``."""
+    ok = np.ones(len(pts_vox), bool)
+    for c, d in zip(np.asarray(case.centers, float), np.asarray(case.diameters, float)):
+        ok &= np.linalg.norm((pts_vox - c) * case.spacing, axis=1) >= d / 2 + NEGATIVE_CLEARANCE_MM
+    return ok
+
 class PatchSampler:
     """Draws training windows from cases: around nodules, on dense structures, anywhere; augments them."""
 
@@ -130,6 +143,7 @@ class PatchSampler:
             img = self.cases[i].image[::2, ::2, ::2]
             air_around = ndimage.uniform_filter((img < -700).astype(np.float32), size=5)
             pts = np.argwhere((img > -500) & (air_around > 0.35)) * 2
+            pts = pts[clear_of_lesions(pts, self.cases[i])]
             if len(pts) > 4000:
                 pts = pts[self.rng.choice(len(pts), 4000, replace=False)]
             self._dense[i] = pts
