@@ -138,3 +138,20 @@ def test_lesions_inserted_into_lidc_idri_0001_lie_in_its_lungs_clear_of_the_read
     for c, d in zip(case.centers[1:], case.diameters[1:]):
         assert np.linalg.norm((c - readers) * 1.5) - d / 2 - case.diameters[0] / 2 >= 13.5
         assert 2.5 <= d <= 90
+
+
+def test_a_window_centred_on_a_mass_holds_it_whole():
+    from resmtnet.data.training_data import TrainCase
+    from resmtnet.model.model import ModelConfig
+    from resmtnet.train.training import PatchSampler, TrainConfig
+
+    case = TrainCase("m", np.full((120, 120, 120), -850, np.int16), np.zeros(3), 1.5,
+                     centers=np.array([[60.0, 60.0, 60.0]], np.float32), diameters=np.array([75.0], np.float32),
+                     malignancy=np.array([5], np.int16), negatives=np.zeros((0, 3), np.float32))
+    sampler = PatchSampler([case], TrainConfig(positive_fraction=1.0), ModelConfig(spacing_mm=1.5), 0)
+    for _ in range(50):
+        _patch, centres, diameters, *_ = sampler.sample()
+        [c], [d] = centres, diameters  # in window voxels and window mm (64 voxels of 1.5 mm)
+        r = d / 2 / 1.5
+        assert np.all(c - r >= -1.0) and np.all(c + r <= 65.0), (c, r)  # whole, to the rounding of its window
+        assert d * 1.4 <= 64 * 1.5 + 1.5

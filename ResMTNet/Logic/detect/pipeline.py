@@ -24,12 +24,12 @@ from ..model.targets import Peak, decode, merge_duplicates
 from ..util.errors import Cancelled
 from .brock import PatientInputs, score_nodules
 from .lungmask import LungMask
-from .measurement import label_map_dtype, measure_findings, measure_solid_components
+from .measurement import MASS_DIAMETER_MM, label_map_dtype, measure_findings, measure_solid_components
 from .nodules import Detection
 
 LUNG_MARGIN_MM = 15.0
-#: peaks this far (mm) outside the lung mask are dropped (nodules on the pleura stay: the mask is closed) unless
-#: the finding's own sphere reaches the lung (:func:`_reaches_lung`)
+#: peaks this far (mm, along the grid's axes: the mask grown voxel by voxel) outside the lung mask are dropped
+#: (nodules on the pleura stay: the mask is closed), unless a mass's own sphere reaches the lung (:func:`_reaches_lung`)
 OUTSIDE_LUNG_TOLERANCE_MM = 6.0
 
 ProgressFn = Callable[[float, str], None]
@@ -155,7 +155,8 @@ def detect_ct(ct: CTVolume, *, model: LoadedModel | str | None = None, device: s
         if p.probability < thr or p.diameter_mm < min_diameter_mm:
             continue
         v = np.clip(np.round(p.position_vox).astype(int), 0, np.array(hu_grid.shape) - 1)
-        if not near_lung[tuple(v)] and not _reaches_lung(lung_grid, v, p.diameter_mm / 2 / grid.spacing):
+        if not near_lung[tuple(v)] and not (p.diameter_mm >= MASS_DIAMETER_MM
+                                            and _reaches_lung(lung_grid, v, p.diameter_mm / 2 / grid.spacing)):
             continue
         findings.append(p)
     findings.sort(key=lambda p: -p.probability)

@@ -160,11 +160,13 @@ class PatchSampler:
         if r < self.cfg.positive_fraction and self.nodules:
             i, j = self.nodules[rng.choice(len(self.nodules), p=self.nodule_p)]
             c = self.cases[i]
-            # a mass is seen whole: the window spans at least FIT_MARGIN times its diameter
+            shift = rng.uniform(-0.35, 0.35, 3)  # of the window: where in it the nodule lies
+            # a mass is seen whole: the window spans at least FIT_MARGIN times its diameter, and it stays inside
             d_vox = float(c.diameters[j]) / c.spacing
             if d_vox * FIT_MARGIN > src:
                 src = int(np.ceil(d_vox * FIT_MARGIN))
-            centre = c.centers[j] + rng.uniform(-0.35, 0.35, 3) * src
+            shift *= min(1.0, (src - d_vox) / (2 * src) / 0.35)
+            centre = c.centers[j] + shift * src
         else:
             i = int(rng.integers(len(self.cases)))
             c = self.cases[i]
