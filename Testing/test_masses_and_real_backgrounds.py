@@ -54,7 +54,7 @@ def test_masses_are_30_to_80_mm_centred_on_what_was_drawn_and_reach_beyond_the_l
         # abuts or invades what lies beyond the lung: soft tissue of the wall or mediastinum touches it
         rim = ndimage.binary_dilation(own, iterations=3) & ~own
         assert (rim & ~ph.lung_mask & (ct.array > -200)).sum() > 50
-        assert n.lung_share < 1.0
+        assert 0.55 <= n.lung_share < 1.0  # a lung mass (training teaches it), reaching beyond the lung
         if n.cavitating:  # air inside the mass, away from its edge
             assert (air & ndimage.binary_erosion(own, iterations=2)).sum() > 20
     assert any(n.cavitating for _, n in masses)

@@ -69,11 +69,12 @@ def _characterised(detection: Detection) -> Detection:
     """Three nodules as the characterisation heads and the Brock model leave them: a calcified 18 mm nodule
     (Lung-RADS 1, no Brock), a part-solid 12 mm one with a 6.5 mm solid component (4A), a spiculated solid 7 mm
     one (3 with a suspicious feature: 4X); the Brock inputs partly defaulted."""
-    kinds = [dict(nodule_type="calcified", margin="smooth", diameter_mm=18.0, brock_malignancy=None),
+    kinds = [dict(nodule_type="calcified", margin="smooth", diameter_mm=18.0, brock_malignancy=None,
+                  long_axis_mm=19.2, sphere_diameter_mm=17.6),
              dict(nodule_type="part-solid", margin="lobulated", diameter_mm=12.0, solid_component_mm=6.5,
-                  brock_malignancy=0.0834, upper_lobe=True),
+                  brock_malignancy=0.0834, upper_lobe=True, long_axis_mm=12.9, sphere_diameter_mm=11.5),
              dict(nodule_type="solid", margin="spiculated", diameter_mm=7.0, brock_malignancy=0.0412,
-                  upper_lobe=False)]
+                  upper_lobe=False, long_axis_mm=None, sphere_diameter_mm=None)]
     nodules = [dataclasses.replace(n, **k) for n, k in zip(detection.nodules, kinds, strict=True)]
     info = {**detection.info, "brock": {"inputs": {"age": 63.0, "sex": "F", "family_history": False,
                                                    "emphysema": False},
@@ -284,6 +285,8 @@ def test_table_rows_match_the_nodules_with_typed_columns_and_units(slicer_app, p
     assert [row[10] for row in rows] == ["", "6.5", ""]  # the solid component of the part-solid nodule only
     assert [row[11] for row in rows] == ["1", "4A", "4X"]
     assert [row[12] for row in rows] == ["n/a", "8.3", "4.1"]  # calcified: not in PanCan
+    # sizes measured on the mask; empty where no mask was measured
+    assert [row[13:15] for row in rows] == [["19.2", "17.6"], ["12.9", "11.5"], ["", ""]]
     assert table_node.GetColumnUnitLabel("Brock") == "%" and table_node.GetColumnUnitLabel("Solid component") == "mm"
     assert "research use only" in table_node.GetDescription().lower()
     # which Brock inputs were given and which defaulted, where a reader of the table sees it
@@ -451,6 +454,9 @@ def test_scene_mrb_reloads_with_the_same_nodes_positions_colours_and_rows(tmp_pa
     # a value that does not apply is no tag at all (an empty tag value crashes slicer-core when it writes the file)
     assert not segmentation.GetSegment("N1").GetTag("ResMTNet.BrockMalignancy", tag)
     assert not segmentation.GetSegment("N1").GetTag("ResMTNet.SolidComponentMm", tag)
+    assert segmentation.GetSegment("N1").GetTag("ResMTNet.LongAxisMm", tag) and str(tag) == "19.2"
+    assert segmentation.GetSegment("N2").GetTag("ResMTNet.SphereDiameterMm", tag) and str(tag) == "11.5"
+    assert not segmentation.GetSegment("N3").GetTag("ResMTNet.LongAxisMm", tag)
     # the slice views show the CT when the bundle is opened
     for name in ("Red", "Yellow", "Green"):
         composite = fresh.scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")

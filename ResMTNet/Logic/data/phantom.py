@@ -14,8 +14,9 @@ A phantom is built in two steps, the way a scanner sees a patient:
    scanners write.
 
 Which nodules are drawn, and which slice thicknesses the scanner takes, follows a :class:`PhantomMix`:
-the screening mix for every evaluation set, or the training-only mix of thick slices (3–5 mm, as older
-and low-dose scans have).
+the screening mix for every evaluation set, or a training-only mix: thick slices (3–5 mm, as older and
+low-dose scans have), or masses of 30–80 mm against the chest wall, the mediastinum or a hilum beside the
+nodules (:func:`_draw_masses`). :func:`insert_lesions` draws the same nodules and masses into a real scan.
 
 Every nodule gets a LIDC-style malignancy rating 1–5 drawn from its size, margin, texture and
 calcification (large, spiculated, solid → high; small, smooth, calcified → low) plus reader noise.
@@ -87,6 +88,14 @@ PHANTOM_MIXES: dict[str, PhantomMix] = {
 #: where a mass is drawn: against the chest wall, against the mediastinum, at the hilum
 MASS_LOCATIONS = ["chest wall", "mediastinal", "hilar"]
 MASS_DIAMETER_RANGE_MM = (30.0, 80.0)
+#: how far a lobulated mass's outline reaches, in radii (its spicules reach further, thin): what keeps a mass
+#: clear of the nodules drawn before it, of other masses and of a real scan's own lesions
+MASS_OUTLINE = 1.4
+#: a mass is placed with at least this share of its sphere in aerated lung (TrainConfig.min_lung_share is 0.5)
+MIN_MASS_LUNG_SHARE = 0.55
+#: the masses mix's generator version, in its cache key (2: masses clear of what was drawn by their outline, and
+#: at least MIN_MASS_LUNG_SHARE in the lung)
+MASS_GENERATOR_VERSION = 2
 
 
 def phantom_mix(name: str) -> PhantomMix:
@@ -418,7 +427,7 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
         else:
             calc = (texture > 0.6).astype(np.float32)
         val = base + calc * rng.uniform(250, 900)
-    if nod.cavitating:  # an eccentric air cavity, its wall at least a fifth of the radius thick
+    if nod.cavitating:  # an eccentric air cavity, its wall about a fifth of the radius thick or more (lobes thin it)
         rc = R * rng.uniform(0.3, 0.5)
         v = rng.normal(size=3)
         off = v / np.linalg.norm(v) * (R - rc) * rng.uniform(0.2, 0.6)
@@ -700,13 +709,18 @@ def _draw_masses(rng: np.random.Generator, hu: np.ndarray, labels: np.ndarray, g
         if not len(cand):
             continue
         c = grid.lo + lung_pts[cand[rng.integers(len(cand))]][::-1] * step
-        if any(np.linalg.norm(np.asarray(n.center_lps) - c) < n.diameter_mm / 2 + R + 5 for n in out):
+        outline = MASS_OUTLINE * R
+        if any(np.linalg.norm(np.asarray(n.center_lps) - c) < MASS_OUTLINE * n.diameter_mm / 2 + outline + 5
+               for n in out):
             continue
-        if labels[grid.box(c - R, c + R) or (slice(0, 0),) * 3].any():  # keeps clear of the nodules drawn
+        if labels[grid.box(c - outline, c + outline) or (slice(0, 0),) * 3].any():  # clear of the nodules drawn
+            continue
+        share = _lung_share(hu, grid, c, R)
+        if share < MIN_MASS_LUNG_SHARE:  # mostly beyond the lung: no lung mass, and training would not teach it
             continue
         margin_ = str(rng.choice(["lobulated", "spiculated"], p=[0.6, 0.4]))
         nod = PhantomNodule(tuple(float(v) for v in c), diameter, int(rng.choice([4, 5, 5])), "solid", margin_,
-                            where, lung_share=_lung_share(hu, grid, c, R), cavitating=bool(rng.random() < 0.3))
+                            where, lung_share=share, cavitating=bool(rng.random() < 0.3))
         _render_nodule(hu, labels, grid, rng, nod, first_label + len(out))
         out.append(nod)
     return out
@@ -745,7 +759,8 @@ def insert_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, o
     """A real scan on an isotropic axis-aligned grid (``hu``, ``lung``: (z, y, x); ``origin_xyz`` LPS mm of voxel
     (0, 0, 0); ``spacing`` mm) with ``nodules`` nodules of ``mix`` and ``masses`` (fewest, most) masses drawn
     into its lungs by the phantom's renderer, each at least ``clearance_mm`` clear of the scan's own lesions
-    (``known_vox``: their centres, z, y, x voxels; ``known_diameters`` mm) and of each other.
+    (``known_vox``: their centres, z, y, x voxels; ``known_diameters`` mm; a mass by its outline,
+    :data:`MASS_OUTLINE`), nodules at least 6 mm clear of each other.
 
     What is drawn is blurred by half a voxel (the scan's own resampling blur) and given noise of the scan's own
     level (measured in its lungs), so a lesion is no smoother than the parenchyma around it. Each lesion's
@@ -798,20 +813,18 @@ def insert_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, o
         _render_nodule(work, labels, grid, rng, nod, len(drawn) + 1)
         drawn.append(nod)
     if masses[1]:
-        far = lung_pts[clear_of_known(lung_pts.astype(float), MASS_DIAMETER_RANGE_MM[1] / 2)]
-        x = grid.lo[0] + far[:, 2] * spacing
+        x = grid.lo[0] + lung_pts[:, 2] * spacing
         mid = 0.5 * (x.min() + x.max()) if len(x) else 0.0
         half = max(float(np.abs(x - mid).max()) if len(x) else 1.0, 1.0)
+        off = np.abs(x - mid) / half
 
         def zone(where: str, radius: float) -> np.ndarray | None:
-            off = np.abs(x - mid) / half
-            if where == "mediastinal":
-                return off < 0.35
-            if where == "chest wall":
-                return off > 0.6
-            return None  # no hilum is known on a real scan
+            if where == "hilar":
+                return None  # no hilum is known on a real scan
+            part = off < 0.35 if where == "mediastinal" else off > 0.6
+            return part & clear_of_known(lung_pts.astype(float), MASS_OUTLINE * radius)
 
-        drawn += _draw_masses(rng, work, labels, grid, edt, far, masses, len(drawn) + 1, zone)
+        drawn += _draw_masses(rng, work, labels, grid, edt, lung_pts, masses, len(drawn) + 1, zone)
     if not drawn:
         return base, []
     delta = ndimage.gaussian_filter(work - base, 0.5)

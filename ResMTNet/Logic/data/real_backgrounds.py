@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -109,14 +110,16 @@ class RealBackgroundCases:
         self.cache_dir = Path(cache_dir)
         self.folders = case_folders(root, holdout)
         self.spacing, self.seed, self.nodules, self.masses = spacing, seed, nodules, tuple(masses)
-        self.items = [(f"real-{f.name}-s{seed}-{k:02d}", f, int(np.random.SeedSequence([seed, i, k])
-                                                                  .generate_state(1)[0]))
-                      for i, f in enumerate(self.folders) for k in range(copies)]
-        # v: the format of a cached case; the case's truth file is in the key, so an edited truth rebuilds
+        # each copy's seed from the case's name, so that adding, removing or holding out another case changes nothing
+        self.items = [(f"real-{f.name}-s{seed}-{k:02d}", f,
+                       int(np.random.SeedSequence([seed, zlib.crc32(f.name.encode()), k]).generate_state(1)[0]))
+                      for f in self.folders for k in range(copies)]
+        # v: the format of a cached case (2: seeds by case name, masses clear of the case's lesions by their
+        # outline); the case's truth file is in the key, so an edited truth rebuilds
         self._paths = {}
         for cid, f, _ in self.items:
             key = {"kind": "real-background", "spacing": spacing, "nodules": nodules, "masses": list(self.masses),
-                   "truth": (f / TRUTH_FILE).read_text(encoding="utf-8"), "v": 1}
+                   "truth": (f / TRUTH_FILE).read_text(encoding="utf-8"), "v": 2}
             self._paths[cid] = self.cache_dir / f"{cid}-{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]}.npz"
 
     def path(self, case_id: str) -> Path:

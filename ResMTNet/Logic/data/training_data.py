@@ -133,6 +133,10 @@ class PhantomCases:
         key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 4}
         if mix != "screening":
             key["mix"] = mix
+        if mix == "masses":
+            from .phantom import MASS_GENERATOR_VERSION
+
+            key["generator"] = MASS_GENERATOR_VERSION
         tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
         self._paths = {cid: self.cache_dir / f"{cid}-{tag}.npz" for cid, _, _ in self.items}
 

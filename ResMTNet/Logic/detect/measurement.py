@@ -136,6 +136,7 @@ def measure_findings(ct: CTVolume, findings: list[Peak], grid: ModelGrid, check:
         own = mask & (region == 0)  # where two masks touch, the more probable nodule keeps the voxels
         region[own] = i
         volume = float(own.sum()) * voxel_mm3
+        measured = measured and volume > 0  # a mask a more probable neighbour took whole measures nothing
         measured_d = equivalent_diameter(volume) if measured else None
         peak_centre = centre
         if measured:
