@@ -197,9 +197,19 @@ def _real_backgrounds(args, d: dict, spacing: float):
 
     try:
         return RealBackgroundCases(args.cache, d["real_backgrounds"], d["real_copies"], d["real_seed"], spacing,
-                                   holdout=tuple(d["real_holdout"]))
+                                   holdout=tuple(d["real_holdout"]), masses=_mass_range(d["real_masses"]))
     except ValueError as e:
         raise ResMTNetError(str(e)) from None
+
+
+def _mass_range(value) -> tuple[int, int]:
+    """data.real_masses as (fewest, most): two whole numbers, 0 <= fewest <= most <= 2."""
+    from ..util.errors import ResMTNetError
+
+    if (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or not 0 <= value[0] <= value[1] <= 2):
+        raise ResMTNetError(f"data.real_masses must be [fewest, most] with 0 <= fewest <= most <= 2, not {value}")
+    return int(value[0]), int(value[1])
 
 
 def _model_settings(r: Recipe) -> dict:
@@ -353,7 +363,8 @@ def _run_stage(args: argparse.Namespace, r: Recipe, out: Path, init_path: str | 
             data_prov.update(mass_phantoms=d["mass_phantoms"], mass_seed=d["mass_seed"])
         if real is not None:
             data_prov.update(real_backgrounds=[f.name for f in real.folders], real_copies=d["real_copies"],
-                             real_seed=d["real_seed"], real_holdout=list(d["real_holdout"]))
+                             real_seed=d["real_seed"], real_holdout=list(d["real_holdout"]),
+                             real_masses=list(real.masses))
         if ca is not None:
             data_prov.update(calibration_seed=r.export["calibration_seed"], calibration_phantoms=n_cal)
     else:

@@ -40,6 +40,7 @@ DATA: dict[str, tuple[type, Any]] = {
     "real_backgrounds": (str, ""),
     "real_copies": (int, 4),  # training cases made from each real case
     "real_seed": (int, 11000),
+    "real_masses": (list, [0, 1]),  # (fewest, most) masses inserted into each real training case
     "real_holdout": (list, ["4D-Lung-113_HM10395"]),  # case folders never trained on: the run is judged on them
     "val_phantoms": (int, 12),
     "val_seed": (int, 2000),
