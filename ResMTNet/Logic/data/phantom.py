@@ -93,6 +93,14 @@ MASS_DIAMETER_RANGE_MM = (30.0, 80.0)
 MASS_OUTLINE = 1.4
 #: a mass is placed with at least this share of its sphere in aerated lung (TrainConfig.min_lung_share is 0.5)
 MIN_MASS_LUNG_SHARE = 0.55
+#: how a nodule is drawn, in the cache key of every cached phantom and real-background case (2: ground glass as
+#: the Fleischner Society's glossary defines it, a hazy rise in the lung's attenuation that leaves the margins of
+#: the vessels and bronchial walls in it visible, with a softer edge than a solid nodule's)
+NODULE_RENDERER_VERSION = 2
+#: the width (mm) over which a solid nodule's edge, and a ground-glass nodule's or component's, goes from lung to
+#: nodule before the scanner's blur: a solid nodule's edge is sharp, ground glass fades into the lung around it
+SOLID_EDGE_MM = 0.6
+GROUND_GLASS_EDGE_MM = 2.0
 #: the masses mix's generator version, in its cache key (2: masses clear of what was drawn by their outline, and
 #: at least MIN_MASS_LUNG_SHARE in the lung)
 MASS_GENERATOR_VERSION = 2
@@ -394,7 +402,7 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
         v /= np.linalg.norm(v)
         cosang = (dx * v[0] + dy * v[1] + dz * v[2]) / dist
         rad = rad + R * amp * rng.uniform(0.5, 1.0) * np.cos(rng.uniform(1.5, 3.5) * np.arccos(np.clip(cosang, -1, 1)))
-    edge = 0.6
+    edge = SOLID_EDGE_MM
     occ = np.clip(0.5 + (rad - dist) / edge, 0.0, 1.0).astype(np.float32)
     if spikes:
         segs = []
@@ -435,7 +443,17 @@ def _render_nodule(hu: np.ndarray, labels: np.ndarray, grid: _Grid, rng: np.rand
         cavity = np.clip(0.5 + (rc * (1 + 0.15 * texture) - cd) / edge, 0, 1)
         val = val * (1 - cavity) + rng.uniform(-1000, -950) * cavity
     region = hu[box]
-    hu[box] = region * (1 - occ) + val * occ
+    if nod.nodule_type in ("ground-glass", "part-solid"):
+        # ground glass raises what is under it toward its own level and hides nothing denser: a vessel or wall
+        # in it keeps its attenuation and margins; a part-solid nodule's solid core (0-50 HU) hides what is under
+        # it as a solid nodule does. Its edge fades over GROUND_GLASS_EDGE_MM; where it is half drawn (the label)
+        # is where a solid nodule's would be.
+        haze = np.clip(0.5 + (rad - dist) / GROUND_GLASS_EDGE_MM, 0.0, 1.0).astype(np.float32)
+        if spikes:
+            haze = np.maximum(haze, spike * 0.8)
+        hu[box] = np.maximum(region, region * (1 - haze) + val * haze)
+    else:
+        hu[box] = region * (1 - occ) + val * occ
     lab = labels[box]
     lab[(occ >= 0.5) & (lab == 0)] = label
 

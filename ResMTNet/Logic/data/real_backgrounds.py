@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.ctio import CTVolume
+from .phantom import NODULE_RENDERER_VERSION
 from .training_data import CROP_MARGIN_MM, TrainCase
 
 #: the rating a case's own lesion is taught with (the shared cases' lesions are cancers)
@@ -119,7 +120,7 @@ class RealBackgroundCases:
         self._paths = {}
         for cid, f, _ in self.items:
             key = {"kind": "real-background", "spacing": spacing, "nodules": nodules, "masses": list(self.masses),
-                   "truth": (f / TRUTH_FILE).read_text(encoding="utf-8"), "v": 2}
+                   "truth": (f / TRUTH_FILE).read_text(encoding="utf-8"), "v": 2, "renderer": NODULE_RENDERER_VERSION}
             self._paths[cid] = self.cache_dir / f"{cid}-{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]}.npz"
 
     def path(self, case_id: str) -> Path:

@@ -128,9 +128,12 @@ class PhantomCases:
         self.max_nodules = max_nodules
         prefix = "phantom" if mix == "screening" else f"phantom-{mix}"
         self.items = [(f"{prefix}-s{seed}-{i:04d}", phantom_seed(seed, i), mix) for i in range(n)]
+        from .phantom import NODULE_RENDERER_VERSION
+
         # v: the format of a cached case (3: cases carry each nodule's lung_share; 4: its type and margin); the
         # screening mix, the one every evaluation set uses, names no mix in its key
-        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 4}
+        key = {"kind": "phantom", "spacing": spacing, "max_nodules": max_nodules, "v": 4,
+               "renderer": NODULE_RENDERER_VERSION}
         if mix != "screening":
             key["mix"] = mix
         if mix == "masses":
