@@ -63,3 +63,17 @@ def test_a_finding_beyond_the_lung_is_kept_only_where_its_own_sphere_reaches_the
     assert _reaches_lung(lung, v, 11.5)  # a mass does
     assert not _reaches_lung(np.zeros_like(lung), v, 20.0)
     assert not _reaches_lung(lung, v, 0.4)
+
+
+def test_a_finding_whose_mask_a_more_probable_one_took_whole_is_not_measured():
+    """Two findings on one 20 mm nodule: the first keeps the voxels; the second measures nothing (no volume, no
+    long axis, no sphere) and is sized by the network alone, not by a mask it does not own."""
+    ct = _ellipsoid_ct((20.0, 20.0, 20.0))
+    grid = ModelGrid(origin=np.zeros(3), spacing=1.5, shape=(80, 80, 80))
+    first = Peak(position_vox=np.array([40.0, 40.0, 40.0]), probability=0.9, diameter_mm=19.0, malignancy=0.6)
+    second = Peak(position_vox=np.array([40.0, 40.0, 40.5]), probability=0.5, diameter_mm=8.0, malignancy=0.3)
+    labels, (a, b) = measure_findings(ct, [first, second], grid)
+    assert a.volume_mm3 > 0 and a.sphere_diameter_mm == pytest.approx(20.0, rel=0.08) and a.long_axis_mm
+    assert not (labels == 2).any()
+    assert b.volume_mm3 == 0 and b.long_axis_mm is None and b.sphere_diameter_mm is None
+    assert b.diameter_mm == pytest.approx(8.0)

@@ -293,6 +293,30 @@ def test_settings_that_cannot_work_stop_before_any_data_is_made(tmp_path, capsys
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("settings, message", [
+    (["--set", 'data.real_holdout=["4D-Lung-113"]'], "data.real_holdout: 4D-Lung-113 is no case folder of cases"),
+    (["--set", "data.real_masses=[2, 1]"], "data.real_masses must be [fewest, most]"),
+    (["--set", "data.real_masses=[0, 3]"], "data.real_masses must be [fewest, most]"),
+    (["--set", "data.real_holdout=[]", "--set", "data.real_backgrounds=two-volumes"], "two-volumes: case-b hold"),
+])
+def test_real_background_settings_that_cannot_be_trusted_stop_before_any_data_is_made(tmp_path, capsys, monkeypatch,
+                                                                                       settings, message):
+    """A held-out case that is not there (a misspelt name would train on the case the run is judged on), a mass
+    range that is none, a case folder whose CT is not clear."""
+    monkeypatch.chdir(tmp_path)
+    for root, names in (("cases", ["4D-Lung-113_HM10395", "case-a"]), ("two-volumes", ["case-b"])):
+        for name in names:
+            (tmp_path / root / name).mkdir(parents=True)
+            (tmp_path / root / name / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
+            (tmp_path / root / name / "ct.nrrd").write_bytes(b"")
+    (tmp_path / "two-volumes" / "case-b" / "mask.nrrd").write_bytes(b"")
+    args = ["train", "-o", "run", "--config", str(TINY), "--cache", "cache", "--device", "cpu", "--no-progress",
+            "--set", "data.real_backgrounds=cases"]
+    assert main(args + settings) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_train_on_cuda_without_a_gpu_stops_before_any_data_is_made(tmp_path, capsys):
     args = ["train", "-o", str(tmp_path / "run"), "--config", str(TINY), "--cache", str(tmp_path / "cache"),

@@ -191,10 +191,16 @@ def _check_recipe(r: Recipe, fine_tune: bool, export: bool) -> None:
 
 
 def _real_backgrounds(args, d: dict, spacing: float):
-    """The recipe's real-background cases (data.real_backgrounds); a folder without real cases stops the run."""
-    from ..data.real_backgrounds import RealBackgroundCases
+    """The recipe's real-background cases (data.real_backgrounds); a folder without real cases stops the run, and
+    so does a held-out name that is no case of it (a misspelt one would train on the case the run is judged on)."""
+    from ..data.real_backgrounds import RealBackgroundCases, missing_holdouts
     from ..util.errors import ResMTNetError
 
+    missing = missing_holdouts(d["real_backgrounds"], d["real_holdout"]) \
+        if Path(d["real_backgrounds"]).is_dir() else []
+    if missing:
+        raise ResMTNetError(f"data.real_holdout: {', '.join(missing)} is no case folder of {d['real_backgrounds']} "
+                            "(name the case folders the run is judged on, or [] to hold none out)")
     try:
         return RealBackgroundCases(args.cache, d["real_backgrounds"], d["real_copies"], d["real_seed"], spacing,
                                    holdout=tuple(d["real_holdout"]), masses=_mass_range(d["real_masses"]))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.ctio import CTVolume
-from .phantom import NODULE_RENDERER_VERSION
+from .phantom import MASS_GENERATOR_VERSION, NODULE_RENDERER_VERSION
 from .training_data import CROP_MARGIN_MM, TrainCase
 
 #: the rating a case's own lesion is taught with (the shared cases' lesions are cancers)
@@ -37,16 +37,28 @@ TRUTH_FILE = "annotations.csv"
 
 def case_folders(root: str | Path, holdout: Sequence[str] = DEFAULT_HOLDOUT) -> list[Path]:
     """The case folders under ``root`` (each with a ``dicom/`` series folder or one volume file, and an
-    ``annotations.csv``), held-out ones left out. A ``ValueError`` names a root with none."""
+    ``annotations.csv``), held-out ones left out. A ``ValueError`` names a root with none, and a folder with a
+    truth file but no one CT (two volume files: which is the scan?)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder (data.real_backgrounds)")
-    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / TRUTH_FILE).is_file() and _ct_path(p))
+    truthful = sorted(p for p in root.iterdir() if p.is_dir() and (p / TRUTH_FILE).is_file())
+    unclear = [p.name for p in truthful if _ct_path(p) is None]
+    if unclear:
+        raise ValueError(f"{root}: {', '.join(unclear)} hold {TRUTH_FILE} but no dicom/ folder or one volume "
+                         f"file (a case folder holds its CT as a dicom/ series folder or as its only volume file)")
+    found = truthful
     kept = [p for p in found if p.name not in set(holdout)]
     if not kept:
         raise ValueError(f"{root}: holds no real case outside the held-out ones ({', '.join(holdout) or 'none'}): "
                          f"a case is a folder with a dicom/ series folder or one volume file, and {TRUTH_FILE}")
     return kept
+
+
+def missing_holdouts(root: str | Path, holdout: Sequence[str]) -> list[str]:
+    """The held-out names that are no case folder under ``root``: a misspelt one would train on its case."""
+    root = Path(root)
+    return [h for h in holdout if not (root / h / TRUTH_FILE).is_file()]
 
 
 def _ct_path(folder: Path) -> Path | None:
@@ -116,11 +128,13 @@ class RealBackgroundCases:
                        int(np.random.SeedSequence([seed, zlib.crc32(f.name.encode()), k]).generate_state(1)[0]))
                       for f in self.folders for k in range(copies)]
         # v: the format of a cached case (2: seeds by case name, masses clear of the case's lesions by their
-        # outline); the case's truth file is in the key, so an edited truth rebuilds
+        # outline); the case's truth file is in the key, so an edited truth rebuilds; so do the renderers' versions
         self._paths = {}
         for cid, f, _ in self.items:
             key = {"kind": "real-background", "spacing": spacing, "nodules": nodules, "masses": list(self.masses),
                    "truth": (f / TRUTH_FILE).read_text(encoding="utf-8"), "v": 2, "renderer": NODULE_RENDERER_VERSION}
+            if self.masses[1]:
+                key["generator"] = MASS_GENERATOR_VERSION
             self._paths[cid] = self.cache_dir / f"{cid}-{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]}.npz"
 
     def path(self, case_id: str) -> Path:

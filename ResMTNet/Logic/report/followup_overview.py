@@ -43,7 +43,9 @@ def _outlines(ct: CTVolume, nodules: list[Nodule]) -> np.ndarray:
     """Each nodule's measurement mask on ``ct``'s grid, labelled by its number."""
     labels = np.zeros(ct.array.shape, np.uint16)
     for n in nodules:
-        box, mask, _measured = grow_mask(ct, np.asarray(n.center_lps, float), n.diameter_mm)
+        # grown from the diameter detection grew it from (the network's), so the outline is detection's own
+        predicted = float(n.extra.get("regressed_diameter_mm", n.diameter_mm))
+        box, mask, _measured = grow_mask(ct, np.asarray(n.center_lps, float), predicted)
         region = labels[box]
         region[mask & (region == 0)] = n.number
     return labels
