@@ -196,16 +196,16 @@ def _real_backgrounds(args, d: dict, spacing: float):
     from ..data.real_backgrounds import RealBackgroundCases, missing_holdouts
     from ..util.errors import ResMTNetError
 
-    missing = missing_holdouts(d["real_backgrounds"], d["real_holdout"]) \
-        if Path(d["real_backgrounds"]).is_dir() else []
+    try:
+        cases = RealBackgroundCases(args.cache, d["real_backgrounds"], d["real_copies"], d["real_seed"], spacing,
+                                    holdout=tuple(d["real_holdout"]), masses=_mass_range(d["real_masses"]))
+    except ValueError as e:
+        raise ResMTNetError(str(e)) from None
+    missing = missing_holdouts(d["real_backgrounds"], d["real_holdout"])
     if missing:
         raise ResMTNetError(f"data.real_holdout: {', '.join(missing)} is no case folder of {d['real_backgrounds']} "
                             "(name the case folders the run is judged on, or [] to hold none out)")
-    try:
-        return RealBackgroundCases(args.cache, d["real_backgrounds"], d["real_copies"], d["real_seed"], spacing,
-                                   holdout=tuple(d["real_holdout"]), masses=_mass_range(d["real_masses"]))
-    except ValueError as e:
-        raise ResMTNetError(str(e)) from None
+    return cases
 
 
 def _mass_range(value) -> tuple[int, int]:

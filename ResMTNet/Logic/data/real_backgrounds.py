@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.ctio import CTVolume
-from .phantom import MASS_GENERATOR_VERSION, NODULE_RENDERER_VERSION
+from .phantom import MASS_GENERATOR_VERSION, NODULE_RENDERER_VERSION, insert_lesions
 from .training_data import CROP_MARGIN_MM, TrainCase
 
 #: the rating a case's own lesion is taught with (the shared cases' lesions are cancers)
@@ -47,8 +47,7 @@ def case_folders(root: str | Path, holdout: Sequence[str] = DEFAULT_HOLDOUT) -> 
     if unclear:
         raise ValueError(f"{root}: {', '.join(unclear)} hold {TRUTH_FILE} but no dicom/ folder or one volume "
                          f"file (a case folder holds its CT as a dicom/ series folder or as its only volume file)")
-    found = truthful
-    kept = [p for p in found if p.name not in set(holdout)]
+    kept = [p for p in truthful if p.name not in set(holdout)]
     if not kept:
         raise ValueError(f"{root}: holds no real case outside the held-out ones ({', '.join(holdout) or 'none'}): "
                          f"a case is a folder with a dicom/ series folder or one volume file, and {TRUTH_FILE}")
@@ -89,7 +88,6 @@ def make_case(case_id: str, folder: Path, spacing: float, seed: int, nodules: in
     from ..model.model import MARGIN_CLASSES, TYPE_CLASSES
     from ..model.prepare import mask_bounds, to_model_grid
     from ..model.targets import class_indices
-    from .phantom import insert_lesions
 
     ct, centres, diameters = _read_case(folder)
     lungs = lung_mask(ct.array, ct.spacing, direction=ct.direction)
